@@ -1,0 +1,7 @@
+"""``python -m segmentlog``: see segmentlog.cli."""
+
+import sys
+
+from segmentlog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1107 @@
+"""SegmentLog: a durable, append-only log of byte records in preallocated, mapped segments.
+
+Theory of operation
+-------------------
+Writers append under one lock: a record is framed (FORMAT.md) straight into the mapped
+active segment and gets the next sequence number. When it does not fit, the writer
+rotates to the next segment, which a background thread prepared in advance (space
+reserved and zero-filled, or a consumed segment recycled), so rotation costs a header
+write, two fsyncs and a rename once per segment.
+
+Durability (``fsync``):
+* ``"always"``: ``append`` returns once the record is on disk. Appenders share fsyncs
+  (group commit): one waiting appender becomes the leader, syncs everything written so
+  far with the lock released, and wakes every appender it covered.
+* ``"interval"``: a background thread syncs every ``fsync_interval`` seconds.
+* ``"never"``: the page cache only; ``sync()`` and ``close()`` are the only fsyncs.
+An fsync error is never retried or ignored: the log refuses every later write with
+:class:`DurabilityError` (the page cache may have dropped the data; only a reopen, which
+re-reads the disk, tells what survived).
+
+One consumer reads batches in order (``read_batch``), several may be in flight, and
+``commit(batch)`` moves the checkpoint past a batch. Segments wholly below a durable
+checkpoint are deleted (or recycled as the next segment). ``rewind`` rereads from the
+last commit.
+
+Recovery on open: the last segment is walked to its end; a torn record at the end (a
+crash mid-write) is zeroed and counted, never reported as damage. Damage anywhere else
+(a complete frame with a bad checksum, a bad length, a zeroed region, a missing segment)
+is skipped: its bytes go to the dead-letter file and reading goes on with the next
+sound record. A damaged record is never returned.
+
+Locks: ``_lock`` guards the writer state and the segment list (appenders, rotation,
+group commit, reclaiming); ``_read_lock`` guards the reader state. The reader takes
+``_lock`` only briefly to learn how far the active segment is written. Lock order is
+``_read_lock`` then ``_lock``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from segmentlog import checkpoint, deadletter
+from segmentlog._backend import impl
+from segmentlog._format import (
+    FRAME_ALIGN,
+    FRAME_HEADER_SIZE,
+    LOCK_NAME,
+    PREPARED_NAME,
+    SEGMENT_HEADER_SIZE,
+    SPARE_NAME,
+    TMP_SUFFIX,
+    frame_size,
+    parse_segment_name,
+    segment_name,
+)
+from segmentlog.errors import (
+    ConfigError,
+    DurabilityError,
+    LogClosedError,
+    LogFullError,
+    LogLockedError,
+    RecordTooLargeError,
+)
+from segmentlog.segment import (
+    DIR_MODE,
+    FILE_MODE,
+    encode_header,
+    fsync_dir,
+    header_problem,
+    reserve_and_zero,
+)
+from segmentlog.walk import NO_LIMIT_SEQ, Damage, walk
+
+log = logging.getLogger("segmentlog")
+
+FSYNC_POLICIES = ("always", "interval", "never")
+_PAGE = mmap.PAGESIZE
+_LOCATE_CHUNK = 1 << 16
+# Pages are mapped ahead of the reader (and, without fsync="always", of the writer) in
+# windows of this size with one madvise(MADV_POPULATE_*) call, instead of one page fault
+# per 4 KiB page: reading a mapped segment runs ~2.5x faster (benchmarks/README.md).
+_POPULATE_WINDOW = 4 << 20
+_MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and we stop asking
+_MADV_POPULATE_WRITE = 23
+# Without fsync="always" the checkpoint is rewritten at most this often (a rename costs
+# milliseconds on ext4); a commit not yet written is re-delivered after a crash, never lost.
+_CHECKPOINT_INTERVAL = 0.05
+_GATHER_ROUNDS = 4  # at most this many yields before a group fsync (see _sync_round)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records read together, in append order, and where reading stopped after them."""
+
+    records: list[bytes]
+    first_seq: int
+    last_seq: int
+    _end_seq: int = field(default=0, repr=False)  # the first sequence number after the batch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Any:
+        return iter(self.records)
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+
+def _populate(mm: Any, start: int, end: int, advice: int) -> bool:
+    """Map pages [start, end) of ``mm`` in one call; False if the kernel cannot."""
+    start -= start % _PAGE
+    try:
+        mm.madvise(advice, start, end - start)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _drop_below(mm: Any, end: int) -> None:
+    """Unmap the pages of ``mm`` below ``end`` from this process (its resident memory).
+
+    Safe for shared file mappings: the data stays in the page cache (dirty pages stay
+    dirty and are written back as usual); a later access maps them again.
+    """
+    end -= end % _PAGE
+    if end > 0:
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED, 0, end)
+
+
+class _Segment:
+    """One mapped segment file (the writer's view, read-write)."""
+
+    __slots__ = ("base", "fd", "framer", "mm", "path", "populated", "size")
+
+    def __init__(self, path: str, base: int, fd: int, size: int) -> None:
+        self.path, self.base, self.fd, self.size = path, base, fd, size
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.framer = impl.Framer(self.mm)
+        self.populated = 0  # pages below this offset are mapped for writing
+
+    def close(self) -> None:
+        self.framer.release()
+        self.mm.close()
+        os.close(self.fd)
+
+
+class _ReadView:
+    """The reader's read-only map of one segment."""
+
+    __slots__ = ("base", "mm", "populated", "size")
+
+    def __init__(self, path: str, base: int) -> None:
+        self.base = base
+        self.populated = 0  # pages below this offset are mapped (MADV_POPULATE_READ)
+        with open(path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
+            # An empty file cannot be mapped; it reads as a segment without records.
+            self.mm: Any = (mmap.mmap(f.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ)
+                            if self.size else b"")
+
+    def close(self) -> None:
+        if self.size:
+            self.mm.close()
+
+
+def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class SegmentLog:
+    """A durable append-only log in ``directory`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        segment_size: int = 64 << 20,
+        max_total_size: int | None = None,
+        fsync: str = "always",
+        fsync_interval: float = 0.01,
+        *,
+        block_when_full: bool = False,
+        full_timeout: float | None = None,
+        recycle: bool = True,
+    ) -> None:
+        self.directory = os.fspath(directory)
+        segment_size = _check_positive_int("segment_size", segment_size, 2 * _PAGE)
+        if segment_size % _PAGE:
+            raise ConfigError(
+                f"segment_size must be a multiple of the page size {_PAGE}, got "
+                f"{segment_size}; round it to {segment_size // _PAGE * _PAGE or _PAGE}"
+            )
+        if segment_size >= 1 << 40:
+            raise ConfigError(f"segment_size {segment_size} is too large (limit 1 TiB)")
+        if fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+        if not isinstance(fsync_interval, int | float) or not fsync_interval > 0:
+            raise ConfigError(f"fsync_interval must be a number of seconds > 0, got "
+                              f"{fsync_interval!r}")
+        self._capacity: int | None = None
+        if max_total_size is not None and max_total_size != 0:
+            max_total_size = _check_positive_int("max_total_size", max_total_size)
+            self._capacity = max_total_size // segment_size
+            if self._capacity < 2:
+                raise ConfigError(
+                    f"max_total_size {max_total_size} must hold at least two segments of "
+                    f"segment_size {segment_size}: raise it to {2 * segment_size} or more, "
+                    "or lower segment_size"
+                )
+        if full_timeout is not None and full_timeout < 0:
+            raise ConfigError(f"full_timeout must be >= 0 seconds or None, got {full_timeout!r}")
+        self.segment_size = segment_size
+        self.max_total_size = max_total_size or None
+        self.fsync = fsync
+        self.fsync_interval = float(fsync_interval)
+        self.block_when_full = block_when_full
+        self.full_timeout = full_timeout
+        self.recycle = recycle
+        self.max_record_size = segment_size - SEGMENT_HEADER_SIZE - FRAME_HEADER_SIZE
+
+        self._lock = threading.Lock()
+        self._sync_cond = threading.Condition(self._lock)
+        self._space_cond = threading.Condition(self._lock)
+        self._prep_cond = threading.Condition(self._lock)
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self._failed: DurabilityError | None = None
+        self._fsync_fn = os.fdatasync  # replaced by fault-injection tests only
+
+        # writer state (under _lock)
+        self._segments: list[int] = []  # bases of the segment files, ascending
+        self._active: _Segment | None = None
+        self._write_off = 0
+        self._write_window = 0  # append's fast path runs while frames end below this
+        self._populate_write = fsync != "always"
+        self._next_seq = 0
+        self._durable_seq = -1  # last sequence number known to be on disk
+        self._syncing = False
+        self._unsynced: list[_Segment] = []  # sealed segments with data not yet synced
+        self._prepared = False  # next.prep exists and is ready
+        self._preparing = False  # the preparer is writing next.prep
+        self._spare = False  # spare.prep (a consumed segment kept for reuse) exists
+        self._counters = {"torn_tail_bytes": 0, "damaged_regions": 0, "fsyncs": 0,
+                          "rotations": 0, "recycled": 0}
+        self._problems: list[str] = []
+
+        # reader state (under _read_lock)
+        self._view: _ReadView | None = None
+        self._read_seq = 0
+        self._read_off = SEGMENT_HEADER_SIZE
+        self._committed_seq = 0
+        self._checkpoint_durable = True
+        self._checkpoint_seq = 0  # the position the checkpoint file holds
+        self._checkpoint_time = 0.0
+        self._deadletter_keys: set[tuple[str, int]] = set()
+
+        self._lock_fd = -1
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._wake_prep = threading.Event()
+        try:
+            self._open()
+        except BaseException:
+            self._release_all()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise DurabilityError(exc.errno, f"cannot create log directory {self.directory}: "
+                                  f"{exc.strerror}; check the path and permissions") from exc
+        if not os.path.isdir(self.directory):
+            raise ConfigError(f"{self.directory} exists and is not a directory")
+        self._take_lock()
+        names = os.listdir(self.directory)
+        for name in names:
+            if name.endswith(TMP_SUFFIX) or name in (PREPARED_NAME, SPARE_NAME):
+                # A checkpoint being written or a segment being prepared when the last
+                # process stopped: neither holds records, both are made again.
+                os.unlink(os.path.join(self.directory, name))
+        self._segments = sorted(b for b in map(parse_segment_name, names) if b is not None)
+        self._deadletter_keys = deadletter.known_keys(self.directory)
+
+        committed, problem = checkpoint.read(self.directory)
+        first = self._segments[0] if self._segments else 0
+        if problem == "checkpoint_missing" and self._segments:
+            self._note(f"no checkpoint: every record from sequence {first} will be read again")
+        elif problem not in (None, "checkpoint_missing"):
+            self._note(f"checkpoint damaged ({problem}): every record from sequence {first} "
+                       "will be read again (re-delivery is safer than loss)")
+        if committed is None or committed < first:
+            # Missing/damaged, or older than the oldest segment (segments below a
+            # checkpoint are deleted only after it is durable, so an older one is only
+            # left by fsync="never"): start at the oldest record still present.
+            committed = first
+
+        if self._segments:
+            self._recover_last_segment()
+        if committed > self._next_seq:
+            # The checkpoint is ahead of the data (the tail was lost with fsync="never").
+            # New records must get numbers above it, or they would count as consumed.
+            self._note(f"checkpoint {committed} is beyond the last record "
+                       f"{self._next_seq - 1}: new records start at {committed}")
+            self._seal_active()
+            self._next_seq = committed
+        if self._active is None:
+            self._active = self._new_segment(self._next_seq)
+            self._segments.append(self._next_seq)
+            self._write_off = SEGMENT_HEADER_SIZE
+        if problem == "checkpoint_missing":
+            # A new log starts with a checkpoint, so a missing one later means damage.
+            checkpoint.write(self.directory, committed, durable=True)
+        self._durable_seq = self._next_seq - 1
+        self._committed_seq = self._checkpoint_seq = committed
+        self._seek(committed)
+
+        self._start_thread(self._prepare_loop, "segmentlog-prepare")
+        if self.fsync == "interval":
+            self._start_thread(self._flush_loop, "segmentlog-flush")
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.directory, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                pid = int(holder) if holder.isdigit() else None
+                raise LogLockedError(
+                    f"{self.directory} is in use by process {holder or '(unknown)'}: one writer "
+                    "per directory; stop that process or use another directory",
+                    pid,
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _note(self, message: str) -> None:
+        self._problems.append(message)
+        log.warning("segmentlog %s: %s", self.directory, message)
+
+    def _recover_last_segment(self) -> None:
+        """Find where the last segment's records end; zero a torn record found there."""
+        base = self._segments[-1]
+        path = os.path.join(self.directory, segment_name(base))
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        size = os.fstat(fd).st_size
+        if size != self.segment_size or size < 2 * _PAGE:
+            os.close(fd)
+            self._handle_odd_last_segment(path, base, size)
+            return
+        seg = _Segment(path, base, fd, size)
+        problem = header_problem(seg.mm[:SEGMENT_HEADER_SIZE], base)
+        if problem:
+            self._counters["damaged_regions"] += 1
+            self._note(f"segment {path} header: {problem}; reading it by its name's base")
+        w = walk(seg.mm, SEGMENT_HEADER_SIZE, size, base, max_records=NO_LIMIT_SEQ,
+                 collect=False)
+        self._keep_damage(seg.mm, base, w.damages)
+        end = w.end
+        if w.stop == "torn":
+            # A record cut short by a crash: its bytes end the log. Zero them so the next
+            # append starts on clean space (counted, not damage: it was never acknowledged).
+            torn = self._torn_extent(seg.mm, end, size)
+            seg.mm[end : end + torn] = bytes(torn)
+            seg.mm.flush()
+            self._counters["torn_tail_bytes"] += torn
+            log.info("segmentlog %s: truncated a torn record of %d bytes at offset %d",
+                     path, torn, end)
+        self._active, self._write_off, self._next_seq = seg, end, w.next_seq
+
+    @staticmethod
+    def _torn_extent(buf: Any, off: int, size: int) -> int:
+        """How many bytes from ``off`` belong to the torn frame: by its length field when
+        that is plausible, else up to the last non-zero byte."""
+        if size - off >= 8:
+            length = int.from_bytes(buf[off + 4 : off + 8], "little")
+            extent = frame_size(length)
+            if extent <= size - off:
+                return extent
+        tail = bytes(buf[off:size]).rstrip(b"\0")
+        return (len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
+
+    def _handle_odd_last_segment(self, path: str, base: int, size: int) -> None:
+        """The last segment has the wrong size (damage, or another segment_size setting):
+        keep it for reading and start a new segment after its records."""
+        self._note(f"segment {path} is {size} bytes, not segment_size {self.segment_size}: "
+                   "it is read as it is and new records go to a new segment")
+        with open(path, "rb") as f:
+            data = f.read()
+        w = walk(data, SEGMENT_HEADER_SIZE, len(data), base, max_records=NO_LIMIT_SEQ,
+                 collect=False)
+        self._next_seq = w.next_seq
+        if w.count == 0:
+            # No record in it: moving it aside frees its name for the new segment, and
+            # keeps its bytes for inspection rather than deleting them.
+            os.rename(path, path + ".damaged")
+            self._segments.remove(base)
+            self._note(f"segment {path} holds no readable record: kept as {path}.damaged")
+
+    def _new_segment(self, base: int) -> _Segment:
+        """Create (or take the prepared) segment file for ``base`` and map it."""
+        path = os.path.join(self.directory, segment_name(base))
+        prep = os.path.join(self.directory, PREPARED_NAME)
+        if not self._prepared:
+            if self._spare:
+                os.rename(os.path.join(self.directory, SPARE_NAME), prep)
+                self._spare = False
+            else:
+                reserve_and_zero(prep, self.segment_size)
+        self._prepared = False
+        fd = os.open(prep, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, encode_header(base), 0)
+            self._fsync_fn(fd)  # the header is on disk before the name is
+            os.rename(prep, path)
+            fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._counters["rotations"] += 1
+        self._wake_prep.set()
+        return _Segment(path, base, fd, self.segment_size)
+
+    def _seal_active(self) -> None:
+        """Stop writing the active segment; it is synced (if needed) and unmapped later."""
+        seg = self._active
+        self._active = None
+        if seg is None:
+            return
+        if self.fsync == "never":
+            seg.close()
+        else:
+            self._unsynced.append(seg)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, payload: bytes | bytearray | memoryview) -> int:
+        """Append one record; return its sequence number (durable on return with
+        ``fsync="always"``)."""
+        if type(payload) is not bytes:
+            payload = self._coerce(payload)
+        size = (len(payload) + FRAME_HEADER_SIZE + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
+        with self._lock:
+            if self._closed or self._failed:
+                self._raise_unusable()
+            off = self._write_off
+            if off + size > self._write_window:
+                self._advance_window(size)
+                off = self._write_off
+            seq = self._next_seq
+            self._write_off = self._active.framer.frame(off, payload, seq)  # type: ignore[union-attr]
+            self._next_seq = seq + 1
+        if self.fsync == "always":
+            self._wait_durable(seq)
+        return seq
+
+    def append_batch(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
+        """Append records in order with one durability point; return the last sequence
+        number. All or nothing: a full log or a too-large record writes none of them."""
+        records = [p if type(p) is bytes else self._coerce(p) for p in payloads]
+        if not records:
+            raise ValueError("append_batch needs at least one record")
+        total = sum(map(len, records))
+        # Every frame is at most its payload + header + 7 bytes of padding.
+        bound = total + len(records) * (FRAME_HEADER_SIZE + FRAME_ALIGN - 1)
+        with self._lock:
+            if self._closed or self._failed:
+                self._raise_unusable()
+            if self._write_off + bound <= self._write_window and total <= self.max_record_size:
+                # Fast path: the whole batch fits in the mapped window: one C call.
+                self._write_off = self._active.framer.frame_batch(  # type: ignore[union-attr]
+                    self._write_off, records, self._next_seq)
+                self._next_seq += len(records)
+                last = self._next_seq - 1
+            else:
+                last = self._append_batch_slow(records)
+        if self.fsync == "always":
+            self._wait_durable(last)
+        return last
+
+    def _append_batch_slow(self, records: list[bytes]) -> int:
+        """append_batch across windows and segments, all or nothing (lock held)."""
+        sizes = [frame_size(len(p)) for p in records]
+        self._reserve_batch(sizes)
+        i = 0
+        while i < len(records):
+            room = self.segment_size - self._write_off
+            j, used = i, 0
+            while j < len(records) and used + sizes[j] <= room:
+                used += sizes[j]
+                j += 1
+            if j == i:
+                self._make_room(sizes[i])
+                continue
+            self._advance_window(used)
+            self._write_off = self._active.framer.frame_batch(  # type: ignore[union-attr]
+                self._write_off, records[i:j], self._next_seq)
+            self._next_seq += j - i
+            i = j
+        return self._next_seq - 1
+
+    def _coerce(self, payload: object) -> bytes:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            data = bytes(payload)
+        else:
+            raise TypeError(f"records must be bytes-like, not {type(payload).__name__}; "
+                            "encode text first (e.g. str.encode() or orjson.dumps())")
+        if len(data) > self.max_record_size:
+            self._too_large(len(data))
+        return data
+
+    def _too_large(self, length: int) -> None:
+        raise RecordTooLargeError(
+            f"record of {length} bytes does not fit in a segment (at most "
+            f"{self.max_record_size} bytes with segment_size {self.segment_size}); "
+            "raise segment_size or split the record"
+        )
+
+    def _raise_unusable(self) -> None:
+        if self._failed is not None:
+            raise DurabilityError(self._failed.errno, str(self._failed)) from self._failed
+        raise LogClosedError(f"log {self.directory} is closed")
+
+    def _segments_needed(self, sizes: Sequence[int]) -> int:
+        """How many new segments ``sizes`` (frame sizes, in order) would open."""
+        room, needed = self.segment_size - self._write_off, 0
+        for s in sizes:
+            if s > room:
+                needed += 1
+                room = self.segment_size - SEGMENT_HEADER_SIZE
+            room -= s
+        return needed
+
+    def _reserve_batch(self, sizes: Sequence[int]) -> None:
+        """Check up front that the whole batch fits (record sizes and max_total_size)."""
+        biggest = max(sizes)
+        if biggest > self.segment_size - SEGMENT_HEADER_SIZE:
+            self._too_large(biggest - FRAME_HEADER_SIZE)
+        if self._capacity is not None:
+            needed = self._segments_needed(sizes)
+            if needed > self._capacity - 1:
+                raise LogFullError(
+                    f"a batch needing {needed} new segments can never fit in max_total_size "
+                    f"{self.max_total_size}: split the batch or raise max_total_size"
+                )
+            if needed:
+                self._wait_for_space(needed)
+
+    def _advance_window(self, size: int) -> None:
+        """Slow path of append: rotate if the frame does not fit, map the next window of
+        the segment for writing (lock held)."""
+        if self._write_off + size > self.segment_size:
+            self._make_room(size)
+        seg = self._active
+        assert seg is not None
+        end = self._write_off + size
+        if self._populate_write and seg.populated < end:
+            # Without fsync="always" only: pre-dirtied zero pages would be written by the
+            # next fdatasync, which a durable append waits for.
+            upto = min(seg.size, max(end, self._write_off + _POPULATE_WINDOW))
+            if _populate(seg.mm, seg.populated, upto, _MADV_POPULATE_WRITE):
+                seg.populated = upto
+                # What the writer wrote it never touches again: keep resident memory to
+                # a few windows, not whole segments.
+                _drop_below(seg.mm, self._write_off - _POPULATE_WINDOW)
+            else:
+                self._populate_write = False
+        self._write_window = max(end, seg.populated) if self._populate_write else seg.size
+
+    def _make_room(self, size: int) -> None:
+        """Rotate to a new segment so a frame of ``size`` bytes fits (lock held)."""
+        if size > self.segment_size - SEGMENT_HEADER_SIZE:
+            self._too_large(size - FRAME_HEADER_SIZE)
+        self._wait_for_space(1)
+        while self._preparing:  # let the preparer finish the file it is writing
+            self._prep_cond.wait()
+        if self._closed or self._failed:
+            self._raise_unusable()
+        try:
+            seg = self._new_segment(self._next_seq)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise LogFullError(
+                    f"no space left on the device of {self.directory} for a new segment of "
+                    f"{self.segment_size} bytes: free disk space or set max_total_size below "
+                    "the free space"
+                ) from exc
+            raise DurabilityError(exc.errno, f"cannot create a segment in {self.directory}: "
+                                  f"{exc.strerror}") from exc
+        self._seal_active()
+        self._active = seg
+        self._segments.append(seg.base)
+        self._write_off = SEGMENT_HEADER_SIZE
+        self._write_window = 0
+
+    def _wait_for_space(self, needed: int) -> None:
+        if self._capacity is None:
+            return
+        deadline = None
+        while len(self._segments) + needed > self._capacity:
+            if not self.block_when_full:
+                raise LogFullError(
+                    f"log {self.directory} is full: {len(self._segments)} segments of "
+                    f"{self.segment_size} bytes reach max_total_size {self.max_total_size}; "
+                    "consume and commit records, or raise max_total_size"
+                )
+            if self.full_timeout is not None:
+                deadline = deadline or time.monotonic() + self.full_timeout
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._space_cond.wait(left):
+                    if len(self._segments) + needed <= self._capacity:
+                        break
+                    raise LogFullError(
+                        f"log {self.directory} stayed full for {self.full_timeout} s "
+                        f"(max_total_size {self.max_total_size}); the consumer is not "
+                        "committing fast enough"
+                    )
+            else:
+                self._space_cond.wait()
+            if self._closed or self._failed:
+                self._raise_unusable()
+
+    # ------------------------------------------------------------------ durability
+
+    def sync(self) -> None:
+        """Durability barrier: everything appended before the call is on disk on return."""
+        with self._lock:
+            if self._closed or self._failed:
+                self._raise_unusable()
+            target = self._next_seq - 1
+            unsynced = bool(self._unsynced)
+        if target > self._durable_seq or unsynced:
+            self._wait_durable(target, force=True)
+
+    def _wait_durable(self, seq: int, force: bool = False) -> None:
+        """Return once ``seq`` is durable, leading a group fsync if nobody else is."""
+        with self._lock:
+            while self._durable_seq < seq or force:
+                if self._failed:
+                    self._raise_unusable()
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                force = False
+                self._sync_round()
+
+    def _sync_round(self) -> None:
+        """One group fsync of everything written so far (lock held; released meanwhile)."""
+        self._syncing = True
+        # Gather: appenders woken by the previous round are about to append again. Give
+        # them the lock (and the GIL) while they keep coming, so this fsync covers them
+        # too instead of leaving them for the next round. Costs ~1 us when alone.
+        for _ in range(_GATHER_ROUNDS):
+            seen = self._next_seq
+            self._lock.release()
+            time.sleep(0)
+            self._lock.acquire()
+            if self._next_seq == seen:
+                break
+        target = self._next_seq - 1
+        sealed, self._unsynced = self._unsynced, []
+        active = self._active
+        error: OSError | None = None
+        self._lock.release()
+        try:
+            for seg in sealed:
+                self._fsync_fn(seg.fd)
+            if active is not None:
+                self._fsync_fn(active.fd)
+        except OSError as exc:
+            error = exc
+        finally:
+            self._lock.acquire()
+            self._syncing = False
+            self._counters["fsyncs"] += 1
+        if error is not None:
+            self._failed = DurabilityError(
+                error.errno,
+                f"fsync of log {self.directory} failed ({error.strerror}); records since the "
+                "last successful sync may be lost, so the log accepts no more writes: "
+                "fix the disk, then reopen the log",
+            )
+            self._unsynced = sealed + self._unsynced
+            self._sync_cond.notify_all()
+            self._raise_unusable()
+        for seg in sealed:
+            seg.close()
+        if target > self._durable_seq:
+            self._durable_seq = target
+        self._sync_cond.notify_all()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval):
+            if (self._checkpoint_seq != self._committed_seq
+                    and time.monotonic() - self._checkpoint_time >= _CHECKPOINT_INTERVAL):
+                with self._read_lock:
+                    if not self._closed and self._checkpoint_seq != self._committed_seq:
+                        try:
+                            self._write_checkpoint(durable=True)
+                        except OSError as exc:
+                            log.warning("segmentlog %s: checkpoint write failed: %s",
+                                        self.directory, exc)
+            with self._lock:
+                if self._closed or self._failed:
+                    return
+                if self._durable_seq >= self._next_seq - 1 and not self._unsynced:
+                    continue
+                if self._syncing:
+                    continue
+                try:
+                    self._sync_round()
+                except DurabilityError:
+                    log.error("segmentlog %s: background fsync failed; the log refuses "
+                              "writes until reopened", self.directory)
+                    return
+
+    # ------------------------------------------------------------------ preparing segments
+
+    def _start_thread(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _prepare_loop(self) -> None:
+        """Keep one zero-filled segment file ready, off the append path."""
+        prep = os.path.join(self.directory, PREPARED_NAME)
+        self._wake_prep.set()
+        while True:
+            self._wake_prep.wait()
+            self._wake_prep.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                if self._prepared or self._preparing or self._closed:
+                    continue
+                if self._spare:
+                    # A consumed segment kept for reuse: no bytes to write at all.
+                    os.rename(os.path.join(self.directory, SPARE_NAME), prep)
+                    self._spare, self._prepared = False, True
+                    continue
+                files = len(self._segments) + self._spare
+                if self._capacity is not None and files >= self._capacity:
+                    continue
+                self._preparing = True
+            ok = False
+            try:
+                reserve_and_zero(prep, self.segment_size)
+                ok = True
+            except OSError as exc:
+                # Not fatal here: rotation will try again and report the error itself.
+                log.warning("segmentlog %s: could not prepare the next segment: %s",
+                            self.directory, exc)
+            finally:
+                with self._lock:
+                    self._preparing = False
+                    self._prepared = ok
+                    self._prep_cond.notify_all()
+
+    # ------------------------------------------------------------------ reading
+
+    def read_batch(self, max_records: int = 1000, max_bytes: int | None = None) -> Batch:
+        """The next records after the previous read (not after the last commit), in order.
+
+        An empty batch means nothing more is written yet. ``max_bytes`` caps the payload
+        bytes of a batch, but a batch always holds at least one record when one exists.
+        """
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        with self._read_lock:
+            self._check_open()
+            records: list[bytes] = []
+            first = self._read_seq
+            budget = max_bytes
+            while len(records) < max_records:
+                got, more = self._read_some(records, max_records - len(records), budget)
+                if budget is not None:
+                    budget -= got
+                if not more or (budget is not None and budget <= 0):
+                    break
+            if not records:
+                return Batch([], self._read_seq, self._read_seq - 1, self._read_seq)
+            return Batch(records, first, self._read_seq - 1, self._read_seq)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.directory} is closed")
+
+    def _segment_after(self, base: int) -> int | None:
+        with self._lock:
+            i = bisect.bisect_right(self._segments, base)
+            return self._segments[i] if i < len(self._segments) else None
+
+    def _read_some(self, out: list[bytes], want: int, budget: int | None) -> tuple[int, bool]:
+        """Read up to ``want`` records (and ``budget`` payload bytes) of the current segment
+        into ``out``; return (payload bytes read, whether the batch may go on in the next
+        segment). Only the first record of a batch may exceed the budget."""
+        view = self._view
+        if view is None:
+            return 0, False
+        with self._lock:
+            active = self._active is not None and self._active.base == view.base
+            limit = self._write_off if active else view.size
+            last_written = self._next_seq - 1
+        next_base = None if active else self._segment_after(view.base)
+        if view.populated < limit and view.populated >= 0:
+            upto = min(limit, max(self._read_off + _POPULATE_WINDOW, view.populated))
+            view.populated = upto if _populate(view.mm, view.populated, upto,
+                                               _MADV_POPULATE_READ) else -1
+            _drop_below(view.mm, self._read_off - _POPULATE_WINDOW)
+        w = walk(
+            view.mm, self._read_off, limit, self._read_seq, max_records=want, max_bytes=budget,
+            end_seq=next_base, max_seq=last_written if active else (
+                NO_LIMIT_SEQ if next_base is None else next_base - 1), want_seqs=False,
+        )
+        mm = view.mm
+        if out and budget is not None and w.nbytes > budget:
+            # scan() always accepts one record; past the first of a batch that is one too
+            # many: leave it for the next batch.
+            self._read_off = w.offsets[0] - FRAME_HEADER_SIZE
+            self._read_seq = w.first_seq  # type: ignore[assignment]
+            return 0, False
+        out.extend([mm[o : o + n] for o, n in zip(w.offsets, w.lengths, strict=True)])
+        if w.damages:
+            self._keep_damage(mm, view.base, w.damages)
+        if w.stop == "torn" and not active:
+            # Unsound bytes up to the end of a sealed segment: damage, kept and skipped.
+            tail = bytes(mm[w.end : view.size]).rstrip(b"\0")
+            damage = Damage(w.end, len(tail), w.torn_kind or "torn", w.next_seq,
+                            next_base if next_base is not None else w.next_seq)
+            self._keep_damage(mm, view.base, [damage])
+        self._read_off, self._read_seq = w.end, w.next_seq
+        if w.stop == "max" or active:
+            return w.nbytes, False
+        if next_base is None:
+            # The last segment, no longer active (its writer was closed): nothing after it.
+            return w.nbytes, False
+        if w.next_seq < next_base:
+            self._count_missing(view.base, w.next_seq, next_base)
+        self._open_view(next_base)
+        self._read_seq = max(self._read_seq, next_base) if w.next_seq > next_base else next_base
+        return w.nbytes, True
+
+    def _count_missing(self, base: int, first: int, resume: int) -> None:
+        key = (segment_name(base), -first)
+        if key in self._deadletter_keys:
+            return
+        self._deadletter_keys.add(key)
+        self._counters["damaged_regions"] += 1
+        self._note(f"records {first}..{resume - 1} are missing after segment "
+                   f"{segment_name(base)} (damaged or deleted)")
+
+    def _keep_damage(self, buf: Any, base: int, damages: Sequence[Damage]) -> None:
+        """Move the bytes of damaged regions to the dead-letter file (once each)."""
+        name = segment_name(base)
+        entries = []
+        for d in damages:
+            if (name, d.offset) in self._deadletter_keys:
+                continue
+            self._deadletter_keys.add((name, d.offset))
+            self._counters["damaged_regions"] += 1
+            entries.append({
+                "segment": name, "offset": d.offset, "kind": d.kind,
+                "first_missing_seq": d.first_missing_seq, "resume_seq": d.resume_seq,
+                "raw": bytes(buf[d.offset : d.offset + d.length]),
+            })
+            log.error("segmentlog %s: damaged record(s) in %s at offset %d (%s): sequence "
+                      "%d..%d skipped, bytes kept in %s", self.directory, name, d.offset,
+                      d.kind, d.first_missing_seq, d.resume_seq - 1,
+                      deadletter.path_of(self.directory))
+        deadletter.append(self.directory, entries)
+
+    def _open_view(self, base: int | None) -> None:
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        if base is None:
+            return
+        path = os.path.join(self.directory, segment_name(base))
+        self._view = _ReadView(path, base)
+        self._read_off = SEGMENT_HEADER_SIZE
+        problem = header_problem(self._view.mm[:SEGMENT_HEADER_SIZE], base)
+        if problem and (segment_name(base), -1) not in self._deadletter_keys:
+            self._deadletter_keys.add((segment_name(base), -1))
+            self._note(f"segment {path} header: {problem}; reading it by its name's base")
+
+    def _seek(self, seq: int) -> None:
+        """Put the read position at record ``seq`` (or the first record after it)."""
+        with self._lock:
+            i = bisect.bisect_right(self._segments, seq) - 1
+            base = self._segments[max(i, 0)]
+        self._open_view(base)
+        self._read_seq = max(seq, base)
+        if seq <= base:
+            self._read_seq = base
+            return
+        self._read_seq = base
+        while self._read_seq < seq:
+            batch: list[bytes] = []
+            _, more = self._read_some(batch, min(seq - self._read_seq, _LOCATE_CHUNK), None)
+            if not more and not batch:
+                break
+        if self._read_seq > seq:
+            # Records between seq and here were damaged; reading resumes after them.
+            return
+
+    def commit(self, batch: Batch) -> None:
+        """Mark every record up to the end of ``batch`` consumed and reclaim space."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"commit takes a Batch from read_batch, not {type(batch).__name__}")
+        with self._read_lock:
+            self._check_open()
+            if not batch.records or batch._end_seq <= self._committed_seq:
+                return
+            if batch._end_seq > self._read_seq:
+                raise ValueError(
+                    f"batch ends at {batch._end_seq} beyond the read position "
+                    f"{self._read_seq}: commit only batches read since the last rewind"
+                )
+            self._committed_seq = batch._end_seq
+            if self.fsync == "always":
+                self._write_checkpoint(durable=True)
+            elif time.monotonic() - self._checkpoint_time >= _CHECKPOINT_INTERVAL:
+                self._write_checkpoint(durable=False)
+            self._reclaim()
+
+    def _write_checkpoint(self, durable: bool) -> None:
+        """Persist the committed position (read lock held)."""
+        checkpoint.write(self.directory, self._committed_seq, durable)
+        self._checkpoint_seq = self._committed_seq
+        self._checkpoint_durable = durable
+        self._checkpoint_time = time.monotonic()
+
+    def _reclaim(self) -> None:
+        """Delete (or recycle) segments whose records are all below the checkpoint."""
+        with self._lock:
+            dead = []
+            for i in range(len(self._segments) - 1):
+                if self._segments[i + 1] <= self._committed_seq:
+                    dead.append(self._segments[i])
+                else:
+                    break
+            if not dead:
+                return
+        if self._checkpoint_seq != self._committed_seq:
+            self._write_checkpoint(durable=True)
+        elif not self._checkpoint_durable:
+            checkpoint.make_durable(self.directory)
+            self._checkpoint_durable = True
+        if self._view is not None and self._view.base in dead:
+            self._open_view(self._segment_after(dead[-1]))
+        for base in dead:
+            path = os.path.join(self.directory, segment_name(base))
+            with self._lock:
+                if self.recycle and not self._closed and not (self._prepared or self._preparing):
+                    # A consumed segment becomes the next one: its blocks are already
+                    # written and likely cached. Its old records keep their (lower)
+                    # sequence numbers, so they can never read as new ones.
+                    os.rename(path, os.path.join(self.directory, PREPARED_NAME))
+                    self._prepared = True
+                    self._counters["recycled"] += 1
+                elif self.recycle and not self._closed and not self._spare:
+                    os.rename(path, os.path.join(self.directory, SPARE_NAME))
+                    self._spare = True
+                    self._counters["recycled"] += 1
+                else:
+                    os.unlink(path)
+                self._segments.remove(base)
+        fsync_dir(self.directory)
+        with self._lock:
+            self._space_cond.notify_all()
+
+    def rewind(self) -> None:
+        """Move the read position back to the last commit (after a failed delivery)."""
+        with self._read_lock:
+            self._check_open()
+            self._seek(self._committed_seq)
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes; cheap enough to call every few seconds."""
+        with self._lock:
+            segments = len(self._segments)
+            prepared = self._prepared
+            next_seq = self._next_seq
+            data = {
+                "directory": self.directory,
+                "backend": impl.NAME,
+                "fsync": self.fsync,
+                "next_seq": next_seq,
+                "durable_seq": self._durable_seq,
+                "segments": segments,
+                "segment_size": self.segment_size,
+                "disk_bytes": (segments + prepared + self._spare) * self.segment_size,
+                "max_total_size": self.max_total_size,
+                "write_offset": self._write_off,
+                **self._counters,
+            }
+        data["committed_seq"] = self._committed_seq
+        data["read_seq"] = self._read_seq
+        data["pending_records"] = max(0, next_seq - self._committed_seq)
+        data["pending_bytes"] = self._pending_bytes()
+        data["fill_ratio"] = (data["disk_bytes"] / self.max_total_size
+                              if self.max_total_size else None)
+        data["problems"] = list(self._problems)
+        return data
+
+    def _pending_bytes(self) -> int:
+        """Frame bytes between the read position's segment and the write position (an
+        upper bound: sealed segments count in full)."""
+        with self._lock:
+            if self._active is None:
+                return 0
+            sealed = sum(1 for b in self._segments if b < self._active.base
+                         and (self._view is None or b >= self._view.base))
+            used = self._write_off - SEGMENT_HEADER_SIZE
+        full = self.segment_size - SEGMENT_HEADER_SIZE
+        pending = sealed * full + used
+        if self._view is not None:
+            pending -= self._read_off - SEGMENT_HEADER_SIZE
+        return max(0, pending)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Sync (unless ``fsync="never"``), unmap everything and release the lock.
+        Closing twice is allowed."""
+        with self._read_lock:
+            if not self._closed and self._checkpoint_seq != self._committed_seq:
+                try:
+                    self._write_checkpoint(durable=self.fsync != "never")
+                except OSError as exc:
+                    log.error("segmentlog %s: could not write the checkpoint at close (%s); "
+                              "records since the last one will be read again",
+                              self.directory, exc)
+        with self._read_lock, self._lock:
+            if self._closed:
+                return
+            if self.fsync != "never" and not self._failed:
+                while self._syncing:
+                    self._sync_cond.wait()
+                # An fsync error is recorded in _failed; closing still releases everything.
+                with contextlib.suppress(DurabilityError):
+                    self._sync_round()
+            self._closed = True
+            self._stop.set()
+            self._wake_prep.set()
+            self._sync_cond.notify_all()
+            self._space_cond.notify_all()
+            self._prep_cond.notify_all()
+        for t in self._threads:
+            t.join()
+        self._release_all()
+
+    def _release_all(self) -> None:
+        self._closed = True
+        self._stop.set()
+        self._wake_prep.set()
+        for seg in self._unsynced:
+            seg.close()
+        self._unsynced = []
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> SegmentLog:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"next_seq={self._next_seq}"
+        return f"<SegmentLog {self.directory!r} {state}>"

@@ -1,0 +1,98 @@
+"""Segment files: the header, creation with reserved space, and the directory fsync.
+
+Rule 1: a segment's space is reserved and written (zeros, or a recycled segment's old
+bytes) before anything is mapped, so a full disk is an ``OSError`` here, never a SIGBUS
+while writing through the map.
+Rule 2: a new segment's header is durable before its name appears, and the name is
+durable (directory fsync) before any record in it is acknowledged.
+Rule 3: old bytes in a recycled segment are never read as records: their sequence numbers
+are all below the new base, and a reader accepts only the expected sequence number.
+This module never decides policy (when to rotate, what to delete): log.py does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+from segmentlog._backend import impl
+from segmentlog._format import (
+    FORMAT_VERSION,
+    FRAME_ALIGN,
+    PREPARED_NAME,
+    SEGMENT_HEADER,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_ZERO_CHUNK = bytes(1 << 20)
+
+
+def encode_header(base_seq: int) -> bytes:
+    """The 32-byte header of a segment whose first record is ``base_seq``."""
+    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, FRAME_ALIGN, base_seq, 0, 0)[:28]
+    crc: int = impl.crc32c(body)
+    return body + crc.to_bytes(4, "little")
+
+
+def header_problem(data: bytes | memoryview, base_seq: int) -> str | None:
+    """Why ``data`` is not a valid header for a segment named ``base_seq``; None if it is."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        return "short_header"
+    magic, version, align, base, reserved, crc = SEGMENT_HEADER.unpack_from(data, 0)
+    if not any(bytes(data[:SEGMENT_HEADER_SIZE])):
+        return "zero_header"
+    if impl.crc32c(bytes(data[:28])) != crc:
+        return "bad_header_crc"
+    if magic != SEGMENT_MAGIC:
+        return "bad_magic"
+    if version != FORMAT_VERSION or align != FRAME_ALIGN or reserved != 0:
+        return "unsupported_version"
+    if base != base_seq:
+        return "header_name_mismatch"
+    return None
+
+
+def fsync_dir(path: str) -> None:
+    """Make creates, renames and unlinks in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def reserve_and_zero(path: str, size: int) -> None:
+    """Create ``path`` with ``size`` bytes allocated and written as zeros, then fsync it.
+
+    Writing the zeros (not only ``posix_fallocate``) turns unwritten extents into written
+    ones up front, which makes every later ``fdatasync`` of records cheaper (FORMAT.md,
+    "Preparing segments"). On ENOSPC the partial file is removed and the error raised.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            # Some file systems (tmpfs on old kernels, some FUSE) lack fallocate; writing
+            # the zeros below reserves the space just as well, and still fails on ENOSPC.
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        written = 0
+        while written < size:
+            n = min(len(_ZERO_CHUNK), size - written)
+            written += os.pwrite(fd, _ZERO_CHUNK[:n], written)
+        os.fdatasync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def prepared_path(directory: str) -> str:
+    return os.path.join(directory, PREPARED_NAME)

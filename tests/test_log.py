@@ -1,0 +1,303 @@
+"""SegmentLog API: append, batches, reading, committing, reclaiming, limits, group commit."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from logtools import SMALL, check_intact, read_all, record, segment_files, write_log
+
+import segmentlog
+from segmentlog import (
+    ConfigError,
+    LogClosedError,
+    LogFullError,
+    RecordTooLargeError,
+    SegmentLog,
+)
+
+
+def test_append_returns_strictly_increasing_sequence_numbers(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        seqs = [log.append(record(i)) for i in range(50)]
+        assert seqs == list(range(50))
+        assert log.append_batch([b"a", b"b", b"c"]) == 52
+
+
+def test_read_batch_returns_records_in_append_order(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        for i in range(200):
+            log.append(record(i))
+        batch = log.read_batch(max_records=30)
+        assert (batch.first_seq, batch.last_seq, len(batch)) == (0, 29, 30)
+        check_intact(batch.records, list(range(30)))
+        check_intact(read_all(log), list(range(30, 200)))
+
+
+def test_read_batch_on_empty_log_is_empty(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        batch = log.read_batch()
+        assert len(batch) == 0 and not batch and batch.records == []
+
+
+def test_max_bytes_caps_a_batch_but_returns_at_least_one_record(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        log.append_batch([b"x" * 100] * 10)
+        assert len(log.read_batch(max_records=100, max_bytes=250)) == 2
+        assert len(log.read_batch(max_records=100, max_bytes=10)) == 1
+
+
+def test_successive_reads_continue_and_rewind_returns_to_commit(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        for i in range(100):
+            log.append(record(i))
+        first = log.read_batch(max_records=10)
+        second = log.read_batch(max_records=10)
+        assert second.first_seq == 10
+        log.commit(first)
+        log.rewind()
+        again = log.read_batch(max_records=10)
+        assert again.first_seq == 10 and again.records == second.records
+
+
+def test_committing_a_later_batch_commits_the_earlier_ones(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="always") as log:
+        for i in range(40):
+            log.append(record(i))
+        log.read_batch(max_records=10)
+        second = log.read_batch(max_records=10)
+        log.commit(second)
+    with SegmentLog(logdir, segment_size=SMALL, fsync="always") as log:
+        check_intact(read_all(log), list(range(20, 40)))
+
+
+def test_uncommitted_records_are_read_again_after_reopen(logdir: str) -> None:
+    write_log(logdir, 30)
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        assert len(log.read_batch(max_records=25)) == 25
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        check_intact(read_all(log), list(range(30)))
+
+
+def test_records_span_many_segments_and_survive_reopen(logdir: str) -> None:
+    write_log(logdir, 500)
+    assert len(segment_files(logdir)) > 10
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        check_intact(read_all(log), list(range(500)))
+        assert log.append(b"next") == 500
+
+
+def test_commit_deletes_or_recycles_consumed_segments(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="always") as log:
+        for i in range(500):
+            log.append(record(i))
+        many = len(segment_files(logdir))
+        while batch := log.read_batch(max_records=50):
+            log.commit(batch)
+        assert len(segment_files(logdir)) == 1 < many
+        assert log.stats()["pending_records"] == 0
+        log.append(b"after")
+        assert log.read_batch().records == [b"after"]
+
+
+def test_recycled_segment_never_yields_its_old_records(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        for round_ in range(6):
+            for i in range(60):
+                log.append(record(round_ * 60 + i))
+            out = read_all(log)
+            check_intact(out, list(range(round_ * 60, round_ * 60 + 60)))
+            log.rewind()
+            while batch := log.read_batch(max_records=7):
+                log.commit(batch)
+        assert log.stats()["recycled"] > 0
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        assert read_all(log) == []
+
+
+def test_append_batch_is_one_durability_point(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="always") as log:
+        before = log.stats()["fsyncs"]
+        log.append_batch([record(i) for i in range(100)])
+        assert log.stats()["fsyncs"] - before == 1
+
+
+def test_group_commit_shares_fsyncs_between_threads(logdir: str) -> None:
+    threads, per_thread = 16, 40
+    with SegmentLog(logdir, segment_size=1 << 20, fsync="always") as log:
+        start = threading.Barrier(threads)
+        before = log.stats()["fsyncs"]
+
+        def work() -> None:
+            start.wait()
+            for _ in range(per_thread):
+                log.append(b"x" * 500)
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        fsyncs = log.stats()["fsyncs"] - before
+        assert log.stats()["durable_seq"] == threads * per_thread - 1
+    # Without group commit every append would sync on its own.
+    assert fsyncs < threads * per_thread
+
+
+def test_sync_is_a_barrier_in_every_policy(logdir: str) -> None:
+    for policy in ("never", "interval"):
+        path = os.path.join(logdir, policy)
+        with SegmentLog(path, segment_size=SMALL, fsync=policy) as log:
+            seq = log.append(b"x")
+            log.sync()
+            assert log.stats()["durable_seq"] >= seq
+
+
+def test_interval_policy_syncs_in_the_background(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="interval", fsync_interval=0.01) as log:
+        seq = log.append(b"x")
+        done = threading.Event()
+        for _ in range(500):
+            if log.stats()["durable_seq"] >= seq:
+                done.set()
+                break
+            done.wait(0.01)
+        assert done.is_set()
+
+
+def test_full_log_raises_and_writes_nothing(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, max_total_size=3 * SMALL, fsync="never") as log:
+        appended = 0
+        with pytest.raises(LogFullError, match="max_total_size"):
+            while True:
+                log.append(record(appended, 200))
+                appended += 1
+        with pytest.raises(LogFullError):
+            log.append_batch([b"y" * 200] * 40)
+        assert log.stats()["next_seq"] == appended
+        assert read_all(log) == [record(i, 200) for i in range(appended)]
+
+
+def test_full_log_accepts_again_after_commit(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, max_total_size=3 * SMALL, fsync="never") as log:
+        with pytest.raises(LogFullError):
+            while True:
+                log.append(b"z" * 200)
+        while batch := log.read_batch(max_records=5):
+            log.commit(batch)
+        log.append(b"z" * 200)
+
+
+def test_block_when_full_waits_for_the_consumer(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, max_total_size=3 * SMALL, fsync="never",
+                    block_when_full=True, full_timeout=30) as log:
+        total = 200
+        writer = threading.Thread(target=lambda: [log.append(record(i, 200))
+                                                  for i in range(total)])
+        writer.start()
+        got: list[bytes] = []
+        while len(got) < total:
+            batch = log.read_batch(max_records=10)
+            got.extend(batch.records)
+            if batch:
+                log.commit(batch)
+        writer.join()
+        assert got == [record(i, 200) for i in range(total)]
+
+
+def test_block_when_full_times_out_with_log_full_error(logdir: str) -> None:
+    log = SegmentLog(logdir, segment_size=SMALL, max_total_size=2 * SMALL, fsync="never",
+                     block_when_full=True, full_timeout=0.05)
+    with log, pytest.raises(LogFullError, match="stayed full"):
+        while True:
+            log.append(b"q" * 500)
+
+
+def test_record_too_large_writes_nothing(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        with pytest.raises(RecordTooLargeError, match="segment_size"):
+            log.append(b"x" * SMALL)
+        with pytest.raises(RecordTooLargeError):
+            log.append_batch([b"ok", b"x" * SMALL])
+        assert log.stats()["next_seq"] == 0
+        biggest = log.max_record_size
+        assert log.append(b"m" * biggest) == 0
+        assert log.read_batch().records == [b"m" * biggest]
+
+
+def test_bytearray_and_memoryview_are_accepted_and_str_is_not(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        log.append(bytearray(b"ba"))
+        log.append(memoryview(b"mv"))
+        with pytest.raises(TypeError, match="bytes-like"):
+            log.append("text")  # type: ignore[arg-type]
+        assert log.read_batch().records == [b"ba", b"mv"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"segment_size": 5000}, "segment_size"),
+        ({"segment_size": 4096}, "segment_size"),
+        ({"fsync": "sometimes"}, "fsync"),
+        ({"fsync_interval": 0}, "fsync_interval"),
+        ({"max_total_size": SMALL}, "max_total_size"),
+        ({"max_total_size": -1}, "max_total_size"),
+    ],
+)
+def test_bad_settings_raise_config_error_naming_the_setting(
+    logdir: str, kwargs: dict[str, object], word: str
+) -> None:
+    with pytest.raises(ConfigError, match=word) as info:
+        SegmentLog(logdir, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def test_use_after_close_raises_and_double_close_is_fine(logdir: str) -> None:
+    log = SegmentLog(logdir, segment_size=SMALL)
+    log.append(b"x")
+    batch = log.read_batch()
+    log.close()
+    log.close()
+    for call in (lambda: log.append(b"y"), lambda: log.append_batch([b"y"]), log.read_batch,
+                 lambda: log.commit(batch), log.sync, log.rewind):
+        with pytest.raises(LogClosedError):
+            call()
+
+
+def test_second_open_in_the_same_process_is_locked(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL):
+        with pytest.raises(segmentlog.LogLockedError, match=str(os.getpid())) as info:
+            SegmentLog(logdir, segment_size=SMALL)
+        assert info.value.pid == os.getpid()
+    SegmentLog(logdir, segment_size=SMALL).close()
+
+
+def test_stats_report_pending_records_and_disk_use(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, max_total_size=100 * SMALL,
+                    fsync="never") as log:
+        for i in range(100):
+            log.append(record(i))
+        log.commit(log.read_batch(max_records=40))
+        stats = log.stats()
+        assert stats["pending_records"] == 60
+        assert stats["pending_bytes"] > 0
+        assert stats["disk_bytes"] >= stats["segments"] * SMALL
+        assert 0 < stats["fill_ratio"] <= 1
+        assert stats["backend"] == segmentlog.backend
+
+
+def test_files_are_private(logdir: str) -> None:
+    write_log(logdir, 10)
+    assert os.stat(logdir).st_mode & 0o777 == 0o700
+    for name in os.listdir(logdir):
+        assert os.stat(os.path.join(logdir, name)).st_mode & 0o077 == 0, name
+
+
+def test_segments_are_preallocated_not_sparse(logdir: str) -> None:
+    write_log(logdir, 50)
+    for path in segment_files(logdir):
+        st = os.stat(path)
+        assert st.st_size == SMALL
+        assert st.st_blocks * 512 >= st.st_size
