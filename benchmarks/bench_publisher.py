@@ -1,0 +1,199 @@
+"""Publisher throughput against a real RabbitMQ: windowed confirms vs the two baselines.
+
+Usage: python benchmarks/bench_publisher.py [--url URL] [--messages 100000]
+       [--each-messages 10000] [--batch 10000] [--windows 1,10,100,...] [--json]
+
+Every run publishes persistent messages (delivery_mode 2, ~514-byte CADF-like JSON)
+into its own fresh durable queue, which is deleted afterwards. Rates are messages per
+second *stored by the broker*:
+
+- no-confirm: pika BlockingConnection, no confirm mode (the Go original's way); the
+  clock stops when the queue holds every message (so client-side buffering does not
+  flatter it). Measured before and after the windowed runs; the mean is the baseline.
+- confirm-each: BlockingConnection in confirm mode, each publish waits for its own
+  confirm (``--each-messages``, it is slow).
+- window=W: segmentlog.amqp.Publisher(window=W), ``publish_batch`` in batches of
+  ``--batch``; the clock stops when every batch is confirmed. Windows below 100 use
+  ``--each-messages`` messages (they run at confirm-each speed).
+
+Ratios are computed within this one run, so a busy machine slows all of them alike.
+The issue's target: the default window at >= 0.8x no-confirm and >= 7x confirm-each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import pika
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from segmentlog.amqp import Publisher
+
+DEFAULT_URL = os.environ.get("SEGMENTLOG_TEST_RABBITMQ_URL",
+                             "amqp://guest:guest@127.0.0.1:5672/%2F")
+BODY_SIZE = 514
+
+
+def make_messages(n: int) -> list[tuple[str, bytes]]:
+    run = uuid.uuid4().hex[:12]
+    out = []
+    for i in range(n):
+        mid = f"{run}-{i:08d}"
+        head = (
+            '{"typeURI":"http://schemas.dmtf.org/cloud/audit/1.0/event","id":"' + mid + '",'
+            '"eventTime":"2025-01-01T00:00:00.000000+00:00","action":"update/set",'
+            '"eventType":"activity","outcome":"success",'
+            '"initiator":{"typeURI":"service/security/account/user","id":"u-42",'
+            '"name":"alice","domain":"example","host":{"address":"10.0.0.1"}},'
+            '"target":{"typeURI":"service/resources/project","id":"p-1"},'
+            '"observer":{"typeURI":"service/resources","id":"limes"},"pad":"')
+        pad = BODY_SIZE - len(head) - 2
+        body = (head + "x" * max(pad, 0) + '"}').encode()
+        out.append((mid, body))
+    return out
+
+
+def _declare(url: str) -> str:
+    name = f"segmentlog-bench-{uuid.uuid4().hex[:10]}"
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn.channel().queue_declare(name, durable=True)
+    conn.close()
+    return name
+
+
+def _delete(url: str, name: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn.channel().queue_delete(name)
+    finally:
+        conn.close()
+
+
+def _count(ch: pika.adapters.blocking_connection.BlockingChannel, name: str) -> int:
+    return int(ch.queue_declare(name, passive=True).method.message_count)
+
+
+def run_no_confirm(url: str, messages: list[tuple[str, bytes]]) -> float:
+    name = _declare(url)
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        start = time.perf_counter()
+        for mid, body in messages:
+            ch.basic_publish("", name, body, pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=mid))
+        probe = conn.channel()
+        while _count(probe, name) < len(messages):
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return len(messages) / elapsed
+    finally:
+        _delete(url, name)
+
+
+def run_confirm_each(url: str, messages: list[tuple[str, bytes]]) -> float:
+    name = _declare(url)
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        start = time.perf_counter()
+        for mid, body in messages:
+            ch.basic_publish("", name, body, pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=mid),
+                mandatory=True)
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return len(messages) / elapsed
+    finally:
+        _delete(url, name)
+
+
+def run_windowed(url: str, messages: list[tuple[str, bytes]], window: int,
+                 batch: int) -> float:
+    name = _declare(url)
+    try:
+        with Publisher(url, name, window=window) as pub:
+            pub.connect()
+            start = time.perf_counter()
+            for i in range(0, len(messages), batch):
+                chunk = messages[i:i + batch]
+                result = pub.publish_batch(chunk)
+                if not result.delivered:
+                    raise SystemExit(f"window={window}: batch at {i} not fully confirmed "
+                                     f"({result.confirmed_prefix}/{len(chunk)})")
+            elapsed = time.perf_counter() - start
+        return len(messages) / elapsed
+    finally:
+        _delete(url, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--url", default=DEFAULT_URL)
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--each-messages", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=10_000)
+    ap.add_argument("--windows", default="1,10,100,250,500,1000,2000,5000")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    windows = [int(w) for w in args.windows.split(",") if w]
+    big = make_messages(args.messages)
+    small = big[:args.each_messages]
+
+    def log(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
+    def timed(label: str, fn: Callable[[], float], n: int) -> float:
+        rate = fn()
+        log(f"  {label:<22} {n:>8} msgs  {rate:>9.0f} msg/s")
+        return rate
+
+    log(f"RabbitMQ publisher benchmark: {BODY_SIZE}-byte JSON bodies, persistent, durable "
+        f"queue, batch={args.batch}")
+    nc1 = timed("no-confirm (before)", lambda: run_no_confirm(args.url, big), len(big))
+    each = timed("confirm-each", lambda: run_confirm_each(args.url, small), len(small))
+    rates: dict[int, float] = {}
+    for w in windows:
+        msgs = big if w >= 100 else small
+        rates[w] = timed(f"window={w}", lambda m=msgs, w=w: run_windowed(  # type: ignore[misc]
+            args.url, m, w, args.batch), len(msgs))
+    nc2 = timed("no-confirm (after)", lambda: run_no_confirm(args.url, big), len(big))
+    no_confirm = (nc1 + nc2) / 2
+    curve = {w: {"rate": r, "vs_no_confirm": r / no_confirm, "vs_confirm_each": r / each}
+             for w, r in rates.items()}
+    default_w = int(inspect.signature(Publisher).parameters["window"].default)
+    target_w = default_w if default_w in rates else max(rates)
+    target = curve[target_w]
+    ok = target["vs_no_confirm"] >= 0.8 and target["vs_confirm_each"] >= 7.0
+    if args.json:
+        print(json.dumps({
+            "messages": len(big), "each_messages": len(small), "batch": args.batch,
+            "body_bytes": BODY_SIZE, "no_confirm_rate": no_confirm,
+            "no_confirm_runs": [nc1, nc2], "confirm_each_rate": each,
+            "windows": curve, "target_window": target_w, "target_met": ok,
+        }, indent=2))
+    else:
+        print(f"\nno-confirm baseline {no_confirm:.0f} msg/s (mean of {nc1:.0f} and {nc2:.0f}); "
+              f"confirm-each {each:.0f} msg/s")
+        print(f"{'window':>8} {'msg/s':>9} {'x no-confirm':>13} {'x confirm-each':>15}")
+        for w, c in curve.items():
+            print(f"{w:>8} {c['rate']:>9.0f} {c['vs_no_confirm']:>13.2f} "
+                  f"{c['vs_confirm_each']:>15.1f}")
+        print(f"\ntarget (window={target_w}: >= 0.8x no-confirm and >= 7x confirm-each): "
+              f"{'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
