@@ -1,0 +1,121 @@
+/* segmentlog C core: CRC32C, framing a batch, scanning a buffer, resynchronising.
+ *
+ * FORMAT.md is the specification; the constants below only name its numbers, and
+ * tests/test_format.py checks that they equal segmentlog/_format.py.
+ *
+ * The ABI is deliberately narrow and boring (STYLE.md section 3):
+ *   - every exported symbol starts with sl_;
+ *   - byte buffers are (pointer, length) pairs typed char, so cffi passes Python bytes
+ *     without a copy; offsets and lengths are uint64_t;
+ *   - functions return plain integer codes: 0 (SL_OK) or a negative SL_ERR_*, named by
+ *     sl_strerror(); framing returns the new offset (>= 0) or a negative SL_ERR_*;
+ *   - nothing is allocated, nothing is kept: the caller owns every buffer.
+ * Policy (rotation, recovery, retention) lives in Python; this file never touches a
+ * file descriptor.
+ */
+#ifndef SEGMENTLOG_H
+#define SEGMENTLOG_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* FORMAT.md: format version and segment header. */
+#define SL_FORMAT_VERSION 1
+#define SL_SEGMENT_MAGIC "SEGLOG\x1a\n"
+#define SL_SEGMENT_HEADER_SIZE 32
+
+/* FORMAT.md: record frame. */
+#define SL_FRAME_MARKER 0x5AA55CD3u
+#define SL_FRAME_HEADER_SIZE 24
+#define SL_FRAME_CRC_COVERS 20 /* the CRC covers header bytes [0, 20), then the payload */
+#define SL_FRAME_ALIGN 8
+#define SL_MAX_PAYLOAD 0xFFFFFFFFu
+
+/* Bytes one frame of `length` payload bytes occupies, padding included. */
+#define SL_FRAME_SIZE(length) \
+    ((((uint64_t)(length)) + SL_FRAME_HEADER_SIZE + SL_FRAME_ALIGN - 1) & \
+     ~(uint64_t)(SL_FRAME_ALIGN - 1))
+
+/* FORMAT.md, "Scanning": why a scan stopped (segmentlog/_format.py SCAN_*). */
+#define SL_SCAN_OK 0          /* stopped at max_records / max_bytes, or at the end given */
+#define SL_SCAN_ZERO 1        /* a zero marker: preallocated space, the end of written data */
+#define SL_SCAN_TRUNCATED 2   /* the frame (or its header) extends past the end given */
+#define SL_SCAN_BAD_MARKER 3  /* a non-zero word that is not the frame marker */
+#define SL_SCAN_BAD_CRC 4     /* the checksum does not match header + payload */
+#define SL_SCAN_BAD_FLAGS 5   /* checksum fine, flags this version does not know */
+#define SL_SCAN_BAD_SEQ 6     /* checksum fine, not the expected sequence number */
+
+/* Return codes (sl_strerror names them). */
+#define SL_OK 0
+#define SL_ERR_ARG (-1)       /* a NULL pointer with a non-zero length, or a capacity > 2^63 - 1 */
+#define SL_ERR_TOO_LARGE (-2) /* a payload longer than SL_MAX_PAYLOAD */
+#define SL_ERR_ALIGN (-3)     /* the offset is not a multiple of SL_FRAME_ALIGN */
+#define SL_ERR_NO_SPACE (-4)  /* the frames do not fit between the offset and the capacity */
+#define SL_ERR_SEQ (-5)       /* a sequence number of the batch would exceed 2^64 - 1 */
+
+/* sl_scan flags. */
+#define SL_OPT_LIMIT_BYTES 1u /* max_bytes applies (otherwise payload bytes are unlimited) */
+#define SL_OPT_CONTINUE 2u    /* an earlier call of the same scan accepted frames already */
+
+/* CRC32C (Castagnoli) of buf[0, len), continuing from crc (0 to start), chained like
+ * zlib's crc32: sl_crc32c(sl_crc32c(0, a, n), b, m) == CRC32C of a then b. */
+uint32_t sl_crc32c(uint32_t crc, const char *buf, uint64_t len);
+
+/* The live CRC32C implementation: "sse4.2", "armv8-crc" or "portable". */
+const char *sl_crc32c_impl(void);
+
+/* Test hook: on != 0 forces the portable slicing-by-8 code even when the CPU has CRC
+ * instructions; on == 0 returns to the best one. Returns the previous setting. */
+int sl_crc32c_force_portable(int on);
+
+/* Write one frame (seq, payload[0, len)) at dst + off, zero padding included.
+ * Returns the offset just past it, or SL_ERR_TOO_LARGE / SL_ERR_ALIGN /
+ * SL_ERR_NO_SPACE / SL_ERR_ARG, in which case nothing was written. */
+int64_t sl_frame_one(char *dst, uint64_t cap, uint64_t off, const char *payload,
+                     uint64_t len, uint64_t seq);
+
+/* Write n consecutive frames with sequence numbers first_seq, first_seq + 1, ... at
+ * dst + off. src holds the payloads back to back; lens[i] is the length of payload i.
+ * All lengths and the total size are checked before anything is written. Returns the
+ * new end offset or a negative SL_ERR_* (nothing written). */
+int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
+                       const uint64_t *lens, uint64_t n, uint64_t first_seq);
+
+typedef struct sl_scan_result {
+    uint64_t end;      /* offset just past the last accepted frame */
+    uint64_t next_seq; /* the sequence number expected at end (modulo 2^64) */
+    uint64_t count;    /* frames accepted */
+    uint64_t nbytes;   /* payload bytes accepted */
+    int status;        /* SL_SCAN_*: why the scan stopped at end */
+} sl_scan_result;
+
+/* Validate frames in buf[off, len) expecting sequence number expected_seq first; stop at
+ * the first frame that is not sound (FORMAT.md, "Scanning"), after max_records frames,
+ * or before a frame that would take the payload bytes past max_bytes when
+ * SL_OPT_LIMIT_BYTES is set (the first frame of a scan is always accepted unless
+ * SL_OPT_CONTINUE says this call resumes a scan). The payload offset and length of
+ * frame i go to out_off[i] and out_len[i] (both NULL: validate only; otherwise both
+ * hold max_records entries). A frame with sequence number 2^64 - 1 is the last one a
+ * scan can accept. Returns SL_OK (the outcome is in *res) or SL_ERR_ARG. */
+int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
+            uint64_t max_records, uint64_t max_bytes, unsigned int flags,
+            uint64_t *out_off, uint64_t *out_len, sl_scan_result *res);
+
+/* Find the first sound frame at an aligned offset >= off in buf[0, len) whose sequence
+ * number lies in [min_seq, max_seq]. Returns 1 and sets *out_off, *out_seq if there is
+ * one, 0 if not, SL_ERR_ARG on bad arguments. The length of a damaged frame is never
+ * trusted: every aligned offset is tried. */
+int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
+              uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq);
+
+/* The name of a return code ("ok", "too_large", ...); "unknown" for anything else. */
+const char *sl_strerror(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SEGMENTLOG_H */

@@ -1,0 +1,418 @@
+"""The native backend: a thin wrapper over the C core (segmentlog._native, built by cffi).
+
+It exposes exactly the API of segmentlog._pure (NAME, ScanResult, crc32c, crc32c_impl,
+frame_into, frame_batch_into, scan, resync, Framer, Scanner) with the same results;
+tests/test_backends.py holds the two to that.
+
+Rule 1: the C core only ever sees arguments it can take: byte buffers and integers in
+its uint64 range. Anything else (a negative offset, a sequence number past 2^64 - 1, a
+buffer that is not a contiguous run of bytes) is handed to segmentlog._pure, the
+reference, so both backends answer a caller's mistake the same way. Those are cold paths.
+Rule 2: the C core writes a frame completely or not at all. When it refuses a frame the
+reference is asked to do the same write, which raises the reference's own error; the C
+core and the reference check the same conditions in the same order.
+Rule 3: the hot paths (Framer.frame: one call per append; scan) bind the buffer once
+(ffi.from_buffer exports it, so release() must come before the map is closed) and pass
+``bytes`` payloads to C without a copy.
+This module owns no state but the bound pointers; it never does I/O.
+"""
+
+from __future__ import annotations
+
+import mmap
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from segmentlog import _pure
+from segmentlog._format import FRAME_HEADER_SIZE, SCAN_BAD_SEQ, SCAN_OK
+from segmentlog._native import ffi, lib
+from segmentlog._pure import Buffer, ScanResult
+
+__all__ = [
+    "NAME",
+    "Framer",
+    "ScanResult",
+    "Scanner",
+    "crc32c",
+    "crc32c_impl",
+    "frame_batch_into",
+    "frame_into",
+    "resync",
+    "scan",
+]
+
+NAME = "native"
+
+WritableBuffer = bytearray | memoryview | mmap.mmap
+ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
+
+_U64 = 1 << 64
+_FIRST_CHUNK = 1 << 14  # frames per scan call before the offset arrays grow (doubling)
+_NULL = ffi.NULL
+_crc32c = lib.sl_crc32c
+_frame_one = lib.sl_frame_one
+_frame_batch = lib.sl_frame_batch
+_sl_scan = lib.sl_scan
+
+
+def crc32c(data: Buffer, crc: int = 0) -> int:
+    """CRC32C of ``data``, continuing from ``crc`` (as zlib.crc32 chains)."""
+    if type(data) is bytes:  # exactly bytes: passed without a copy, and len() is true
+        try:
+            result: int = _crc32c(crc, data, len(data))
+            return result
+        except OverflowError:  # crc out of range
+            pass
+    if not 0 <= crc <= 0xFFFFFFFF:
+        return _pure.crc32c(data, crc)  # Rule 1: a crc outside 32 bits is the caller's bug
+    ptr = _byte_buffer(data)
+    if ptr is None:
+        return _pure.crc32c(data, crc)
+    with ptr:
+        return int(_crc32c(crc, ptr, len(ptr)))
+
+
+def crc32c_impl() -> str:
+    """Which CRC32C implementation is live: "sse4.2", "armv8-crc" or "portable"."""
+    return str(ffi.string(lib.sl_crc32c_impl()).decode("ascii"))
+
+
+def crc32c_force_portable(on: bool) -> bool:
+    """Test hook: run the portable C code even on a CPU with CRC instructions (process
+    wide). Returns the previous setting."""
+    return bool(lib.sl_crc32c_force_portable(1 if on else 0))
+
+
+def _byte_buffer(obj: Any, writable: bool = False) -> Any:
+    """A cffi view of ``obj`` if it is a contiguous run of bytes whose len() is its size in
+    bytes (what the reference assumes), else None (the caller then uses the reference)."""
+    try:
+        ptr = ffi.from_buffer(obj, require_writable=writable)
+    except (TypeError, BufferError, ValueError):
+        return None
+    try:
+        same = len(ptr) == len(obj)
+    except TypeError:
+        same = False
+    if not same:
+        ffi.release(ptr)
+        return None
+    return ptr
+
+
+def _settle(end: int | None, reference: Any, *args: Any) -> int:
+    """The result of a write the C core declined (None: Rule 1) or refused (< 0: Rule 2):
+    the reference does it, or raises its own error. Call with the buffer not exported,
+    so the reference behaves exactly as it does alone."""
+    if end is None:
+        result: int = reference(*args)
+        return result
+    reference(*args)  # raises: the C core and the reference check the same conditions
+    raise RuntimeError(
+        f"segmentlog C core refused a write ({ffi.string(lib.sl_strerror(end)).decode()}) "
+        "that the pure-Python reference accepted: this is a bug, please report it; "
+        "SEGMENTLOG_BACKEND=pure works around it"
+    )
+
+
+def _frame_c(ptr: Any, off: int, payload: Buffer, seq: int) -> int | None:
+    """One frame by the C core: the new end, a negative SL_ERR_*, or None if the
+    arguments are not for C (Rule 1)."""
+    if not (0 <= off < _U64 and 0 <= seq < _U64):
+        return None
+    if type(payload) is bytes:  # exactly bytes: passed without a copy, and len() is true
+        end: int = _frame_one(ptr, len(ptr), off, payload, len(payload), seq)
+        return end
+    src = _byte_buffer(payload)
+    if src is None:
+        return None
+    with src:
+        end = _frame_one(ptr, len(ptr), off, src, len(src), seq)
+    return end
+
+
+def _frame_batch_c(ptr: Any, off: int, payloads: Sequence[Buffer], first_seq: int) -> int | None:
+    """A batch of frames by the C core: as _frame_c."""
+    try:
+        n = len(payloads)
+        src = b"".join(payloads)
+        lens = array("Q", map(len, payloads))
+    except (TypeError, OverflowError):
+        return None
+    # Out of range (the reference also gets a partial write right: it raises at the first
+    # sequence number that does not fit, after writing the frames before it), or a
+    # payload whose len() is not its size in bytes.
+    if not (0 <= off < _U64 and first_seq >= 0 and first_seq + n <= _U64):
+        return None
+    if sum(lens) != len(src):
+        return None
+    with ffi.from_buffer("uint64_t[]", lens) as lens_ptr:
+        end: int = _frame_batch(ptr, len(ptr), off, src, lens_ptr, n, first_seq)
+    return end
+
+
+def frame_into(buf: WritableBuffer, off: int, payload: Buffer, seq: int) -> int:
+    """Write one frame at ``off``; return the offset just past it (padding included)."""
+    ptr = _byte_buffer(buf, writable=True)
+    end = None
+    if ptr is not None:
+        with ptr:
+            end = _frame_c(ptr, off, payload, seq)
+        if end is not None and end >= 0:
+            return end
+    return _settle(end, _pure.frame_into, buf, off, payload, seq)
+
+
+def frame_batch_into(
+    buf: WritableBuffer, off: int, payloads: Sequence[Buffer], first_seq: int
+) -> int:
+    """Write consecutive frames for ``payloads`` starting at ``off``; return the new end."""
+    ptr = _byte_buffer(buf, writable=True)
+    end = None
+    if ptr is not None:
+        with ptr:
+            end = _frame_batch_c(ptr, off, payloads, first_seq)
+        if end is not None and end >= 0:
+            return end
+    return _settle(end, _pure.frame_batch_into, buf, off, payloads, first_seq)
+
+
+def scan(
+    buf: ReadableBuffer,
+    off: int,
+    end: int,
+    expected_seq: int,
+    max_records: int,
+    max_bytes: int | None = None,
+) -> ScanResult:
+    """Validate frames from ``off`` towards ``end``; stop at the first one that is not sound.
+
+    At most ``max_records`` frames are accepted; ``max_bytes`` (payload bytes) stops the
+    scan before a frame that would exceed it, but the first frame is always accepted.
+    ``offsets`` and ``lengths`` of the result are ``array('Q')``.
+    """
+    if off < 0:  # Rule 1
+        return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)  # type: ignore[arg-type]
+    ptr = _byte_buffer(buf)
+    if ptr is None:
+        return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)  # type: ignore[arg-type]
+    with ptr:
+        return _scan_on(ptr, off, end, expected_seq, max_records, max_bytes)
+
+
+def _scan_on(
+    ptr: Any, off: int, end: int, expected_seq: int, max_records: int, max_bytes: int | None
+) -> ScanResult:
+    end = min(end, len(ptr))
+    if off >= end or max_records <= 0:
+        return ScanResult(off, expected_seq, 0, 0, SCAN_OK, array("Q"), array("Q"))
+    flags, limit = 0, 0
+    if max_bytes is not None and max_bytes < _U64:  # no payload total reaches 2^64 bytes
+        flags, limit = lib.SL_OPT_LIMIT_BYTES, max_bytes
+    # The arrays start small and double, so a scan of a whole segment with a huge
+    # max_records holds about as many entries as frames it accepts, not max_records.
+    # Every accepted frame takes >= FRAME_HEADER_SIZE bytes of [off, end); there is at
+    # least one entry, as a frame is examined (for the status) even when none can fit.
+    size = max(1, min(max_records, (end - off) // FRAME_HEADER_SIZE, _FIRST_CHUNK))
+    if limit < 0:
+        size = 1  # a negative limit: only the first frame (always accepted) can be taken
+    offsets = array("Q", bytes(8 * size))
+    lengths = array("Q", bytes(8 * size))
+    res = ffi.new("sl_scan_result *")
+    pos, seq, count, nbytes, status = off, expected_seq, 0, 0, SCAN_OK
+    while True:
+        want = min(max_records - count, _U64 - 1)
+        room = size - count
+        if seq >= _U64 or seq < 0:
+            # Rule 1 (and the end of the sequence space): no frame can carry this number.
+            status = _status_at(ptr, end, pos, None)
+            break
+        if flags and count and nbytes > limit:
+            # After a first frame bigger than max_bytes (or any, for a negative limit):
+            # the reference still checks the next frame (its defect wins over the limit)
+            # but accepts nothing more.
+            status = _status_at(ptr, end, pos, seq)
+            break
+        with (
+            ffi.from_buffer("uint64_t[]", offsets) as o,
+            ffi.from_buffer("uint64_t[]", lengths) as n,
+        ):
+            cflags = flags | (lib.SL_OPT_CONTINUE if count else 0)
+            rc = _sl_scan(
+                ptr, end, pos, seq, min(want, room), max(limit - nbytes, 0), cflags,
+                o + count, n + count, res,
+            )  # fmt: skip
+        if rc != lib.SL_OK:
+            raise RuntimeError(f"sl_scan failed: {ffi.string(lib.sl_strerror(rc)).decode()}")
+        got = int(res.count)
+        count += got
+        nbytes += int(res.nbytes)
+        seq += got
+        pos = int(res.end)
+        status = int(res.status)
+        # Go on only when the arrays filled up and more frames may follow.
+        if status != SCAN_OK or got < room or count >= max_records or pos >= end:
+            break
+        grow = max(1, min(size, max_records - count, (end - pos) // FRAME_HEADER_SIZE))
+        offsets.frombytes(bytes(8 * grow))
+        lengths.frombytes(bytes(8 * grow))
+        size += grow
+    del offsets[count:]
+    del lengths[count:]
+    return ScanResult(pos, seq, count, nbytes, status, offsets, lengths)
+
+
+def _status_at(ptr: Any, end: int, pos: int, seq: int | None) -> int:
+    """The status the reference stops with at ``pos`` when it will accept no frame there:
+    the frame's own defect if it has one; else SCAN_BAD_SEQ if it does not carry ``seq``
+    (None: a number no frame can carry); else SCAN_OK (a limit stopped the scan)."""
+    res = ffi.new("sl_scan_result *")
+    lib.sl_scan(ptr, end, pos, 0 if seq is None else seq, 1, 0, 0, _NULL, _NULL, res)
+    if res.count:
+        return SCAN_BAD_SEQ if seq is None else SCAN_OK
+    return int(res.status)
+
+
+def resync(
+    buf: ReadableBuffer, off: int, end: int, min_seq: int, max_seq: int
+) -> tuple[int, int] | None:
+    """The first sound frame at an aligned offset >= ``off`` whose sequence number lies in
+    [min_seq, max_seq], as (offset, seq); None if there is none before ``end``."""
+    if off < 0:  # Rule 1
+        return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
+    ptr = _byte_buffer(buf)
+    if ptr is None:
+        return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
+    with ptr:
+        return _resync_on(ptr, off, end, min_seq, max_seq)
+
+
+def _resync_on(ptr: Any, off: int, end: int, min_seq: int, max_seq: int) -> tuple[int, int] | None:
+    end = min(end, len(ptr))
+    lo, hi = max(min_seq, 0), min(max_seq, _U64 - 1)
+    if off >= end or lo > hi:  # no offset, or no sequence number a frame can carry
+        return None
+    out = ffi.new("uint64_t[2]")
+    rc = lib.sl_resync(ptr, end, off, lo, hi, out, out + 1)
+    if rc < 0:
+        raise RuntimeError(f"sl_resync failed: {ffi.string(lib.sl_strerror(rc)).decode()}")
+    return (int(out[0]), int(out[1])) if rc else None
+
+
+class Framer:
+    """Frames records into one writable buffer (a segment's map), bound once.
+
+    ``frame`` is the engine's per-append call, so it is one C call on a pointer made at
+    construction. ``release()`` drops that pointer, which must happen before the map is
+    closed (a bound mmap refuses to close: BufferError). A released Framer raises
+    ValueError. A buffer C cannot bind (not writable, not bytes) is written by the
+    reference, which raises what it raises for it (Rule 1). Not thread-safe: the caller
+    serialises writes (it holds the log's lock).
+    """
+
+    __slots__ = ("_buf", "_cap", "_native", "_ptr")
+
+    def __init__(self, buf: WritableBuffer) -> None:
+        ptr = _byte_buffer(buf, writable=True)
+        self._buf: WritableBuffer | None = buf
+        self._native = ptr is not None
+        self._ptr: Any = ptr if ptr is not None else _NULL
+        self._cap = len(ptr) if ptr is not None else 0
+
+    def frame(self, off: int, payload: Buffer, seq: int) -> int:
+        """Write one frame at ``off``; return the offset just past it."""
+        # Exactly bytes (not a subclass, whose len() might not be its size): passed to C
+        # without a copy. Everything else takes the general path.
+        if type(payload) is bytes:
+            try:
+                end: int = _frame_one(self._ptr, self._cap, off, payload, len(payload), seq)
+            except OverflowError:
+                end = -1
+            if end >= 0:
+                return end
+        return self._write(_frame_c, _pure.frame_into, off, payload, seq)
+
+    def frame_batch(self, off: int, payloads: Sequence[Buffer], first_seq: int) -> int:
+        """Write consecutive frames for ``payloads`` at ``off``; return the new end."""
+        return self._write(_frame_batch_c, _pure.frame_batch_into, off, payloads, first_seq)
+
+    def _write(self, c_write: Any, reference: Any, *args: Any) -> int:
+        buf = self._bound()
+        end = c_write(self._ptr, *args) if self._native else None
+        if end is not None and end >= 0:
+            return int(end)
+        if not self._native:
+            return _settle(end, reference, buf, *args)
+        # The reference runs with the buffer unexported, exactly as it does alone.
+        ffi.release(self._ptr)
+        try:
+            return _settle(end, reference, buf, *args)
+        finally:
+            self._ptr = ffi.from_buffer(buf, require_writable=True)
+            self._cap = len(self._ptr)
+
+    def release(self) -> None:
+        """Drop the pointer into the buffer (idempotent); the buffer may then be closed."""
+        if self._native:
+            ffi.release(self._ptr)
+        self._buf, self._ptr, self._cap, self._native = None, _NULL, 0, False
+
+    def _bound(self) -> WritableBuffer:
+        if self._buf is None:
+            raise ValueError("Framer used after release(): bind the new buffer to a new Framer")
+        return self._buf
+
+    def __enter__(self) -> Framer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Scanner:
+    """Scans one buffer (a segment's map, read-only is fine), bound once; see Framer."""
+
+    __slots__ = ("_buf", "_ptr")
+
+    def __init__(self, buf: ReadableBuffer) -> None:
+        self._buf: ReadableBuffer | None = buf
+        self._ptr: Any = _byte_buffer(buf)  # None: C cannot bind it, the reference scans
+
+    def scan(
+        self,
+        off: int,
+        end: int,
+        expected_seq: int,
+        max_records: int,
+        max_bytes: int | None = None,
+    ) -> ScanResult:
+        """``scan(buf, ...)`` on the bound buffer."""
+        buf = self._bound()
+        if off < 0 or self._ptr is None:  # Rule 1
+            return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)  # type: ignore[arg-type]
+        return _scan_on(self._ptr, off, end, expected_seq, max_records, max_bytes)
+
+    def resync(self, off: int, end: int, min_seq: int, max_seq: int) -> tuple[int, int] | None:
+        """``resync(buf, ...)`` on the bound buffer."""
+        buf = self._bound()
+        if off < 0 or self._ptr is None:  # Rule 1
+            return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
+        return _resync_on(self._ptr, off, end, min_seq, max_seq)
+
+    def release(self) -> None:
+        """Drop the pointer into the buffer (idempotent); the buffer may then be closed."""
+        if self._ptr is not None:
+            ffi.release(self._ptr)
+        self._buf = self._ptr = None
+
+    def _bound(self) -> ReadableBuffer:
+        if self._buf is None:
+            raise ValueError("Scanner used after release(): bind the new buffer to a new Scanner")
+        return self._buf
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

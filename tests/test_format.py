@@ -1,0 +1,168 @@
+"""FORMAT.md, segmentlog/_format.py and csrc/segmentlog.h name the same numbers.
+
+Categories: the C header's #defines against the Python constants (parsed from the header
+text, and, when the C core is built, read back from the compiled library); the byte-level
+example of FORMAT.md, pinned as EXAMPLE_SEGMENT and rebuilt by both backends and by the
+segment header helper; the scan status table of FORMAT.md against SCAN_STATUS_NAMES.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from segmentlog import _format, _pure
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = ROOT / "csrc" / "segmentlog.h"
+FORMAT_MD = ROOT / "FORMAT.md"
+
+# FORMAT.md, "Byte-level example": segment base 0, b"hello" (seq 0), b"" (seq 1), then zero
+# space to the end of the sixth 16-byte row. Computed once from the reference backend;
+# FORMAT.md shows the same bytes. Regenerate only on a format change (a new version).
+EXAMPLE_SEGMENT = bytes.fromhex(
+    "5345474c4f471a0a0100000008000000"  # magic, version 1, align 8
+    "000000000000000000000000e1b51ae4"  # base_seq 0, reserved, header_crc
+    "d35ca55a050000000000000000000000"  # marker, length 5, seq 0
+    "0000000006ca69e868656c6c6f000000"  # flags, crc, "hello", padding
+    "d35ca55a000000000100000000000000"  # marker, length 0, seq 1
+    "000000000d0982b50000000000000000"  # flags, crc, zero space
+)
+
+# C #define -> the Python constant it must equal.
+C_TO_PY = {
+    "SL_FORMAT_VERSION": "FORMAT_VERSION",
+    "SL_SEGMENT_MAGIC": "SEGMENT_MAGIC",
+    "SL_SEGMENT_HEADER_SIZE": "SEGMENT_HEADER_SIZE",
+    "SL_FRAME_MARKER": "FRAME_MARKER",
+    "SL_FRAME_HEADER_SIZE": "FRAME_HEADER_SIZE",
+    "SL_FRAME_CRC_COVERS": "FRAME_CRC_COVERS",
+    "SL_FRAME_ALIGN": "FRAME_ALIGN",
+    "SL_MAX_PAYLOAD": "MAX_PAYLOAD",
+}
+
+_DEFINE = re.compile(r"^#define\s+(SL_[A-Z0-9_]+)\s+(.+?)\s*(?:/\*.*)?$")
+
+
+def _c_value(text: str) -> int | bytes:
+    """The value of a simple C constant: an integer literal (hex, suffix, parenthesised
+    negative) or a string literal with escapes."""
+    text = text.strip()
+    if text.startswith('"'):
+        value = ast.literal_eval("b" + text)  # C and Python agree on \x1a and \n
+        assert isinstance(value, bytes)
+        return value
+    match = re.fullmatch(r"\(?\s*(-?)\s*(0[xX][0-9a-fA-F]+|\d+)[uUlL]*\s*\)?", text)
+    assert match, f"cannot parse C constant {text!r}"
+    return int(match.group(1) + match.group(2), 0)
+
+
+def header_defines() -> dict[str, int | bytes]:
+    """Every value-like #define of csrc/segmentlog.h (macros with arguments excluded)."""
+    out: dict[str, int | bytes] = {}
+    for line in HEADER.read_text().splitlines():
+        match = _DEFINE.match(line.strip())  # SL_FRAME_SIZE(length) does not match
+        if match:
+            out[match.group(1)] = _c_value(match.group(2))
+    return out
+
+
+def test_c_header_format_constants_equal_python_constants() -> None:
+    defines = header_defines()
+    for c_name, py_name in C_TO_PY.items():
+        assert defines[c_name] == getattr(_format, py_name), c_name
+    assert defines["SL_SEGMENT_HEADER_SIZE"] == _format.SEGMENT_HEADER.size
+    assert defines["SL_FRAME_HEADER_SIZE"] == _format.FRAME_HEADER.size
+
+
+def test_c_header_scan_statuses_equal_python_statuses() -> None:
+    defines = header_defines()
+    c_statuses = {
+        name.removeprefix("SL_"): value
+        for name, value in defines.items()
+        if name.startswith("SL_SCAN_")
+    }
+    py_statuses = {
+        name: getattr(_format, name)
+        for name in dir(_format)
+        if name.startswith("SCAN_") and name != "SCAN_STATUS_NAMES"
+    }
+    assert c_statuses == py_statuses
+    assert sorted(py_statuses.values()) == sorted(_format.SCAN_STATUS_NAMES)
+
+
+def test_compiled_c_core_carries_the_header_constants() -> None:
+    try:
+        from segmentlog._native import lib
+    except ImportError as exc:
+        pytest.skip(f"C core not built ({exc}); the header text is checked above")
+    for name, value in header_defines().items():
+        if isinstance(value, int) and hasattr(lib, name):
+            assert getattr(lib, name) == value, name
+    assert lib.SL_FRAME_MARKER == _format.FRAME_MARKER
+
+
+def test_c_frame_size_macro_matches_python_frame_size() -> None:
+    try:
+        from segmentlog._native import ffi, lib
+    except ImportError as exc:
+        pytest.skip(f"C core not built ({exc})")
+    dst = ffi.new("char[]", 256)
+    for length in range(0, 200):  # sl_frame_one returns off + SL_FRAME_SIZE(length)
+        payload = bytes(length)
+        assert lib.sl_frame_one(dst, 256, 0, payload, length, 0) == _format.frame_size(length)
+
+
+def _backends() -> list[ModuleType]:
+    mods: list[ModuleType] = [_pure]
+    try:
+        from segmentlog import _nativebackend
+    except ImportError:
+        return mods
+    return [*mods, _nativebackend]
+
+
+def test_example_segment_is_what_each_backend_writes() -> None:
+    from segmentlog.segment import encode_header
+
+    header = _format.SEGMENT_HEADER.pack(
+        _format.SEGMENT_MAGIC, _format.FORMAT_VERSION, _format.FRAME_ALIGN, 0, 0, 0
+    )[:28]
+    assert encode_header(0) == EXAMPLE_SEGMENT[:32]
+    assert header == EXAMPLE_SEGMENT[:28]
+    for impl in _backends():
+        assert impl.crc32c(header).to_bytes(4, "little") == EXAMPLE_SEGMENT[28:32], impl.NAME
+        batch = bytearray(96)
+        batch[:32] = encode_header(0)
+        assert impl.frame_batch_into(batch, 32, [b"hello", b""], 0) == 88
+        one = bytearray(b"\xee" * 96)  # stale bytes: padding is written as zeros
+        one[:32], one[88:] = encode_header(0), bytes(8)
+        assert impl.frame_into(one, impl.frame_into(one, 32, b"hello", 0), b"", 1) == 88
+        assert bytes(batch) == bytes(one) == EXAMPLE_SEGMENT, impl.NAME
+        r = impl.scan(EXAMPLE_SEGMENT, 32, 96, 0, 10)
+        assert r[:5] == (88, 2, 2, 5, _format.SCAN_ZERO)
+        assert list(r.offsets) == [56, 88] and list(r.lengths) == [5, 0]
+
+
+def test_format_md_example_shows_example_segment() -> None:
+    text = FORMAT_MD.read_text()
+    block = text.split("## Byte-level example", 1)[1].split("```", 2)[1]
+    rows = [line for line in block.splitlines() if re.match(r"^[0-9a-f]{6}  ", line)]
+    shown = b""
+    for row in rows:
+        offset, hexpart = int(row[:6], 16), row[8:56]
+        assert offset == len(shown), row
+        shown += bytes.fromhex(hexpart)
+    assert shown == EXAMPLE_SEGMENT
+
+
+def test_format_md_scan_table_lists_every_status_in_order() -> None:
+    text = FORMAT_MD.read_text().split("## Scanning", 1)[1]
+    names = re.findall(r"^\| ([a-z_]+) \|", text, flags=re.MULTILINE)
+    names = [n for n in names if n != "status"]
+    wanted = [_format.SCAN_STATUS_NAMES[k] for k in sorted(_format.SCAN_STATUS_NAMES)]
+    assert names == wanted[1:]  # "ok" is not a stop for damage and is not in the table
