@@ -40,7 +40,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
-import fcntl
 import logging
 import mmap
 import os
@@ -56,7 +55,6 @@ from segmentlog._backend import impl
 from segmentlog._format import (
     FRAME_ALIGN,
     FRAME_HEADER_SIZE,
-    LOCK_NAME,
     PREPARED_NAME,
     SEGMENT_HEADER_SIZE,
     SPARE_NAME,
@@ -70,16 +68,15 @@ from segmentlog.errors import (
     DurabilityError,
     LogClosedError,
     LogFullError,
-    LogLockedError,
     RecordTooLargeError,
 )
 from segmentlog.segment import (
     DIR_MODE,
-    FILE_MODE,
     encode_header,
     fsync_dir,
     header_problem,
     reserve_and_zero,
+    take_lock,
 )
 from segmentlog.walk import NO_LIMIT_SEQ, Damage, walk
 
@@ -248,6 +245,16 @@ class SegmentLog:
         self._write_off = 0
         self._write_window = 0  # append's fast path runs while frames end below this
         self._populate_write = fsync != "always"
+        # How frames reach the active segment (FORMAT.md, "Writing"): through the map, or
+        # with fsync="always" by pwrite from a scratch buffer into the same file.
+        self._via_map = fsync != "always"
+        self._scratch = bytearray(0)
+        self._scratch_view = memoryview(self._scratch)
+        self._scratch_framer: Any = None
+        self._frame_one: Any = None  # (off, payload, seq) -> new offset
+        self._frame_many: Any = None  # (off, payloads, first_seq) -> new offset
+        self._waiting = 0  # appenders waiting for a group fsync
+        self._waited_last_round = False
         self._next_seq = 0
         self._durable_seq = -1  # last sequence number known to be on disk
         self._syncing = False
@@ -325,6 +332,7 @@ class SegmentLog:
             self._active = self._new_segment(self._next_seq)
             self._segments.append(self._next_seq)
             self._write_off = SEGMENT_HEADER_SIZE
+        self._bind_active()
         if problem == "checkpoint_missing":
             # A new log starts with a checkpoint, so a missing one later means damage.
             checkpoint.write(self.directory, committed, durable=True)
@@ -337,24 +345,7 @@ class SegmentLog:
             self._start_thread(self._flush_loop, "segmentlog-flush")
 
     def _take_lock(self) -> None:
-        path = os.path.join(self.directory, LOCK_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                pid = int(holder) if holder.isdigit() else None
-                raise LogLockedError(
-                    f"{self.directory} is in use by process {holder or '(unknown)'}: one writer "
-                    "per directory; stop that process or use another directory",
-                    pid,
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = take_lock(self.directory)
 
     def _note(self, message: str) -> None:
         self._problems.append(message)
@@ -443,6 +434,20 @@ class SegmentLog:
         self._wake_prep.set()
         return _Segment(path, base, fd, self.segment_size)
 
+    def _mark_end(self) -> None:
+        """Zero the frame header after the active segment's last record (lock held).
+
+        A recycled segment still holds a consumed segment's old bytes. Without a zero
+        marker after its last record, a reader walking it once sealed (or recovery walking
+        it as the last segment) meets them mid-payload and reports them as damage (kept
+        in the dead-letter file) or as a torn tail.
+        """
+        seg = self._active
+        if seg is not None:
+            n = min(FRAME_HEADER_SIZE, seg.size - self._write_off)
+            if n > 0:
+                seg.mm[self._write_off : self._write_off + n] = bytes(n)
+
     def _seal_active(self) -> None:
         """Stop writing the active segment; it is synced (if needed) and unmapped later."""
         seg = self._active
@@ -470,7 +475,7 @@ class SegmentLog:
                 self._advance_window(size)
                 off = self._write_off
             seq = self._next_seq
-            self._write_off = self._active.framer.frame(off, payload, seq)  # type: ignore[union-attr]
+            self._write_off = self._frame_one(off, payload, seq)
             self._next_seq = seq + 1
         if self.fsync == "always":
             self._wait_durable(seq)
@@ -490,8 +495,7 @@ class SegmentLog:
                 self._raise_unusable()
             if self._write_off + bound <= self._write_window and total <= self.max_record_size:
                 # Fast path: the whole batch fits in the mapped window: one C call.
-                self._write_off = self._active.framer.frame_batch(  # type: ignore[union-attr]
-                    self._write_off, records, self._next_seq)
+                self._write_off = self._frame_many(self._write_off, records, self._next_seq)
                 self._next_seq += len(records)
                 last = self._next_seq - 1
             else:
@@ -515,8 +519,7 @@ class SegmentLog:
                 self._make_room(sizes[i])
                 continue
             self._advance_window(used)
-            self._write_off = self._active.framer.frame_batch(  # type: ignore[union-attr]
-                self._write_off, records[i:j], self._next_seq)
+            self._write_off = self._frame_many(self._write_off, records[i:j], self._next_seq)
             self._next_seq += j - i
             i = j
         return self._next_seq - 1
@@ -568,6 +571,52 @@ class SegmentLog:
             if needed:
                 self._wait_for_space(needed)
 
+    def _bind_active(self) -> None:
+        """Point the append path at the (new) active segment (lock held)."""
+        seg = self._active
+        assert seg is not None
+        if self._via_map:
+            self._frame_one, self._frame_many = seg.framer.frame, seg.framer.frame_batch
+        else:
+            self._frame_one, self._frame_many = self._pwrite_one, self._pwrite_many
+        self._write_window = 0
+
+    def _scratch_for(self, size: int) -> Any:
+        if size > len(self._scratch):
+            if self._scratch_framer is not None:
+                self._scratch_framer.release()
+            self._scratch_view.release()
+            self._scratch = bytearray(max(size, 2 * len(self._scratch), 1 << 16))
+            self._scratch_view = memoryview(self._scratch)
+            self._scratch_framer = impl.Framer(self._scratch)
+        return self._scratch_framer
+
+    def _pwrite_one(self, off: int, payload: bytes, seq: int) -> int:
+        size = (len(payload) + FRAME_HEADER_SIZE + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
+        self._scratch_for(size).frame(0, payload, seq)
+        self._pwrite(self._scratch_view[:size], off)
+        return off + size
+
+    def _pwrite_many(self, off: int, payloads: list[bytes], first_seq: int) -> int:
+        size = sum(map(len, payloads)) + len(payloads) * (FRAME_HEADER_SIZE + FRAME_ALIGN - 1)
+        end = self._scratch_for(size).frame_batch(0, payloads, first_seq)
+        self._pwrite(self._scratch_view[:end], off)
+        return off + end
+
+    def _pwrite(self, data: memoryview, off: int) -> None:
+        """Write into the preallocated segment (never extends it); an error fails the log."""
+        seg = self._active
+        assert seg is not None
+        try:
+            while data:
+                n = os.pwrite(seg.fd, data, off)
+                data, off = data[n:], off + n
+        except OSError as exc:
+            self._failed = DurabilityError(
+                exc.errno, f"write to {seg.path} failed ({exc.strerror}); the log accepts no "
+                "more writes: fix the disk, then reopen the log")
+            self._raise_unusable()
+
     def _advance_window(self, size: int) -> None:
         """Slow path of append: rotate if the frame does not fit, map the next window of
         the segment for writing (lock held)."""
@@ -598,6 +647,7 @@ class SegmentLog:
             self._prep_cond.wait()
         if self._closed or self._failed:
             self._raise_unusable()
+        self._mark_end()  # before the next segment's name exists: sealed means marked
         try:
             seg = self._new_segment(self._next_seq)
         except OSError as exc:
@@ -613,7 +663,7 @@ class SegmentLog:
         self._active = seg
         self._segments.append(seg.base)
         self._write_off = SEGMENT_HEADER_SIZE
-        self._write_window = 0
+        self._bind_active()
 
     def _wait_for_space(self, needed: int) -> None:
         if self._capacity is None:
@@ -661,7 +711,9 @@ class SegmentLog:
                 if self._failed:
                     self._raise_unusable()
                 if self._syncing:
+                    self._waiting += 1
                     self._sync_cond.wait()
+                    self._waiting -= 1
                     continue
                 force = False
                 self._sync_round()
@@ -672,7 +724,7 @@ class SegmentLog:
         # Gather: appenders woken by the previous round are about to append again. Give
         # them the lock (and the GIL) while they keep coming, so this fsync covers them
         # too instead of leaving them for the next round. Costs ~1 us when alone.
-        for _ in range(_GATHER_ROUNDS):
+        for _ in range(_GATHER_ROUNDS if self._waiting or self._waited_last_round else 0):
             seen = self._next_seq
             self._lock.release()
             time.sleep(0)
@@ -680,6 +732,7 @@ class SegmentLog:
             if self._next_seq == seen:
                 break
         target = self._next_seq - 1
+        self._waited_last_round = self._waiting > 0
         sealed, self._unsynced = self._unsynced, []
         active = self._active
         error: OSError | None = None
@@ -797,7 +850,9 @@ class SegmentLog:
                 got, more = self._read_some(records, max_records - len(records), budget)
                 if budget is not None:
                     budget -= got
-                if not more or (budget is not None and budget <= 0):
+                # An exhausted budget ends the batch once it holds a record (a batch
+                # holds at least one): max_bytes=0 at a segment boundary reads on.
+                if not more or (budget is not None and budget <= 0 and records):
                     break
             if not records:
                 return Batch([], self._read_seq, self._read_seq - 1, self._read_seq)
@@ -1062,6 +1117,7 @@ class SegmentLog:
         with self._read_lock, self._lock:
             if self._closed:
                 return
+            self._mark_end()
             if self.fsync != "never" and not self._failed:
                 while self._syncing:
                     self._sync_cond.wait()

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 
 from segmentlog._backend import impl
 from segmentlog._format import (
     FORMAT_VERSION,
     FRAME_ALIGN,
+    LOCK_NAME,
     PREPARED_NAME,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
 )
+from segmentlog.errors import LogLockedError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -96,3 +99,27 @@ def reserve_and_zero(path: str, size: int) -> None:
 
 def prepared_path(directory: str) -> str:
     return os.path.join(directory, PREPARED_NAME)
+
+
+def take_lock(directory: str) -> int:
+    """Take the writer lock of ``directory`` (flock on ``lock``, which then holds our pid);
+    return its descriptor, whose closing releases the lock. Raises LogLockedError with the
+    holder's pid when another process has it. Shared by SegmentLog and ``repair``."""
+    path = os.path.join(directory, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            pid = int(holder) if holder.isdigit() else None
+            raise LogLockedError(
+                f"{directory} is in use by process {holder or '(unknown)'}: one writer "
+                "per directory; stop that process or use another directory",
+                pid,
+            ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

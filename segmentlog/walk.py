@@ -95,6 +95,11 @@ def walk(
             out.stop = "max"
             return out
         r = impl.scan(buf, pos, limit, seq, min(want, _CHUNK), budget)
+        if r.count and out.count and budget is not None and r.lengths[0] > budget:
+            # scan() takes the first frame of every call whatever its size; only the first
+            # frame of the whole walk may exceed the budget, so this one waits.
+            out.stop = "max"
+            return out
         if r.count:
             if out.first_seq is None:
                 out.first_seq = seq
