@@ -1,0 +1,389 @@
+"""The file store: events buffered in a :class:`~segmentlog.SegmentLog` on a volume.
+
+Theory of operation
+-------------------
+One event is one record of the segment log: ``orjson.dumps(event)``, framed and
+checksummed by the log. The store adds only the mapping to the BackingStore interface:
+
+* ``write`` is ``log.append`` and ``write_many`` is one ``log.append_batch`` (one
+  durability point for the whole list, all or nothing). Writers are not serialised by
+  the store: concurrent ``fsync="always"`` writers share fsyncs in the log (group commit).
+* ``read_batch`` is ``log.read_batch(batch_size)``. If the previous batch was not
+  committed, it first calls ``log.rewind()``, so reading again starts from the same
+  oldest event (Rule 4 of base.py). ``commit()`` is ``log.commit(batch)``: a durable
+  checkpoint, after which whole consumed segments are deleted or recycled.
+* ``max_total_size`` reached (or no space left on the device for a new segment) is
+  :class:`~segmentlog.errors.BackingStoreFull`; the log's ``LogFullError`` never leaks.
+
+Corrupt data is never dropped silently. A record that fails its checksum is skipped by
+the log itself, its bytes kept in ``<directory>/deadletter.jsonl``
+(``audittools_backing_store_errors_total{operation="read_corrupt"}`` follows the log's
+``damaged_regions`` count). A record that passes its checksum but is not a JSON object
+(written by something other than this store) is written to
+``<directory>/deadletter-json.jsonl`` -- sequence number, segment, reason, raw bytes in
+base64 -- fsynced before its batch can be committed, and counted as ``read_unmarshal``.
+
+Parameters are the original's (``directory``, ``max_file_size``, ``max_total_size``)
+plus ``fsync``, ``fsync_interval`` and ``batch_size``. ``max_file_size`` becomes the
+log's ``segment_size``, rounded up to whole pages (the log maps segments); each segment
+occupies that size on disk from its creation (space is reserved up front, so a full disk
+is an error at rotation, never a crash). The directory is created 0700 and tightened to
+0700 if it exists; the log creates its files 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import mmap
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import (
+    BackingStoreError,
+    BackingStoreFull,
+    ConfigError,
+    DurabilityError,
+    LogClosedError,
+    LogFullError,
+    RecordTooLargeError,
+)
+from .base import BackingStore, BatchTracker, Commit, Event
+from .config import Params, check_int
+from .memory import _dumps
+from .metrics import StoreMetrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ..log import Batch, SegmentLog
+
+__all__ = ["JSON_DEADLETTER_NAME", "FileStore"]
+
+#: Records that pass the checksum but are not JSON objects go here (one JSON per line).
+JSON_DEADLETTER_NAME = "deadletter-json.jsonl"
+
+_EXAMPLE = (
+    '{"type":"file","params":{"directory":"/var/lib/app/audit","max_file_size":10485760,'
+    '"max_total_size":1073741824,"fsync":"always","batch_size":1000}}'
+)
+_FSYNC = ("always", "interval", "never")
+_PAGE = mmap.PAGESIZE
+
+
+def _round_segment_size(size: int) -> int:
+    # The log needs a page multiple of at least two pages; the original took any size.
+    pages = max(2, -(-size // _PAGE))
+    return pages * _PAGE
+
+
+class FileStore(BackingStore):
+    """Segment-log store (``type: "file"``).
+
+    :param directory: the log directory (required; created 0700).
+    :param max_file_size: segment size in bytes (default 10 MiB, the original's),
+        rounded up to whole pages.
+    :param max_total_size: bytes of segments at most; 0 (default) means unlimited
+        (then only a full disk makes the store full). Must hold two segments.
+    :param fsync: ``"always"`` (default: ``write`` returns when the event is on disk),
+        ``"interval"`` (synced every ``fsync_interval`` seconds; a crash loses at most
+        that window) or ``"never"`` (page cache; a process crash loses nothing, a power
+        loss may).
+    :param batch_size: most events one ``read_batch`` returns (default 1000).
+    """
+
+    TYPE = "file"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_file_size: int = 10 << 20,
+        max_total_size: int = 0,
+        fsync: str = "always",
+        fsync_interval: float = 0.01,
+        batch_size: int = 1000,
+        registry: CollectorRegistry | None = None,
+        name: str | None = None,
+    ) -> None:
+        from ..log import SegmentLog
+
+        self._directory = os.fspath(directory)
+        if not self._directory:
+            raise ConfigError("file backing store: parameter 'directory' must be a path")
+        check_int(max_file_size, "max_file_size", minimum=1, unit="bytes")
+        check_int(max_total_size, "max_total_size", minimum=0, unit="bytes; 0 = unlimited")
+        self._batch_size = check_int(batch_size, "batch_size", minimum=1, unit="events")
+        if fsync not in _FSYNC:
+            raise ConfigError(
+                f"file backing store: parameter 'fsync' must be one of {', '.join(_FSYNC)}, "
+                f"got {fsync!r}"
+            )
+        self._what = f"file backing store {self._directory}"
+        self._prepare_directory()
+        try:
+            self._log: SegmentLog = SegmentLog(
+                self._directory,
+                segment_size=_round_segment_size(max_file_size),
+                max_total_size=max_total_size or None,
+                fsync=fsync,
+                fsync_interval=fsync_interval,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"file backing store: {exc}") from exc
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self._batches = BatchTracker(self._read_lock, self._what, self._check_open)
+        self._dead_path = os.path.join(self._directory, JSON_DEADLETTER_NAME)
+        self._dead_seqs = self._known_dead_seqs()
+        self._damaged_seen = 0
+        try:
+            self._metrics = StoreMetrics(registry, self.TYPE, name)
+        except BaseException:
+            self._log.close()  # e.g. a foreign collector owns the names: release the lock
+            raise
+        self.update_metrics()
+
+    @classmethod
+    def from_params(
+        cls, params: dict[str, Any], registry: CollectorRegistry | None = None
+    ) -> FileStore:
+        """The ``file`` factory."""
+        p = Params(params, cls.TYPE, _EXAMPLE)
+        directory = p.require_str("directory", "the buffer directory path")
+        max_file_size = p.get_int("max_file_size", 10 << 20, minimum=1, unit="bytes")
+        max_total_size = p.get_int(
+            "max_total_size", 0, minimum=0, unit="bytes; 0 = unlimited"
+        )
+        fsync = p.get_choice("fsync", _FSYNC, "always")
+        fsync_interval = p.get_number("fsync_interval", 0.01, minimum=0.0001)
+        batch_size = p.get_int("batch_size", 1000, minimum=1, unit="events")
+        name = p.get_optional_str("name")
+        p.finish()
+        try:
+            return cls(
+                directory,
+                max_file_size=max_file_size,
+                max_total_size=max_total_size,
+                fsync=fsync,
+                fsync_interval=fsync_interval,
+                batch_size=batch_size,
+                registry=registry,
+                name=name,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; expected e.g. {_EXAMPLE}") from exc
+
+    @property
+    def log(self) -> SegmentLog:
+        """The underlying segment log (for stats and tools; do not read or commit it)."""
+        return self._log
+
+    @property
+    def metrics_label(self) -> str:
+        return self._metrics.label
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _prepare_directory(self) -> None:
+        try:
+            os.makedirs(self._directory, mode=0o700, exist_ok=True)
+            if os.path.isdir(self._directory):
+                # An existing directory keeps its mode: tighten it, audit events are
+                # sensitive and this directory belongs to the store.
+                os.chmod(self._directory, 0o700)
+        except OSError as exc:
+            raise BackingStoreError(
+                f"{self._what}: cannot create the directory or set its mode 0700: {exc}; "
+                "check the path and that the process owns it"
+            ) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self._what} is closed; create a new store")
+
+    def _known_dead_seqs(self) -> set[int]:
+        # Records already dead-lettered by an earlier run (crash before commit): kept once.
+        seqs: set[int] = set()
+        try:
+            with open(self._dead_path, "rb") as f:
+                for line in f:
+                    try:
+                        item = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue  # a torn last line: that entry is written again
+                    if isinstance(item, dict) and isinstance(item.get("seq"), int):
+                        seqs.add(item["seq"])
+        except FileNotFoundError:
+            pass
+        return seqs
+
+    # -- writes -------------------------------------------------------------------------
+
+    def write(self, event: Event) -> None:
+        payload = _dumps(event)  # TypeError here: nothing stored
+        try:
+            self._log.append(payload)
+        except RecordTooLargeError as exc:
+            raise RecordTooLargeError(
+                f"{self._what}: {exc} (segment_size is this store's max_file_size)"
+            ) from exc
+        except LogFullError as exc:
+            self._metrics.error("write_full")
+            raise BackingStoreFull(f"{self._what}: {exc}") from exc
+        except DurabilityError as exc:
+            self._metrics.error("write")
+            raise BackingStoreError(f"{self._what}: write failed: {exc}") from exc
+        self._metrics.wrote()
+
+    def write_many(self, events: Sequence[Event]) -> None:
+        payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
+        if not payloads:
+            return
+        try:
+            self._log.append_batch(payloads)
+        except RecordTooLargeError as exc:
+            raise RecordTooLargeError(
+                f"{self._what}: {exc} (segment_size is this store's max_file_size)"
+            ) from exc
+        except LogFullError as exc:
+            self._metrics.error("write_full")
+            raise BackingStoreFull(f"{self._what}: {exc}") from exc
+        except DurabilityError as exc:
+            self._metrics.error("write")
+            raise BackingStoreError(f"{self._what}: write failed: {exc}") from exc
+        self._metrics.wrote(len(payloads))
+
+    # -- the drain ----------------------------------------------------------------------
+
+    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
+        with self._read_lock:
+            self._check_open()
+            rewind = self._batches.outstanding
+            self._batches.drop()
+            try:
+                if rewind:
+                    self._log.rewind()
+                while True:
+                    batch = self._log.read_batch(max_records=self._batch_size)
+                    if not batch:
+                        return [], None
+                    events = self._decode(batch)
+                    if events:
+                        break
+                    # Every record was dead-lettered: consume them and read on.
+                    self._log.commit(batch)
+            except DurabilityError as exc:
+                self._metrics.error("read")
+                raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
+            except OSError as exc:
+                self._metrics.error("read")
+                raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
+            self._metrics.read(len(events))
+
+            def do_commit() -> None:
+                try:
+                    self._log.commit(batch)
+                except OSError as exc:
+                    self._metrics.error("commit")
+                    raise BackingStoreError(
+                        f"{self._what}: commit failed ({exc}); the batch stays stored and "
+                        "will be read again"
+                    ) from exc
+
+            return events, self._batches.issue(do_commit)
+
+    def _decode(self, batch: Batch) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        bad: list[tuple[int | None, bytes, str]] = []
+        # Sequence numbers are first_seq + i unless the log skipped damage inside the
+        # batch; then they are unknown and the entry says so (seq null).
+        exact = batch.last_seq - batch.first_seq + 1 == len(batch.records)
+        for i, raw in enumerate(batch.records):
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                bad.append((batch.first_seq + i if exact else None, raw, f"invalid JSON: {exc}"))
+                continue
+            if not isinstance(event, dict):
+                bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
+                continue
+            events.append(event)
+        if bad:
+            self._dead_letter(bad)
+        return events
+
+    def _dead_letter(self, bad: list[tuple[int | None, bytes, str]]) -> None:
+        segments = sorted(
+            int(n.split(".")[0]) for n in os.listdir(self._directory) if n.endswith(".seg")
+        )
+        lines = []
+        now = time.time()
+        for seq, raw, reason in bad:
+            if seq is not None and seq in self._dead_seqs:
+                continue  # kept already (read again after a rewind or a restart)
+            segment = None
+            if seq is not None and segments:
+                i = bisect.bisect_right(segments, seq) - 1
+                if i >= 0:
+                    segment = f"{segments[i]:020d}.seg"
+            lines.append(
+                orjson.dumps(
+                    {
+                        "time": now,
+                        "seq": seq,
+                        "segment": segment,
+                        "reason": reason,
+                        "length": len(raw),
+                        "raw_base64": base64.b64encode(raw).decode("ascii"),
+                    }
+                )
+                + b"\n"
+            )
+            if seq is not None:
+                self._dead_seqs.add(seq)
+        self._metrics.error("read_unmarshal", len(bad))
+        if not lines:
+            return
+        # fsynced before the batch can be committed: the bytes outlive their segment.
+        fd = os.open(self._dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"".join(lines))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- metrics and closing -------------------------------------------------------------
+
+    def update_metrics(self) -> None:
+        if self._closed:
+            return
+        try:
+            stats = self._log.stats()
+        except Exception:  # metrics must never take the service down
+            self._metrics.error("update_metrics")
+            return
+        self._metrics.set_events(stats["pending_records"])
+        self._metrics.set_size_bytes(stats["disk_bytes"])
+        # disk_bytes counts the prepared next segment too: it is a file on disk.
+        self._metrics.set_files(stats["disk_bytes"] // stats["segment_size"])
+        damaged = int(stats.get("damaged_regions", 0))
+        if damaged > self._damaged_seen:
+            self._metrics.error("read_corrupt", damaged - self._damaged_seen)
+            self._damaged_seen = damaged
+
+    def close(self) -> None:
+        with self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._batches.drop()
+        try:
+            self._log.close()
+        finally:
+            self._metrics.release()

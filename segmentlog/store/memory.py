@@ -1,0 +1,164 @@
+"""The memory store: a bounded in-process FIFO, the default when nothing is configured.
+
+Theory of operation
+-------------------
+Events are kept serialised (orjson bytes) in a deque under one lock. Keeping bytes, not
+the caller's dicts, means a caller that mutates an event after ``write`` cannot change
+what is buffered, reads hand out fresh dicts as the other stores do, and
+``audittools_backing_store_size_bytes`` is a real byte count.
+
+Rule 1: ``max_events`` is strict: a write (or a whole ``write_many`` list) that would
+        exceed it raises ``BackingStoreFull`` and stores nothing.
+Rule 2: every entry carries a sequence number; a commit removes the entries up to its
+        batch's last number that are still at the head, so it removes exactly its batch
+        and nothing written later.
+
+This store is not durable: a process exit loses what it holds (the original's memory
+store had the same limit; it does not meet PCI DSS / SOC 2 completeness on its own).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import BackingStoreFull, LogClosedError
+from .base import BackingStore, BatchTracker, Commit, Event
+from .config import Params, check_int
+from .metrics import StoreMetrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["MemoryStore"]
+
+_EXAMPLE = '{"type":"memory","params":{"max_events":1000,"batch_size":100}}'
+
+
+def _dumps(event: Event) -> bytes:
+    # orjson serialises dict (and subclasses) only; other mappings are copied first.
+    return orjson.dumps(event if isinstance(event, dict) else dict(event))
+
+
+class MemoryStore(BackingStore):
+    """Bounded, thread-safe, in-memory store (``type: "memory"``).
+
+    :param max_events: most events held at once (default 1000, as in the original).
+    :param batch_size: most events one ``read_batch`` returns.
+    :param registry: Prometheus registry for the metrics (``None``: the global one).
+    :param name: the ``store`` label of the metrics (default ``"memory"``).
+    """
+
+    TYPE = "memory"
+
+    def __init__(
+        self,
+        max_events: int = 1000,
+        batch_size: int = 100,
+        *,
+        registry: CollectorRegistry | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._max_events = check_int(max_events, "max_events", minimum=1, unit="events")
+        self._batch_size = check_int(batch_size, "batch_size", minimum=1, unit="events")
+        self._lock = threading.Lock()
+        self._entries: deque[tuple[int, bytes]] = deque()
+        self._next_seq = 0
+        self._bytes = 0
+        self._closed = False
+        self._batches = BatchTracker(self._lock, "memory backing store", self._check_open)
+        self._metrics = StoreMetrics(registry, self.TYPE, name)
+        self._metrics.set_files(0)
+        self._publish_gauges()
+
+    @classmethod
+    def from_params(
+        cls, params: dict[str, Any], registry: CollectorRegistry | None = None
+    ) -> MemoryStore:
+        """The ``memory`` factory: ``max_events``, ``batch_size``, ``name``."""
+        p = Params(params, cls.TYPE, _EXAMPLE)
+        max_events = p.get_int("max_events", 1000, minimum=1, unit="events")
+        batch_size = p.get_int("batch_size", 100, minimum=1, unit="events")
+        name = p.get_optional_str("name")
+        p.finish()
+        return cls(max_events, batch_size, registry=registry, name=name)
+
+    @property
+    def metrics_label(self) -> str:
+        """The ``store`` label value of this store's metric series."""
+        return self._metrics.label
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError("memory backing store is closed; create a new store")
+
+    def _publish_gauges(self) -> None:
+        self._metrics.set_events(len(self._entries))
+        self._metrics.set_size_bytes(self._bytes)
+
+    def write(self, event: Event) -> None:
+        self.write_many((event,))
+
+    def write_many(self, events: Sequence[Event]) -> None:
+        payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
+        with self._lock:
+            self._check_open()
+            if len(self._entries) + len(payloads) > self._max_events:
+                self._metrics.error("write_full")
+                raise BackingStoreFull(
+                    f"memory backing store is full: {len(self._entries)} of max_events="
+                    f"{self._max_events} events buffered, {len(payloads)} more refused; "
+                    "drain it (deliver and commit) or raise max_events"
+                )
+            for payload in payloads:
+                self._entries.append((self._next_seq, payload))
+                self._next_seq += 1
+                self._bytes += len(payload)
+            self._metrics.wrote(len(payloads))
+            self._publish_gauges()
+
+    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
+        with self._lock:
+            self._check_open()
+            self._batches.drop()
+            if not self._entries:
+                return [], None
+            n = min(self._batch_size, len(self._entries))
+            taken = [self._entries[i] for i in range(n)]
+            last_seq = taken[-1][0]
+            events = [orjson.loads(payload) for _, payload in taken]
+            self._metrics.read(len(events))
+
+            def do_commit() -> None:
+                # Only entries of this batch can be at the head with seq <= last_seq:
+                # later writes have larger numbers.
+                while self._entries and self._entries[0][0] <= last_seq:
+                    _, payload = self._entries.popleft()
+                    self._bytes -= len(payload)
+                self._publish_gauges()
+
+            return events, self._batches.issue(do_commit)
+
+    def update_metrics(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._publish_gauges()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._batches.drop()
+            self._entries.clear()
+            self._bytes = 0
+        self._metrics.release()
+
+    def __len__(self) -> int:
+        """Events buffered now."""
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,171 @@
+"""The ``audittools_backing_store_*`` metrics, shared by every store on one registry.
+
+Theory of operation
+-------------------
+The names are the Go original's, so existing dashboards keep working; each name has one
+meaning for every store type:
+
+=============================================  =======  ==========================================
+name                                           type     meaning
+=============================================  =======  ==========================================
+``audittools_backing_store_writes_total``      counter  events written
+``audittools_backing_store_reads_total``       counter  events handed out by ``read_batch``
+``audittools_backing_store_errors_total``      counter  failures, by ``operation`` (see below)
+``audittools_backing_store_size_bytes``        gauge    bytes the store occupies (always bytes)
+``audittools_backing_store_files_count``       gauge    files the store occupies (0 for memory/SQL)
+``audittools_backing_store_events``            gauge    events buffered (new; every store)
+=============================================  =======  ==========================================
+
+``operation`` values, all pre-initialised to 0 so alerts on absent series work:
+``write`` (a write failed, not "full"), ``write_full`` (a write refused because the store
+is full), ``read``, ``commit``, ``read_unmarshal`` (a stored event that does not parse,
+moved to the dead-letter place), ``read_corrupt`` (a record that failed its checksum,
+dead-lettered by the segment log), ``update_metrics``.
+
+Two stores on one registry (two auditors in one process) must not collide, and
+prometheus-client refuses to register a name twice. So the metric objects exist once per
+registry (created on first use, kept in a weak map) and every series carries a ``store``
+label. A store's label is its ``name`` parameter or, by default, its type (``file``,
+``memory``, ``sql``, ``sqlite``); a second live store with the same label on the same
+registry gets ``<label>-2``, then ``-3``. Queries written for the original without a
+``store`` label still work (``sum``/``rate`` over the series). Closing a store frees its
+label and removes its gauge series (a closed store buffers nothing); its counters stay,
+and a later store with the same label continues them (counters never go backwards).
+
+This module never registers on prometheus-client's global registry unless the caller
+passes no registry (``None``), as the original did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+__all__ = ["OPERATIONS", "StoreMetrics"]
+
+#: Every ``operation`` label value of ``audittools_backing_store_errors_total``.
+OPERATIONS = (
+    "write",
+    "write_full",
+    "read",
+    "commit",
+    "read_unmarshal",
+    "read_corrupt",
+    "update_metrics",
+)
+
+
+class _RegistryMetrics:
+    """The metric objects of one registry, and the ``store`` labels in use on it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.writes = Counter(
+            "audittools_backing_store_writes",
+            "Total number of audit events written to the backing store.",
+            ["store"],
+            registry=registry,
+        )
+        self.reads = Counter(
+            "audittools_backing_store_reads",
+            "Total number of audit events read from the backing store.",
+            ["store"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "audittools_backing_store_errors",
+            "Total number of backing store failures, by operation.",
+            ["store", "operation"],
+            registry=registry,
+        )
+        self.size_bytes = Gauge(
+            "audittools_backing_store_size_bytes",
+            "Bytes the backing store occupies (files on disk, table size, or event bytes).",
+            ["store"],
+            registry=registry,
+        )
+        self.files_count = Gauge(
+            "audittools_backing_store_files_count",
+            "Number of files the backing store occupies (0 for memory and SQL stores).",
+            ["store"],
+            registry=registry,
+        )
+        self.events = Gauge(
+            "audittools_backing_store_events",
+            "Number of audit events buffered in the backing store.",
+            ["store"],
+            registry=registry,
+        )
+        self.labels_in_use: set[str] = set()
+
+
+_LOCK = threading.Lock()
+_PER_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class StoreMetrics:
+    """One store's view of the shared metrics: the series with its ``store`` label.
+
+    Custom stores may use it too: ``StoreMetrics(registry, "mytype")``.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None, store_type: str, name: str | None = None
+    ) -> None:
+        registry = REGISTRY if registry is None else registry
+        base = name or store_type
+        with _LOCK:
+            shared = _PER_REGISTRY.get(registry)
+            if shared is None:
+                shared = _RegistryMetrics(registry)
+                _PER_REGISTRY[registry] = shared
+            label = base
+            n = 2
+            while label in shared.labels_in_use:
+                label = f"{base}-{n}"
+                n += 1
+            shared.labels_in_use.add(label)
+        self._shared = shared
+        #: The ``store`` label value of this store's series.
+        self.label = label
+        self._writes = shared.writes.labels(store=label)
+        self._reads = shared.reads.labels(store=label)
+        self._errors = {op: shared.errors.labels(store=label, operation=op) for op in OPERATIONS}
+        self._size = shared.size_bytes.labels(store=label)
+        self._files = shared.files_count.labels(store=label)
+        self._events = shared.events.labels(store=label)
+        self._released = False
+
+    def wrote(self, n: int = 1) -> None:
+        self._writes.inc(n)
+
+    def read(self, n: int) -> None:
+        self._reads.inc(n)
+
+    def error(self, operation: str, n: int = 1) -> None:
+        """Count a failure; ``operation`` is one of :data:`OPERATIONS`."""
+        self._errors[operation].inc(n)
+
+    def set_size_bytes(self, value: float) -> None:
+        self._size.set(value)
+
+    def set_files(self, value: float) -> None:
+        self._files.set(value)
+
+    def set_events(self, value: float) -> None:
+        self._events.set(value)
+
+    def release(self) -> None:
+        """Free the label and drop the gauge series (called by the store's ``close``)."""
+        with _LOCK:
+            if self._released:
+                return
+            self._released = True
+            self._shared.labels_in_use.discard(self.label)
+            for gauge in (self._shared.size_bytes, self._shared.files_count, self._shared.events):
+                with contextlib.suppress(KeyError):  # already gone: nothing to drop
+                    gauge.remove(self.label)

@@ -1,0 +1,496 @@
+"""One conformance suite, run against every store type (base.py's rules, one test each).
+
+Kinds: ``memory``, ``file``, ``sqlite``, and the PostgreSQL store through each of its
+connection sources (``sql-dsn``, ``sql-pool``, ``sql-connection``) on the real server.
+Each test gets a ``Maker``: ``make(**params)`` opens a store on the test's own location
+(directory, file or uuid-named table), so a second ``make()`` reopens the same data.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from segmentlog.errors import (
+    BackingStoreError,
+    BackingStoreFull,
+    LogClosedError,
+)
+from segmentlog.store import (
+    BackingStore,
+    FileStore,
+    MemoryStore,
+    SQLiteStore,
+    SQLStore,
+    create_backing_store,
+)
+
+KINDS = ["memory", "file", "sqlite", "sql-dsn", "sql-pool", "sql-connection"]
+DURABLE = ["file", "sqlite", "sql-dsn", "sql-pool", "sql-connection"]
+
+# A real CADF event, as the Auditor stores it.
+CADF = {
+    "typeURI": "http://schemas.dmtf.org/cloud/audit/1.0/event",
+    "id": "d6a8c9b1-2f1e-4a53-9f0c-6b1f0e9b7d11",
+    "eventTime": "2025-11-29T22:58:00.123456+00:00",
+    "eventType": "activity",
+    "action": "update/set",
+    "outcome": "success",
+    "reason": {"reasonType": "HTTP", "reasonCode": "200"},
+    "initiator": {
+        "typeURI": "service/security/account/user",
+        "id": "3a1b2c",
+        "name": "alice",
+        "domain": "default",
+        "project_id": "p-123",
+        "host": {"address": "10.0.0.7", "agent": "python-requests/2.32"},
+    },
+    "target": {"typeURI": "service/resources/quota", "id": "q-456", "attachments": []},
+    "observer": {"typeURI": "service/resources", "id": "limes", "name": "limes"},
+    "requestPath": "/v1/domains/d1/projects/p-123",
+}
+
+
+def ev(i: int, **extra: Any) -> dict[str, Any]:
+    return {**CADF, "id": f"event-{i}", "seq": i, **extra}
+
+
+class PgPool:
+    """A minimal real pool (getconn/putconn), what psycopg_pool offers the store."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self._dsn = dsn
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._all: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self.borrowed = 0
+
+    def getconn(self) -> Any:
+        import psycopg
+
+        with self._lock:
+            self.borrowed += 1
+            if self._idle:
+                return self._idle.pop()
+        conn = psycopg.connect(self._dsn)
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def putconn(self, conn: Any) -> None:
+        if not conn.closed and int(conn.info.transaction_status) != 0:
+            conn.rollback()  # what psycopg_pool does with a connection returned mid-transaction
+        with self._lock:
+            self.borrowed -= 1
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        for conn in self._all:
+            conn.close()
+
+
+def drop_tables(dsn: str, table: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for suffix in ("", "_meta", "_deadletter"):
+            conn.execute(f'DROP TABLE IF EXISTS "{table}{suffix}"')
+
+
+class Maker:
+    """Opens stores of one kind on one location; closes them all at teardown."""
+
+    def __init__(self, kind: str, tmp_path: Any, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.registry = CollectorRegistry()
+        self.stores: list[BackingStore] = []
+        self.cleanups: list[Callable[[], None]] = []
+        self.directory = str(tmp_path / "store")
+        self.path = str(tmp_path / "store.db")
+        self.table = "conf_" + uuid.uuid4().hex[:12]
+        self.dsn: str | None = None
+        if kind.startswith("sql-"):
+            self.dsn = request.getfixturevalue("postgres_dsn")
+            dsn = self.dsn
+            table = self.table
+            self.cleanups.append(lambda: drop_tables(dsn, table))
+            if kind == "sql-pool":
+                self.pool = PgPool(self.dsn)
+                self.cleanups.insert(0, self.pool.close)
+
+    def __call__(
+        self, registry: CollectorRegistry | None = None, /, **params: Any
+    ) -> BackingStore:
+        reg = self.registry if registry is None else registry
+        store: BackingStore
+        if self.kind == "memory":
+            store = MemoryStore(registry=reg, **params)
+        elif self.kind == "file":
+            store = FileStore(self.directory, registry=reg, **params)
+        elif self.kind == "sqlite":
+            store = SQLiteStore(self.path, registry=reg, **params)
+        else:
+            import psycopg
+
+            assert self.dsn is not None
+            params.setdefault("table_name", self.table)
+            conn: Any
+            if self.kind == "sql-dsn":
+                store = SQLStore.from_params({"dsn": self.dsn, **params}, reg)
+                self.stores.append(store)
+                return store
+            if self.kind == "sql-pool":
+                conn = self.pool
+            else:
+                conn = psycopg.connect(self.dsn, autocommit=True)
+                self.cleanups.insert(0, conn.close)
+            store = SQLStore(conn, registry=reg, **params)
+        self.stores.append(store)
+        return store
+
+    def small(self, registry: CollectorRegistry | None = None) -> BackingStore:
+        """A store that is full after a few events (10 for counted stores)."""
+        if self.kind == "file":
+            # Two segments of two pages: a handful of CADF events.
+            return self(registry, max_file_size=8192, max_total_size=16384)
+        return self(registry, max_events=10)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+        for cleanup in self.cleanups:
+            cleanup()
+
+
+@pytest.fixture(params=KINDS)
+def make(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Maker]:
+    maker = Maker(request.param, tmp_path, request)
+    try:
+        yield maker
+    finally:
+        maker.close()
+
+
+def drain(store: BackingStore) -> list[dict[str, Any]]:
+    """Read and commit every batch; return the events in order."""
+    out: list[dict[str, Any]] = []
+    for _ in range(10_000):
+        events, commit = store.read_batch()
+        if not events:
+            assert commit is None
+            return out
+        assert commit is not None
+        out.extend(events)
+        commit()
+    raise AssertionError("store never ran empty")
+
+
+def seqs(events: list[dict[str, Any]]) -> list[int]:
+    return [e["seq"] for e in events]
+
+
+# -- reading and committing -------------------------------------------------------------
+
+
+def test_empty_store_reads_nothing_and_no_commit(make: Maker) -> None:
+    store = make()
+    assert store.read_batch() == ([], None)
+    assert store.read_batch() == ([], None)
+
+
+def test_events_come_back_in_write_order_and_commit_removes_them(make: Maker) -> None:
+    store = make(batch_size=7)
+    store.write(ev(0))
+    store.write_many([ev(i) for i in range(1, 20)])
+    for i in range(20, 25):
+        store.write(ev(i))
+    got = drain(store)
+    assert seqs(got) == list(range(25))
+    assert got[3] == ev(3)  # the whole event survives the round trip
+    assert store.read_batch() == ([], None)
+
+
+def test_batches_hold_at_most_batch_size_events(make: Maker) -> None:
+    store = make(batch_size=4)
+    store.write_many([ev(i) for i in range(10)])
+    sizes = []
+    while True:
+        events, commit = store.read_batch()
+        if commit is None:
+            break
+        sizes.append(len(events))
+        commit()
+    assert sizes == [4, 4, 2]
+
+
+def test_read_again_without_commit_returns_the_same_events(make: Maker) -> None:
+    store = make(batch_size=5)
+    store.write_many([ev(i) for i in range(12)])
+    first, _ = store.read_batch()
+    again, commit = store.read_batch()
+    assert seqs(first) == seqs(again) == [0, 1, 2, 3, 4]
+    assert commit is not None
+    commit()
+    nxt, _ = store.read_batch()
+    assert seqs(nxt) == [5, 6, 7, 8, 9]
+
+
+def test_commit_removes_only_its_batch_not_later_writes(make: Maker) -> None:
+    store = make(batch_size=100)
+    store.write_many([ev(i) for i in range(3)])
+    events, commit = store.read_batch()
+    assert seqs(events) == [0, 1, 2]
+    store.write_many([ev(3), ev(4)])  # written while the batch is being delivered
+    assert commit is not None
+    commit()
+    assert seqs(drain(store)) == [3, 4]
+
+
+def test_stale_commit_raises_and_removes_nothing(make: Maker) -> None:
+    store = make(batch_size=3)
+    store.write_many([ev(i) for i in range(6)])
+    _, stale = store.read_batch()
+    _, latest = store.read_batch()
+    assert stale is not None and latest is not None
+    with pytest.raises(BackingStoreError, match="stale"):
+        stale()
+    latest()
+    assert seqs(drain(store)) == [3, 4, 5]
+
+
+def test_commit_called_twice_removes_the_batch_once(make: Maker) -> None:
+    store = make(batch_size=2)
+    store.write_many([ev(i) for i in range(4)])
+    _, commit = store.read_batch()
+    assert commit is not None
+    commit()
+    commit()
+    assert seqs(drain(store)) == [2, 3]
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def test_write_many_of_nothing_stores_nothing(make: Maker) -> None:
+    store = make()
+    store.write_many([])
+    assert store.read_batch() == ([], None)
+
+
+def test_unserialisable_event_raises_type_error_and_stores_nothing(make: Maker) -> None:
+    store = make()
+    with pytest.raises(TypeError):
+        store.write({"when": object()})
+    with pytest.raises(TypeError):
+        store.write_many([ev(0), {"bad": {1, 2}}])
+    assert store.read_batch() == ([], None)
+
+
+def test_event_mutated_after_write_is_stored_as_written(make: Maker) -> None:
+    store = make()
+    event = ev(1)
+    store.write(event)
+    event["action"] = "changed"
+    (got,), _ = store.read_batch()
+    assert got["action"] == "update/set"
+
+
+def test_full_store_raises_backing_store_full_and_keeps_its_events(make: Maker) -> None:
+    store = make.small()
+    written = 0
+    with pytest.raises(BackingStoreFull):
+        for i in range(1000):
+            store.write(ev(i))
+            written += 1
+    if make.kind != "file":
+        assert written == 10  # max_events is exact
+    assert written > 0
+    assert seqs(drain(store)) == list(range(written))
+
+
+def test_full_store_accepts_writes_again_after_commit(make: Maker) -> None:
+    store = make.small()
+    with pytest.raises(BackingStoreFull):
+        for i in range(1000):
+            store.write(ev(i))
+    drain(store)
+    store.write(ev(9999))
+    assert seqs(drain(store)) == [9999]
+
+
+def test_write_many_that_does_not_fit_stores_none_of_it(make: Maker) -> None:
+    store = make.small()
+    store.write(ev(0))
+    with pytest.raises(BackingStoreFull):
+        store.write_many([ev(i) for i in range(1, 500)])
+    assert seqs(drain(store)) == [0]
+
+
+# -- closing ------------------------------------------------------------------------------
+
+
+def test_use_after_close_raises_log_closed_error_and_double_close_is_fine(make: Maker) -> None:
+    store = make()
+    store.write(ev(0))
+    _, commit = store.read_batch()
+    store.close()
+    store.close()
+    assert commit is not None
+    for call in (
+        lambda: store.write(ev(1)),
+        lambda: store.write_many([ev(1)]),
+        store.read_batch,
+        commit,
+    ):
+        with pytest.raises(LogClosedError):
+            call()
+    store.update_metrics()  # a closed store's metrics hook is a no-op, not a crash
+
+
+def test_store_is_a_context_manager(make: Maker) -> None:
+    with make() as store:
+        store.write(ev(0))
+    with pytest.raises(LogClosedError):
+        store.write(ev(1))
+
+
+@pytest.mark.parametrize("kind", DURABLE)
+def test_reopen_keeps_uncommitted_events_and_drops_committed_ones(
+    kind: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    maker = Maker(kind, tmp_path, request)
+    try:
+        store = maker(batch_size=3)
+        store.write_many([ev(i) for i in range(8)])
+        _, commit = store.read_batch()
+        assert commit is not None
+        commit()  # 0..2 delivered
+        events, _ = store.read_batch()  # 3..5 read, never committed (crash mid-delivery)
+        assert seqs(events) == [3, 4, 5]
+        store.close()
+        again = maker(batch_size=100)
+        assert seqs(drain(again)) == [3, 4, 5, 6, 7]
+    finally:
+        maker.close()
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+
+def test_concurrent_writers_lose_nothing_and_keep_their_own_order(make: Maker) -> None:
+    store = make(batch_size=50, **({} if make.kind == "file" else {"max_events": 100_000}))
+    threads, per_thread = 4, 60
+    errors: queue.Queue[BaseException] = queue.Queue()
+    start = threading.Barrier(threads)
+
+    def writer(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(0, per_thread, 3):
+                store.write(ev(i, thread=t))
+                store.write_many([ev(i + 1, thread=t), ev(i + 2, thread=t)])
+        except BaseException as exc:
+            errors.put(exc)
+
+    pool = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    assert errors.empty(), errors.get()
+    got = drain(store)
+    assert len(got) == threads * per_thread
+    for t in range(threads):
+        assert seqs([e for e in got if e["thread"] == t]) == list(range(per_thread))
+
+
+def test_drain_while_writers_write_delivers_each_event_once(make: Maker) -> None:
+    store = make(batch_size=16, **({} if make.kind == "file" else {"max_events": 100_000}))
+    total = 300
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(total):
+            store.write(ev(i))
+        done.set()
+
+    th = threading.Thread(target=writer)
+    th.start()
+    got: list[dict[str, Any]] = []
+    while True:
+        finished = done.is_set()  # before the read: an empty read then means drained
+        events, commit = store.read_batch()
+        if commit is not None:
+            got.extend(events)
+            commit()
+        elif finished:
+            break
+    th.join()
+    assert seqs(got) == list(range(total))
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_metrics_follow_a_known_sequence_of_operations(make: Maker) -> None:
+    reg = CollectorRegistry()
+    store = make.small(reg)
+    label = make.kind.split("-")[0]
+    store.write(ev(0))
+    store.write_many([ev(1), ev(2)])
+    store.update_metrics()
+    assert sample(reg, "audittools_backing_store_writes_total", store=label) == 3
+    assert sample(reg, "audittools_backing_store_events", store=label) == 3
+    size = sample(reg, "audittools_backing_store_size_bytes", store=label)
+    assert size is not None and size > 0
+    for op in ("write", "write_full", "read", "commit", "read_unmarshal", "read_corrupt",
+               "update_metrics"):
+        assert sample(reg, "audittools_backing_store_errors_total", store=label,
+                      operation=op) == 0, op
+    events, commit = store.read_batch()
+    assert len(events) == 3 and commit is not None
+    commit()
+    store.update_metrics()
+    assert sample(reg, "audittools_backing_store_reads_total", store=label) == 3
+    assert sample(reg, "audittools_backing_store_events", store=label) == 0
+    with pytest.raises(BackingStoreFull):
+        for i in range(1000):
+            store.write(ev(i))
+    assert sample(reg, "audittools_backing_store_errors_total", store=label,
+                  operation="write_full") == 1
+    files = sample(reg, "audittools_backing_store_files_count", store=label)
+    if make.kind == "file":
+        assert files is not None and files >= 2
+    elif make.kind == "sqlite":
+        assert files is not None and files >= 1
+    else:
+        assert files == 0
+    store.close()
+    # A closed store buffers nothing: its gauges are gone, its counters stay.
+    assert sample(reg, "audittools_backing_store_events", store=label) is None
+    assert sample(reg, "audittools_backing_store_writes_total", store=label) is not None
+
+
+def test_two_stores_on_one_registry_get_their_own_series(make: Maker, tmp_path: Any) -> None:
+    reg = CollectorRegistry()
+    first = make(reg)
+    other = create_backing_store('{"type":"memory","params":{"max_events":5}}', registry=reg)
+    second_label = "memory-2" if make.kind == "memory" else "memory"
+    first.write(ev(0))
+    other.write_many([ev(1), ev(2)])
+    first_label = make.kind.split("-")[0]
+    assert sample(reg, "audittools_backing_store_writes_total", store=first_label) == 1
+    assert sample(reg, "audittools_backing_store_writes_total", store=second_label) == 2
+    other.close()

@@ -1,0 +1,251 @@
+"""The file store beyond the conformance suite: permissions, corrupt records, faults,
+the mapping of the original's parameters onto the segment log."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import stat
+from typing import Any
+
+import orjson
+import pytest
+from logtools import flip_bit, frames, segment_files
+from prometheus_client import CollectorRegistry
+
+from segmentlog import SegmentLog
+from segmentlog.errors import (
+    BackingStoreError,
+    BackingStoreFull,
+    LogLockedError,
+    RecordTooLargeError,
+)
+from segmentlog.store import BackingStore, FileStore, create_backing_store
+from segmentlog.store.file import JSON_DEADLETTER_NAME
+
+SMALL = 8192
+
+
+def ev(i: int) -> dict[str, Any]:
+    return {"id": f"event-{i}", "seq": i, "action": "create", "outcome": "success"}
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def drain(store: BackingStore) -> list[int]:
+    out: list[int] = []
+    while True:
+        events, commit = store.read_batch()
+        if commit is None:
+            return out
+        out.extend(e["seq"] for e in events)
+        commit()
+
+
+def errors(reg: CollectorRegistry, operation: str) -> float | None:
+    return reg.get_sample_value(
+        "audittools_backing_store_errors_total", {"store": "file", "operation": operation}
+    )
+
+
+# -- permissions ----------------------------------------------------------------------------
+
+
+def test_new_directory_is_0700_and_every_file_0600(tmp_path: Any) -> None:
+    d = str(tmp_path / "nested" / "audit")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        store.write_many([ev(i) for i in range(50)])  # several segments
+        drain(store)
+    assert mode(d) == 0o700
+    names = os.listdir(d)
+    assert any(n.endswith(".seg") for n in names)
+    for name in names:
+        assert mode(os.path.join(d, name)) & 0o077 == 0, name
+
+
+def test_existing_open_directory_is_tightened_to_0700(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    os.mkdir(d, 0o755)
+    os.chmod(d, 0o755)
+    FileStore(d, registry=CollectorRegistry()).close()
+    assert mode(d) == 0o700
+
+
+def test_json_dead_letter_file_is_0600(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        assert store.read_batch() == ([], None)
+    assert mode(os.path.join(d, JSON_DEADLETTER_NAME)) == 0o600
+
+
+# -- corrupt records --------------------------------------------------------------------------
+
+
+def test_record_that_is_not_json_is_dead_lettered_and_the_store_keeps_working(
+    tmp_path: Any,
+) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(orjson.dumps(ev(0)))
+        log.append(b"{torn json")  # passes its checksum, is not JSON
+        log.append(b"[1, 2]")  # JSON, but not an event
+        log.append(orjson.dumps(ev(3)))
+    reg = CollectorRegistry()
+    with FileStore(d, max_file_size=SMALL, registry=reg) as store:
+        events, _ = store.read_batch()
+        assert [e["seq"] for e in events] == [0, 3]
+        store.read_batch()  # read again without commit: dead-lettered once only
+        assert errors(reg, "read_unmarshal") == 4  # counted per read, kept once
+        store.write(ev(4))
+        assert drain(store) == [0, 3, 4]
+    with open(os.path.join(d, JSON_DEADLETTER_NAME), "rb") as f:
+        lines = [orjson.loads(x) for x in f]
+    assert [(x["seq"], x["segment"]) for x in lines] == [
+        (1, "00000000000000000000.seg"), (2, "00000000000000000000.seg")]
+    assert base64.b64decode(lines[0]["raw_base64"]) == b"{torn json"
+    assert lines[0]["reason"].startswith("invalid JSON")
+    assert lines[1]["reason"] == "not a JSON object"
+    assert base64.b64decode(lines[1]["raw_base64"]) == b"[1, 2]"
+
+
+def test_dead_lettered_record_is_not_kept_twice_after_a_restart(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"nope")
+        log.append(orjson.dumps(ev(1)))
+    for _ in range(2):  # read, crash before commit, read again
+        with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+            events, _ = store.read_batch()
+            assert [e["seq"] for e in events] == [1]
+    with open(os.path.join(d, JSON_DEADLETTER_NAME), "rb") as f:
+        assert len(f.readlines()) == 1
+
+
+def test_batch_of_only_unparseable_records_is_consumed_and_reading_goes_on(
+    tmp_path: Any,
+) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append_batch([b"x", b"y", b"z"])
+        log.append(orjson.dumps(ev(3)))
+    with FileStore(d, max_file_size=SMALL, batch_size=3, registry=CollectorRegistry()) as s:
+        assert drain(s) == [3]
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as s:
+        assert s.read_batch() == ([], None)
+
+
+def test_record_failing_its_checksum_is_skipped_kept_and_counted(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        store.write_many([ev(i) for i in range(4)])
+    (seg,) = segment_files(d)
+    offset, seq, length = frames(seg)[1]
+    assert seq == 1
+    flip_bit(seg, offset + 24 + length // 2)  # a bit inside record 1's payload
+    reg = CollectorRegistry()
+    with FileStore(d, max_file_size=SMALL, registry=reg) as store:
+        assert drain(store) == [0, 2, 3]
+        store.update_metrics()
+        assert errors(reg, "read_corrupt") == 1
+        store.update_metrics()
+        assert errors(reg, "read_corrupt") == 1  # a delta, not the total again
+    assert os.path.exists(os.path.join(d, "deadletter.jsonl"))
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+def test_full_log_is_backing_store_full_and_an_fsync_failure_is_not(tmp_path: Any) -> None:
+    reg = CollectorRegistry()
+    store = FileStore(str(tmp_path / "a"), max_file_size=SMALL, max_total_size=2 * SMALL,
+                      registry=reg)
+    with pytest.raises(BackingStoreFull, match="max_total_size"):
+        for i in range(1000):
+            store.write(ev(i))
+    store.close()
+
+    store = FileStore(str(tmp_path / "b"), registry=reg, name="b")
+
+    def broken_fsync(fd: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    store.log._fsync_fn = broken_fsync  # the log's fault hook
+    with pytest.raises(BackingStoreError) as info:
+        store.write(ev(0))
+    assert not isinstance(info.value, BackingStoreFull)
+    assert reg.get_sample_value(
+        "audittools_backing_store_errors_total", {"store": "b", "operation": "write"}) == 1
+    store.close()
+
+
+def test_second_store_on_the_same_directory_is_refused(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with FileStore(d, registry=CollectorRegistry()), pytest.raises(LogLockedError):
+        FileStore(d, registry=CollectorRegistry())
+
+
+def test_unwritable_directory_is_a_backing_store_error_naming_it(tmp_path: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BackingStoreError, match="file"):
+        FileStore(str(blocker / "audit"), registry=CollectorRegistry())
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def test_max_file_size_is_rounded_up_to_whole_pages(tmp_path: Any) -> None:
+    store = create_backing_store(
+        f'{{"type":"file","params":{{"directory":"{tmp_path / "a"}","max_file_size":1000}}}}',
+        registry=CollectorRegistry(),
+    )
+    assert isinstance(store, FileStore)
+    assert store.log.segment_size == 2 * os.sysconf("SC_PAGE_SIZE")
+    store.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_every_fsync_policy_stores_and_reopens(tmp_path: Any, fsync: str) -> None:
+    d = str(tmp_path / "audit")
+    with FileStore(d, fsync=fsync, registry=CollectorRegistry()) as store:
+        assert store.log.fsync == fsync
+        store.write(ev(0))
+        store.write_many([ev(1), ev(2)])
+    with FileStore(d, fsync=fsync, registry=CollectorRegistry()) as store:
+        assert drain(store) == [0, 1, 2]
+
+
+def test_metrics_report_bytes_files_and_events(tmp_path: Any) -> None:
+    reg = CollectorRegistry()
+    d = str(tmp_path / "a")
+    with FileStore(d, max_file_size=SMALL, registry=reg) as store:
+        store.write_many([ev(i) for i in range(300)])  # several segments
+        store.update_metrics()
+        get = reg.get_sample_value
+        assert get("audittools_backing_store_events", {"store": "file"}) == 300
+        files = get("audittools_backing_store_files_count", {"store": "file"})
+        size = get("audittools_backing_store_size_bytes", {"store": "file"})
+        segments = len(segment_files(d))
+        assert segments >= 3
+        # Segments, plus the next one if the background preparer had made it already.
+        assert files is not None and segments <= files <= segments + 1
+        assert size == files * SMALL  # bytes on disk: segments are preallocated
+        drain(store)
+        store.update_metrics()
+        assert get("audittools_backing_store_events", {"store": "file"}) == 0
+        after = get("audittools_backing_store_files_count", {"store": "file"})
+        assert after is not None and after < files  # consumed segments were reclaimed
+
+
+def test_event_larger_than_a_segment_is_refused_naming_max_file_size(tmp_path: Any) -> None:
+    with FileStore(str(tmp_path / "a"), max_file_size=SMALL, registry=CollectorRegistry()) as s:
+        with pytest.raises(RecordTooLargeError, match="max_file_size"):
+            s.write({"blob": "x" * SMALL})
+        with pytest.raises(RecordTooLargeError, match="max_file_size"):
+            s.write_many([ev(0), {"blob": "x" * SMALL}])
+        assert s.read_batch() == ([], None)  # neither the event nor its batch-mates
