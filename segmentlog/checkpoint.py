@@ -8,6 +8,8 @@ again rather than lost.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 
@@ -50,16 +52,39 @@ def write(directory: str, next_seq: int, durable: bool) -> None:
     """Replace the checkpoint atomically; with ``durable`` it survives a crash on return."""
     path = os.path.join(directory, CHECKPOINT_NAME)
     tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    data = encode(next_seq)
     try:
-        os.write(fd, encode(next_seq))
-        if durable:
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            if durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not os.path.exists(path):
+            raise
+        # A full disk has no block for a new file, and the consumer could then never
+        # commit, so never free a segment: overwrite the old checkpoint in place instead
+        # (its block exists). A torn overwrite fails its checksum, and a damaged
+        # checkpoint makes the log re-read from its oldest segment: re-delivery, no loss.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _overwrite(path, data)
+        return
     os.replace(tmp, path)
     if durable:
         fsync_dir(directory)
+
+
+def _overwrite(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, data, 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_durable(directory: str) -> None:

@@ -41,9 +41,14 @@ def append(directory: str, entries: list[dict[str, Any]]) -> None:
         else:
             item["zeros"] = True
         lines.append(orjson.dumps(item) + b"\n")
-    fd = os.open(path_of(directory), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+    fd = os.open(path_of(directory), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                  FILE_MODE)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # The last line was torn (a crash mid-append): end it, so this entry is not
+            # glued to it and lost with it.
+            lines.insert(0, b"\n")
         os.write(fd, b"".join(lines))
         os.fsync(fd)
     finally:

@@ -30,6 +30,7 @@ from segmentlog._format import (
 from segmentlog.errors import LogLockedError
 
 FILE_MODE = 0o600
+_PID_WIDTH = 24
 DIR_MODE = 0o700
 _ZERO_CHUNK = bytes(1 << 20)
 
@@ -68,8 +69,9 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def reserve_and_zero(path: str, size: int) -> None:
-    """Create ``path`` with ``size`` bytes allocated and written as zeros, then fsync it.
+def reserve_and_zero(path: str, size: int, zero_fill: bool = True) -> None:
+    """Create ``path`` with ``size`` bytes allocated (and, with ``zero_fill``, written as
+    zeros), then fsync it.
 
     Writing the zeros (not only ``posix_fallocate``) turns unwritten extents into written
     ones up front, which makes every later ``fdatasync`` of records cheaper (FORMAT.md,
@@ -84,7 +86,8 @@ def reserve_and_zero(path: str, size: int) -> None:
             # the zeros below reserves the space just as well, and still fails on ENOSPC.
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
-        written = 0
+            zero_fill = True
+        written = 0 if zero_fill else size
         while written < size:
             n = min(len(_ZERO_CHUNK), size - written)
             written += os.pwrite(fd, _ZERO_CHUNK[:n], written)
@@ -120,6 +123,14 @@ def take_lock(directory: str) -> int:
                 pid,
             ) from None
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        # Overwrite in place (padded), then cut: an existing lock file needs no new block.
+        pid = f"{os.getpid()}\n".encode().ljust(_PID_WIDTH, b" ")
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            os.close(fd)
+            raise
+        # A full disk: the lock is held all the same; others just cannot see our pid.
     return fd
