@@ -19,6 +19,7 @@ This module owns no state but the bound pointers; it never does I/O.
 
 from __future__ import annotations
 
+import functools
 import mmap
 from array import array
 from collections.abc import Sequence
@@ -332,6 +333,16 @@ class Framer:
             if end >= 0:
                 return end
         return self._write(_frame_c, _pure.frame_into, off, payload, seq)
+
+    @property
+    def raw(self) -> Any:
+        """The append hot path's call ``raw(off, payload, length, seq) -> end``: the C
+        function itself, bound to the buffer (no Python frame in between). Only for a
+        ``bytes`` payload of ``length`` bytes; a refused frame returns a negative code
+        (call ``frame`` then, for the error). Never call it after ``release()``."""
+        if not self._native:
+            return _pure.Framer(self._bound()).raw
+        return functools.partial(_frame_one, self._ptr, self._cap)
 
     def frame_batch(self, off: int, payloads: Sequence[Buffer], first_seq: int) -> int:
         """Write consecutive frames for ``payloads`` at ``off``; return the new end."""

@@ -206,6 +206,15 @@ class Framer:
         """Write consecutive frames for ``payloads`` at ``off``; return the new end."""
         return frame_batch_into(self._bound(), off, payloads, first_seq)
 
+    def raw(self, off: int, payload: bytes, length: int, seq: int) -> int:
+        """The append hot path's call: like ``frame`` for a ``bytes`` payload of ``length``
+        bytes, but a refused frame returns a negative number instead of raising (the
+        caller then calls ``frame`` for the error). Valid until ``release()``."""
+        try:
+            return frame_into(self._bound(), off, payload, seq)
+        except ValueError:
+            return -1
+
     def release(self) -> None:
         """Drop the buffer (idempotent); it may then be closed."""
         self._buf = None

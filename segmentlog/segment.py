@@ -125,9 +125,9 @@ def take_lock(directory: str) -> int:
         raise
     try:
         # Overwrite in place (padded), then cut: an existing lock file needs no new block.
-        pid = f"{os.getpid()}\n".encode().ljust(_PID_WIDTH, b" ")
-        os.pwrite(fd, pid, 0)
-        os.ftruncate(fd, len(pid))
+        stamp = f"{os.getpid()}\n".encode().ljust(_PID_WIDTH, b" ")
+        os.pwrite(fd, stamp, 0)
+        os.ftruncate(fd, len(stamp))
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             os.close(fd)

@@ -1,0 +1,486 @@
+"""Faults: a full disk (a real, small tmpfs), failing fsyncs, a second process on the
+directory, a killed lock holder, and misuse. Each test names the case it pins.
+
+The disk-full tests mount a 256 KiB tmpfs of their own under the test's temporary
+directory (root only: they skip when the mount is refused) and always unmount it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import segmentlog.segment
+from segmentlog import (
+    ConfigError,
+    DurabilityError,
+    LogClosedError,
+    LogFullError,
+    LogLockedError,
+    RecordTooLargeError,
+    SegmentLog,
+)
+from segmentlog._format import parse_segment_name
+
+SEGMENT = 16384
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture()
+def small_fs(tmp_path: os.PathLike[str]) -> Iterator[str]:
+    """A 256 KiB tmpfs mounted on a fresh directory; unmounted afterwards, always."""
+    point = os.path.join(os.fspath(tmp_path), "smallfs")
+    os.mkdir(point)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", point],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        if os.geteuid() != 0 or "permission" in done.stderr.lower():
+            pytest.skip("needs root to mount a small tmpfs")
+        pytest.fail(f"mount of a tmpfs failed: {done.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        for _ in range(20):
+            if subprocess.run(["umount", point], capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(0.1)  # a log's files closing, a killed child's being reaped
+        else:
+            subprocess.run(["umount", "-l", point], check=False)
+
+
+def fill_disk(path: str) -> int:
+    """Write ``path`` until the file system is full; return the bytes it took."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = 0
+    try:
+        while True:
+            written += os.write(fd, bytes(4096))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return written
+
+
+def wait_for_prepared(log: SegmentLog) -> None:
+    """Let the background thread finish preparing the next segment (a steady state)."""
+    deadline = time.monotonic() + 10
+    while True:
+        stats = log.stats()
+        if stats["disk_bytes"] > stats["segments"] * stats["segment_size"]:
+            return
+        assert time.monotonic() < deadline, "the next segment was never prepared"
+        time.sleep(0.01)
+
+
+def assert_segments_sound(directory: str, segment_size: int) -> None:
+    """Every segment file has exactly segment_size bytes, all of them allocated: never
+    sparse (a write through the map could then SIGBUS on a full disk), never extended."""
+    for name in os.listdir(directory):
+        if parse_segment_name(name) is None and name not in ("next.prep", "spare.prep"):
+            continue
+        st = os.stat(os.path.join(directory, name))
+        assert st.st_size == segment_size, f"{name} is {st.st_size} bytes"
+        assert st.st_blocks * 512 >= st.st_size, f"{name} is sparse ({st.st_blocks} blocks)"
+
+
+def record(i: int, size: int = 1000) -> bytes:
+    stem = f"<{i}>".encode()
+    return (stem * (size // len(stem) + 1))[:size]
+
+
+def read_all(log: SegmentLog) -> list[bytes]:
+    out: list[bytes] = []
+    while batch := log.read_batch(max_records=100):
+        out.extend(batch.records)
+    return out
+
+
+def fill_log_until_full(log: SegmentLog, first: int = 0) -> list[bytes]:
+    """Append 1000-byte records until the disk refuses a new segment; return them."""
+    acked: list[bytes] = []
+    with pytest.raises(LogFullError) as info:
+        for i in range(first, first + 10_000):
+            rec = record(i)
+            log.append(rec)
+            acked.append(rec)
+    message = str(info.value)
+    assert log.directory in message and "space" in message, message
+    return acked
+
+
+# ---------------------------------------------------------------------------- disk full
+
+
+def test_open_on_a_full_disk_raises_log_full_error_naming_the_directory(small_fs: str) -> None:
+    filler = os.path.join(small_fs, "filler")
+    fill_disk(filler)
+    directory = os.path.join(small_fs, "log")
+    with pytest.raises(LogFullError) as info:
+        SegmentLog(directory, segment_size=SEGMENT)
+    assert directory in str(info.value) and "space" in str(info.value)
+
+
+def open_after_full_disk(small_fs: str) -> None:
+    filler = os.path.join(small_fs, "filler")
+    directory = os.path.join(small_fs, "log")
+    fill_disk(filler)
+    with pytest.raises(LogFullError):
+        SegmentLog(directory, segment_size=SEGMENT)
+    os.unlink(filler)
+    with SegmentLog(directory, segment_size=SEGMENT) as log:  # the lock was released
+        assert log.append(b"after") == 0
+        assert read_all(log) == [b"after"]
+
+
+def test_open_that_failed_on_a_full_disk_releases_the_lock(small_fs: str) -> None:
+    open_after_full_disk(small_fs)
+
+
+def test_open_without_room_for_a_segment_raises_log_full_error_and_releases_the_lock(
+    small_fs: str,
+) -> None:
+    filler = os.path.join(small_fs, "filler")
+    directory = os.path.join(small_fs, "log")
+    os.mkdir(directory)
+    size = fill_disk(filler)
+    os.truncate(filler, size - 2 * 4096)  # room for the lock and checkpoint, not a segment
+    with pytest.raises(LogFullError) as info:
+        SegmentLog(directory, segment_size=SEGMENT)
+    assert directory in str(info.value)
+    assert not any(parse_segment_name(n) is not None for n in os.listdir(directory))
+    os.unlink(filler)
+    with SegmentLog(directory, segment_size=SEGMENT) as log:
+        assert log.append(b"after") == 0
+        assert read_all(log) == [b"after"]
+        assert_segments_sound(directory, SEGMENT)
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_rotation_on_a_full_disk_raises_log_full_error_and_loses_nothing(
+    small_fs: str, fsync: str
+) -> None:
+    directory = os.path.join(small_fs, "log")
+    filler = os.path.join(small_fs, "filler")
+    with SegmentLog(directory, segment_size=SEGMENT, fsync=fsync) as log:
+        wait_for_prepared(log)
+        fill_disk(filler)
+        acked = fill_log_until_full(log)
+        assert len(acked) > 2 * (SEGMENT // 1100), "the prepared segment was used"
+        assert log.stats()["next_seq"] == len(acked)  # the refused record was not written
+        assert_segments_sound(directory, SEGMENT)
+        with pytest.raises(LogFullError):  # still full: refused again, cleanly
+            log.append(record(-1))
+        assert read_all(log) == acked
+    # Space comes back: the log takes records again, and kept every earlier one.
+    os.unlink(filler)
+    with SegmentLog(directory, segment_size=SEGMENT, fsync=fsync) as log:
+        more = [record(i) for i in range(len(acked), len(acked) + 40)]
+        for rec in more:
+            log.append(rec)
+        assert read_all(log) == acked + more
+        assert log.stats()["damaged_regions"] == 0
+        assert_segments_sound(directory, SEGMENT)
+
+
+def test_batch_cut_short_by_a_full_disk_writes_none_of_it(small_fs: str) -> None:
+    """append_batch is all or nothing: here its first records fit in the active segment
+    and the rotation for the rest finds the disk full."""
+    directory = os.path.join(small_fs, "log")
+    filler = os.path.join(small_fs, "filler")
+    frame = 1032  # a 1000-byte record's frame
+    with SegmentLog(directory, segment_size=SEGMENT, fsync="always") as log:
+        wait_for_prepared(log)
+        fill_disk(filler)
+        acked: list[bytes] = []
+        # Into the prepared segment (that rotation needs no space), until two records fit.
+        while log.stats()["segments"] < 2 or SEGMENT - log.stats()["write_offset"] >= 3 * frame:
+            acked.append(record(len(acked)))
+            log.append(acked[-1])
+        assert (SEGMENT - log.stats()["write_offset"]) // frame == 2
+        with pytest.raises(LogFullError):
+            log.append_batch([record(-i) for i in range(1, 6)])
+        assert log.stats()["next_seq"] == len(acked), "part of a refused batch was written"
+        assert read_all(log) == acked
+        two = [record(-10), record(-11)]
+        assert log.append_batch(two) == len(acked) + 1  # what fits still goes in
+        acked.extend(two)
+    os.unlink(filler)
+    with SegmentLog(directory, segment_size=SEGMENT) as log:
+        assert read_all(log) == acked
+        assert log.stats()["damaged_regions"] == 0
+
+
+def test_commit_on_a_full_disk_reclaims_space_so_appends_resume(small_fs: str) -> None:
+    directory = os.path.join(small_fs, "log")
+    with SegmentLog(directory, segment_size=SEGMENT, fsync="always") as log:
+        wait_for_prepared(log)
+        fill_disk(os.path.join(small_fs, "filler"))
+        acked = fill_log_until_full(log)
+        batch = log.read_batch(max_records=len(acked))
+        assert batch.records == acked
+        log.commit(batch)  # consumed: its segments are recycled, no new space needed
+        more = [record(i) for i in range(len(acked), len(acked) + 20)]
+        for rec in more:
+            log.append(rec)
+        assert read_all(log) == more
+        assert_segments_sound(directory, SEGMENT)
+
+
+# ---------------------------------------------------------------------------- fsync failure
+
+
+def failing_fsync(after: int = 0) -> Callable[[int], None]:
+    """An fsync that works ``after`` times, then fails with EIO every time."""
+    calls = [0]
+
+    def fsync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] > after:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fdatasync(fd)
+
+    return fsync
+
+
+def assert_refuses_writes(log: SegmentLog) -> None:
+    before = log.stats()["next_seq"]
+    for call in (lambda: log.append(b"late"), lambda: log.append_batch([b"late", b"r"]),
+                 log.sync):
+        with pytest.raises(DurabilityError) as info:
+            call()
+        assert isinstance(info.value, OSError) and info.value.errno == errno.EIO
+        assert log.directory in str(info.value)
+    assert log.stats()["next_seq"] == before, "a refused write was written anyway"
+
+
+def test_fsync_failure_fails_the_append_and_every_later_write(logdir: str) -> None:
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="always")
+    durable = [record(i, 100) for i in range(5)]
+    for rec in durable:
+        log.append(rec)
+    log._fsync_fn = failing_fsync()  # type: ignore[assignment]
+    with pytest.raises(DurabilityError) as info:
+        log.append(b"not durable")
+    assert info.value.errno == errno.EIO and logdir in str(info.value)
+    assert "reopen" in str(info.value)  # the message says what to do
+    assert_refuses_writes(log)
+    log.close()  # still releases everything
+    log.close()
+    with SegmentLog(logdir, segment_size=SEGMENT) as again:
+        rest = read_all(again)
+        # Durable records are all there; the failed one may be (it reached the page cache).
+        assert rest[:5] == durable and rest[5:] in ([], [b"not durable"])
+        assert again.append(b"next") == len(rest)
+
+
+def test_fsync_failure_in_append_batch_and_sync(logdir: str) -> None:
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
+    log.append_batch([b"a", b"b"])
+    log.sync()
+    log._fsync_fn = failing_fsync()  # type: ignore[assignment]
+    log.append(b"c")  # fsync="never": nothing synced yet
+    with pytest.raises(DurabilityError):
+        log.sync()
+    assert_refuses_writes(log)
+    log.close()
+    with SegmentLog(logdir, segment_size=SEGMENT) as again:
+        assert read_all(again)[:2] == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_fsync_failure_of_a_new_segment_fails_the_log(logdir: str, fsync: str) -> None:
+    """The rotation fsyncs the new segment's header: an error there is an fsync error
+    like any other, never retried: the log refuses every later write, even if the disk
+    seems to work again (the failing fsync here fails once only)."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync=fsync)
+    acked: list[bytes] = []
+    while log.stats()["write_offset"] + 1032 <= SEGMENT:
+        rec = record(len(acked))
+        log.append(rec)
+        acked.append(rec)
+    log.sync()
+    calls = [0]
+
+    def fail_once(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fdatasync(fd)
+
+    log._fsync_fn = fail_once  # type: ignore[assignment]
+    with pytest.raises(DurabilityError) as info:
+        log.append(record(len(acked)))  # needs a new segment
+    assert logdir in str(info.value)
+    assert calls[0] == 1
+    assert_refuses_writes(log)
+    log.close()
+    with SegmentLog(logdir, segment_size=SEGMENT) as again:
+        assert read_all(again) == acked
+
+
+# ---------------------------------------------------------------------------- slow disk
+
+
+def test_append_batch_stays_contiguous_while_a_rotation_waits_for_the_preparer(
+    logdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (found by the kill -9 loop): a batch that rotated while the background
+    thread was still preparing the next segment waited with the lock released, and other
+    appenders' records landed in the middle of the batch."""
+    real = segmentlog.segment.reserve_and_zero
+
+    def slow_disk(path: str, size: int, *args: object) -> None:
+        time.sleep(0.03)
+        real(path, size, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("segmentlog.log.reserve_and_zero", slow_disk)
+    with SegmentLog(logdir, segment_size=8192, fsync="never") as log:
+        stop = threading.Event()
+
+        def single() -> None:
+            while not stop.is_set():
+                log.append(b"s")
+
+        other = threading.Thread(target=single)
+        other.start()
+        try:
+            spans = []
+            for i in range(12):
+                last = log.append_batch([record(1000 * i + k) for k in range(10)])
+                spans.append(range(last - 9, last + 1))
+        finally:
+            stop.set()
+            other.join()
+        got = read_all(log)
+        for i, span in enumerate(spans):
+            assert [got[s] for s in span] == [record(1000 * i + k) for k in range(10)], (
+                f"batch {i} is not contiguous at {span.start}..{span.stop - 1}")
+        assert log.stats()["rotations"] > 12
+
+
+# ---------------------------------------------------------------------------- locking
+
+
+def run_python(code: str, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+TRY_OPEN = """
+    import sys
+    from segmentlog import LogLockedError, SegmentLog
+    try:
+        SegmentLog(sys.argv[1], segment_size=16384).close()
+    except LogLockedError as exc:
+        print("locked", exc.pid, exc, sep="|")
+    else:
+        print("opened")
+"""
+
+
+def test_second_process_gets_log_locked_error_naming_the_holder_pid(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SEGMENT) as log:
+        log.append(b"x")
+        out, err = run_python(TRY_OPEN, logdir).communicate(timeout=60)
+        assert out.startswith("locked|"), (out, err)
+        _, pid, message = out.strip().split("|", 2)
+        assert pid == str(os.getpid())
+        assert str(os.getpid()) in message and logdir in message
+    out, err = run_python(TRY_OPEN, logdir).communicate(timeout=60)  # released at close
+    assert out.strip() == "opened", (out, err)
+
+
+def test_lock_of_a_killed_process_is_released(logdir: str) -> None:
+    holder = run_python("""
+        import sys, time
+        from segmentlog import SegmentLog
+        log = SegmentLog(sys.argv[1], segment_size=16384)
+        log.append(b"from the holder")
+        print("ready", flush=True)
+        time.sleep(60)
+    """, logdir)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready", holder.stderr
+        with pytest.raises(LogLockedError) as info:
+            SegmentLog(logdir, segment_size=SEGMENT)
+        assert info.value.pid == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate(timeout=30)
+    with SegmentLog(logdir, segment_size=SEGMENT) as log:  # the kernel dropped the flock
+        assert read_all(log) == [b"from the holder"]
+        with open(os.path.join(logdir, "lock")) as f:
+            assert f.read().strip() == str(os.getpid())
+
+
+# ---------------------------------------------------------------------------- misuse
+
+
+def test_every_call_after_close_raises_log_closed_error(logdir: str) -> None:
+    log = SegmentLog(logdir, segment_size=SEGMENT)
+    log.append(b"x")
+    batch = log.read_batch()
+    log.close()
+    log.close()  # twice is fine
+    assert log.closed
+    for call in (lambda: log.append(b"y"), lambda: log.append_batch([b"y"]),
+                 log.read_batch, lambda: log.commit(batch), log.sync, log.rewind):
+        with pytest.raises(LogClosedError, match="closed") as info:
+            call()
+        assert logdir in str(info.value)
+
+
+def test_str_payloads_raise_type_error_and_write_nothing(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SEGMENT) as log:
+        with pytest.raises(TypeError, match="encode"):
+            log.append("text")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            log.append_batch([b"ok", "text"])  # type: ignore[list-item]
+        assert log.stats()["next_seq"] == 0 and not log.read_batch()
+
+
+def test_record_too_large_names_the_limit_and_writes_nothing(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SEGMENT) as log:
+        biggest = log.max_record_size
+        assert biggest == SEGMENT - 32 - 24
+        for too_big in (bytes(biggest + 1), bytearray(biggest + 1)):
+            with pytest.raises(RecordTooLargeError, match="segment_size") as info:
+                log.append(too_big)
+            assert str(biggest) in str(info.value)
+        with pytest.raises(RecordTooLargeError):
+            log.append_batch([b"small", bytes(biggest + 1)])
+        assert log.stats()["next_seq"] == 0
+        assert log.append(bytes(biggest)) == 0  # the largest fits exactly
+        assert [len(r) for r in read_all(log)] == [biggest]
+
+
+@pytest.mark.parametrize(("kwargs", "setting"), [
+    ({"segment_size": 3 * 4096 + 100}, "segment_size"),
+    ({"segment_size": 4096}, "segment_size"),
+    ({"segment_size": SEGMENT, "fsync": "sometimes"}, "fsync"),
+    ({"segment_size": SEGMENT, "max_total_size": 2 * SEGMENT - 1}, "max_total_size"),
+    ({"segment_size": SEGMENT, "fsync_interval": 0}, "fsync_interval"),
+])
+def test_bad_settings_raise_config_error_naming_the_setting_and_create_nothing(
+    logdir: str, kwargs: dict[str, object], setting: str
+) -> None:
+    with pytest.raises(ConfigError, match=setting) as info:
+        SegmentLog(logdir, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+    assert not os.path.exists(logdir)
