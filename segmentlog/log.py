@@ -246,6 +246,7 @@ class SegmentLog:
         self._closed = False
         self._failed: DurabilityError | None = None
         self._fsync_fn = os.fdatasync  # replaced by fault-injection tests only
+        self._fsync_dir_fn = fsync_dir  # likewise
 
         # writer state (under _lock)
         self._segments: list[int] = []  # bases of the segment files, ascending
@@ -456,6 +457,8 @@ class SegmentLog:
             os.pwrite(fd, encode_header(base), 0)
             try:
                 self._fsync_fn(fd)  # the header is on disk before the name is
+                os.rename(prep, path)
+                self._fsync_dir_fn(self.directory)  # the name before any record in it
             except OSError as exc:
                 # An fsync error is never retried (module docstring): fail the log here
                 # too, or the next append would rotate again as if the disk were fine.
@@ -465,8 +468,6 @@ class SegmentLog:
                     f"({exc.strerror}); the log accepts no more writes: fix the disk, then "
                     "reopen the log")
                 raise self._failed from exc
-            os.rename(prep, path)
-            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             raise
@@ -1173,7 +1174,8 @@ class SegmentLog:
             self._open_view(self._segment_after(dead[-1]))
         for base in dead:
             with self._lock:
-                self._dispose(base)
+                if base in self._segments:  # the writer may have recycled it meanwhile
+                    self._dispose(base)
         fsync_dir(self.directory)
         with self._lock:
             self._space_cond.notify_all()
