@@ -2,9 +2,12 @@
 
 The model is a list of records (index = sequence number), the committed index, the read
 index, and the segment layout (base sequence and write offset of each segment, computed
-from the frame sizes of FORMAT.md), which is what makes LogFullError predictable exactly:
-a write is refused when the segments it would open plus the segments still holding
-uncommitted records exceed ``max_total_size // segment_size``.
+from the frame sizes of FORMAT.md), which is what makes LogFullError predictable: a write
+is refused when the segments it would open plus the segments still holding uncommitted
+records exceed ``max_total_size // segment_size``. A commit reclaims the segments sealed
+before it; a rotation over the limit reclaims those sealed after it, once the commit is
+durable: exactly predictable with fsync="always" (every commit is durable at once),
+bounded otherwise. Either way the writer may only ever reclaim fully committed segments.
 
 Invariants checked after every step: read_batch returns exactly the model's next records
 (a greedy prefix under max_records / max_bytes) with the right first_seq / last_seq;
@@ -33,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from segmentlog import Batch, LogFullError, RecordTooLargeError, SegmentLog, backend
-from segmentlog._format import SEGMENT_HEADER_SIZE, frame_size
+from segmentlog._format import SEGMENT_HEADER_SIZE, frame_size, parse_segment_name
 
 SEGMENT = 8192  # two pages: a handful of records per segment, so rotation is frequent
 MAX_RECORD = SEGMENT - SEGMENT_HEADER_SIZE - 24
@@ -41,7 +44,7 @@ MAX_RECORD = SEGMENT - SEGMENT_HEADER_SIZE - 24
 NATIVE = backend == "native"
 # The pure backend checksums a byte at a time; keep its run to a few seconds.
 # SEGMENTLOG_MODEL_EXAMPLES raises the count for a thorough run by hand.
-EXAMPLES = int(os.environ.get("SEGMENTLOG_MODEL_EXAMPLES", 0)) or (40 if NATIVE else 25)
+EXAMPLES = int(os.environ.get("SEGMENTLOG_MODEL_EXAMPLES", 0)) or (60 if NATIVE else 30)
 STEPS = 50 if NATIVE else 35
 
 
@@ -57,6 +60,10 @@ sizes = st.one_of(
     st.integers(2500, 4000),  # two or three of these fill a segment
     st.sampled_from([MAX_RECORD, MAX_RECORD - 7, MAX_RECORD + 1]),  # the largest; one too many
 )
+
+
+def _segment_bases(directory: str) -> set[int]:
+    return {b for b in map(parse_segment_name, os.listdir(directory)) if b is not None}
 
 
 def _segment_bytes(directory: str) -> int:
@@ -80,22 +87,42 @@ class _Model:
         self.capacity = capacity
         self.segments: list[list[int]] = [[0, SEGMENT_HEADER_SIZE]]  # [base, write offset]
 
-    def plan(self, payloads: list[bytes]) -> tuple[str, list[list[int]]]:
-        """("ok" | "too_large" | "full", the segment layout after writing ``payloads``)."""
+    def dead(self) -> int:
+        """How many leading segments hold only committed records (none is the last)."""
+        n = 0
+        while n + 1 < len(self.segments) and self.segments[n + 1][0] <= self.committed:
+            n += 1
+        return n
+
+    def plan(self, payloads: list[bytes], exact: bool) -> tuple[str, list[list[int]], int]:
+        """(outcome, the segment layout after writing ``payloads`` if it is accepted, before
+        any reclaiming, how many leading segments the writer reclaims first).
+
+        Outcome "ok", "too_large", "full", or "either" when it depends on how much of the
+        commit is durable yet (only fsync="always" makes every commit durable at once).
+        A rotation over the limit first reclaims segments below the durable checkpoint
+        that were sealed after the commit (commit reclaims only what was sealed then).
+        """
         frames = [frame_size(len(p)) for p in payloads]
         if max(frames) > SEGMENT - SEGMENT_HEADER_SIZE:
-            return "too_large", self.segments
+            return "too_large", self.segments, 0
         segs = [list(s) for s in self.segments]
         seq = len(self.records)
+        needed = 0
         for size in frames:
             if segs[-1][1] + size > SEGMENT:
                 segs.append([seq, SEGMENT_HEADER_SIZE])
+                needed += 1
             segs[-1][1] += size
             seq += 1
-        if self.capacity is not None and len(segs) > self.capacity:
-            return "full", self.segments
-        return "ok", segs
-
+        if self.capacity is None or len(segs) <= self.capacity:
+            return "ok", segs, 0
+        if needed > self.capacity - 1:
+            return "full", self.segments, 0  # can never fit: refused before reclaiming
+        dead = self.dead()
+        if len(segs) - dead > self.capacity:
+            return "full", self.segments, dead
+        return ("ok" if exact else "either"), segs, dead
     def expected_batch(self, max_records: int, max_bytes: int | None) -> list[bytes]:
         out: list[bytes] = []
         total = 0
@@ -139,24 +166,41 @@ class LogMachine(RuleBasedStateMachine):
 
     def _write(self, payloads: list[bytes], batch: bool) -> None:
         assert self.log is not None and self.model is not None
-        outcome, segs = self.model.plan(payloads)
+        m = self.model
+        exact = self.fsync == "always"
+        outcome, segs, dead = m.plan(payloads, exact)
         before = self.log.stats()["next_seq"]
+        old = m.segments
         try:
             last = self.log.append_batch(payloads) if batch else self.log.append(payloads[0])
         except RecordTooLargeError as exc:
             assert outcome == "too_large", f"unexpected RecordTooLargeError: {exc}"
             assert "segment_size" in str(exc)
+            accepted = False
         except LogFullError as exc:
-            assert outcome == "full", f"unexpected LogFullError: {exc}"
+            assert outcome in ("full", "either"), f"unexpected LogFullError: {exc}"
             assert "max_total_size" in str(exc)
+            accepted = False
         else:
-            assert outcome == "ok", f"expected {outcome}, the write was accepted"
-            self.model.records.extend(payloads)
-            self.model.segments = segs
-            assert last == len(self.model.records) - 1
-            return
-        # Refused: all or nothing, so not one record of it was written.
-        assert self.log.stats()["next_seq"] == before == len(self.model.records)
+            assert outcome in ("ok", "either"), f"expected {outcome}, the write was accepted"
+            m.records.extend(payloads)
+            assert last == len(m.records) - 1
+            accepted = True
+        if not accepted:
+            # Refused: all or nothing, so not one record of it was written.
+            assert self.log.stats()["next_seq"] == before == len(m.records)
+        # Which segments the writer reclaimed: only dead ones (all records committed), and
+        # with fsync="always" exactly the dead ones the model names.
+        on_disk = _segment_bases(self.dir)
+        layout = segs if accepted else old
+        kept = [s for s in layout if s[0] in on_disk]
+        gone = [s[0] for s in layout if s[0] not in on_disk]
+        assert gone == [s[0] for s in old[: len(gone)]] and len(gone) <= m.dead(), (
+            f"the writer reclaimed {gone}, but only {old[: m.dead()]} hold nothing but "
+            f"committed records (committed {m.committed})")
+        if exact:
+            assert len(gone) == dead, f"reclaimed {gone}, expected the first {dead} of {old}"
+        m.segments = kept
 
     @rule(size=sizes)
     def append(self, size: int) -> None:
