@@ -72,6 +72,18 @@ class BrokerUnavailableError(PublishError):
     """No broker address could be reached (or the connection is blocked by an alarm)."""
 
 
+class InvalidEventError(SegmentLogError, ValueError):
+    """An audit event is not valid CADF (a missing field, a wrong type, not JSON).
+
+    Raised by ``Auditor.record()`` before anything is buffered; the message names the
+    field (e.g. ``initiator.typeURI``) and what was expected.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 __all__ = [
     "BackingStoreError",
     "BackingStoreFull",
@@ -79,6 +91,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "DurabilityError",
+    "InvalidEventError",
     "LogClosedError",
     "LogFullError",
     "LogLockedError",

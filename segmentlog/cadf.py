@@ -1,0 +1,646 @@
+"""The CADF event model the Auditor records, and the check every recorded event passes.
+
+Theory of operation
+-------------------
+CADF (DMTF DSP0262) events travel as JSON objects with camel-case keys (``typeURI``,
+``eventTime``, ``requestPath``) plus the OpenStack extensions the Go original sends
+(``project_id``, ``domain_id``, ``application_credential_id``). This module offers two
+ways to build one, and one gate both pass:
+
+* the model: frozen dataclasses :class:`Event`, :class:`Resource`, :class:`Host`,
+  :class:`Attachment`, :class:`Reason`, :class:`Observer`, with Python names. Their
+  types are checked when they are built, so recording an instance costs only its
+  serialisation. :meth:`Event.from_request` is the original's ``ToCADF``: the outcome
+  follows the HTTP reason code (2xx success, anything else failure).
+* a plain mapping already in CADF form (``{"typeURI": ..., "initiator": {...}}``),
+  checked structurally by :func:`check_event_mapping` when it is recorded.
+
+Rule 1: an event always has an ``id`` (a random UUID when absent) and an ``eventTime``
+        (now, UTC, microseconds, ``+00:00``) when it is recorded; the model fills them
+        when it is built, the mapping check when it is recorded (on a copy: the
+        caller's mapping is never modified).
+Rule 2: what is not valid CADF raises :class:`~segmentlog.errors.InvalidEventError`
+        naming the field (``target.typeURI``) and what was expected, before anything is
+        buffered. Keys this module does not know are kept as they are (CADF allows
+        extensions), but they must be JSON-serialisable.
+Rule 3: serialisation is orjson, once: the bytes made at record time are the bytes
+        published, so an event mutated by the caller after ``record()`` is delivered
+        as it was recorded.
+
+This module never does I/O; it only builds, checks and serialises events.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .errors import InvalidEventError
+
+__all__ = [
+    "CADF_EVENT_TYPE_URI",
+    "OUTCOMES",
+    "Address",
+    "Attachment",
+    "Event",
+    "Host",
+    "Observer",
+    "Reason",
+    "Resource",
+    "check_event_mapping",
+    "dump_event",
+    "new_event_id",
+    "now_cadf",
+    "outcome_for",
+]
+
+#: ``typeURI`` of every CADF event.
+CADF_EVENT_TYPE_URI = "http://schemas.dmtf.org/cloud/audit/1.0/event"
+
+#: The CADF outcome taxonomy.
+OUTCOMES = frozenset(("success", "failure", "pending", "unknown"))
+
+_OBSERVER = "observer"
+
+
+# Random bytes for ids come from os.urandom in blocks (one system call per 256 ids).
+# A forked child must not reuse its parent's unused block: it would repeat its ids.
+_ID_BLOCK = 16 * 256
+_id_lock = threading.Lock()
+_id_pool = b""
+_id_pos = 0
+
+
+def _reset_id_pool() -> None:
+    global _id_pool, _id_pos
+    _id_pool, _id_pos = b"", 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_id_pool)
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())`` at a third of the cost."""
+    global _id_pool, _id_pos
+    with _id_lock:
+        pos = _id_pos
+        if pos >= len(_id_pool):
+            _id_pool, pos = os.urandom(_ID_BLOCK), 0
+        h = _id_pool[pos:pos + 16].hex()
+        _id_pos = pos + 16
+    # Version nibble 4 and variant bits 10xx (RFC 4122), set on the hex text.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_now_cache: tuple[int, str] = (-1, "")
+
+
+def now_cadf() -> str:
+    """Now, in the original's CADF time format: ``2025-01-31T12:34:56.123456+00:00``."""
+    global _now_cache
+    sec, ns = divmod(time.time_ns(), 1_000_000_000)
+    cached_sec, prefix = _now_cache  # one tuple: threads see a consistent pair
+    if sec != cached_sec:
+        prefix = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _now_cache = (sec, prefix)
+    return f"{prefix}.{ns // 1000:06d}+00:00"
+
+
+def format_time(moment: datetime) -> str:
+    """``moment`` in UTC, CADF format; a naive datetime is refused (its zone is unknown)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidEventError(
+            "eventTime: a naive datetime has no time zone; pass an aware one, e.g. "
+            "datetime.now(timezone.utc)", "eventTime")
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def outcome_for(reason_code: int) -> str:
+    """The original's rule: an HTTP status 200-299 is ``success``, anything else ``failure``."""
+    return "success" if 200 <= reason_code < 300 else "failure"
+
+
+# ------------------------------------------------------------------ type checks
+def _fail(name: str, expected: str, value: object) -> InvalidEventError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return InvalidEventError(
+        f"invalid CADF event: {name} must be {expected}, got {type(value).__name__} {shown}",
+        name)
+
+
+def _req_str(value: object, name: str) -> None:
+    if type(value) is not str or not value:
+        raise _fail(name, "a non-empty string", value)
+
+
+def _check_id(value: object, name: str = "id") -> None:
+    # The id becomes the AMQP message_id (consumers dedupe by it): a short string.
+    if type(value) is not str or not value or (len(value) > 63 and len(value.encode()) > 255):
+        raise _fail(name, "a non-empty string of at most 255 bytes (a UUID)", value)
+
+
+def _opt_str(value: object, name: str) -> None:
+    if value is not None and type(value) is not str:
+        raise _fail(name, "a string (or omitted)", value)
+
+
+def _tuple_of(value: object, kind: type, name: str) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise _fail(name, f"a sequence of {kind.__name__}", value)
+    items = tuple(value)
+    for i, item in enumerate(items):
+        if not isinstance(item, kind):
+            raise _fail(f"{name}[{i}]", f"a {kind.__name__}", item)
+    return items
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    if value:
+        out[key] = value
+
+
+# ------------------------------------------------------------------ the model
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Host:
+    """``host`` of a resource; every field optional."""
+
+    id: str | None = None
+    address: str | None = None
+    agent: str | None = None
+    platform: str | None = None
+
+    def __post_init__(self) -> None:
+        _opt_str(self.id, "host.id")
+        _opt_str(self.address, "host.address")
+        _opt_str(self.agent, "host.agent")
+        _opt_str(self.platform, "host.platform")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        _put(out, "id", self.id)
+        _put(out, "address", self.address)
+        _put(out, "agent", self.agent)
+        _put(out, "platform", self.platform)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Address:
+    """One entry of a resource's ``addresses``."""
+
+    url: str
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _req_str(self.url, "addresses[].url")
+        _opt_str(self.name, "addresses[].name")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url}
+        _put(out, "name", self.name)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    """A self-describing extension: ``typeURI`` plus any JSON ``content``."""
+
+    type_uri: str
+    content: Any
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _req_str(self.type_uri, "attachments[].typeURI")
+        _opt_str(self.name, "attachments[].name")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        _put(out, "name", self.name)
+        out["typeURI"] = self.type_uri
+        out["content"] = self.content
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resource:
+    """A CADF resource (initiator, target or observer): ``typeURI`` and ``id`` required."""
+
+    type_uri: str
+    id: str
+    name: str | None = None
+    domain: str | None = None
+    addresses: Sequence[Address] = ()
+    host: Host | None = None
+    attachments: Sequence[Attachment] = ()
+    project_id: str | None = None
+    domain_id: str | None = None
+    application_credential_id: str | None = None
+    _wire: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _req_str(self.type_uri, "resource.typeURI")
+        _req_str(self.id, "resource.id")
+        _opt_str(self.name, "resource.name")
+        _opt_str(self.domain, "resource.domain")
+        if self.host is not None and not isinstance(self.host, Host):
+            raise _fail("resource.host", "a Host", self.host)
+        # Stored as tuples: a frozen model must not share a list the caller mutates.
+        object.__setattr__(self, "addresses",
+                           _tuple_of(self.addresses, Address, "resource.addresses"))
+        object.__setattr__(self, "attachments",
+                           _tuple_of(self.attachments, Attachment, "resource.attachments"))
+        _opt_str(self.project_id, "resource.project_id")
+        _opt_str(self.domain_id, "resource.domain_id")
+        _opt_str(self.application_credential_id, "resource.application_credential_id")
+        # Built once: a resource is immutable and often shared by many events (the
+        # observer, a service's own targets), and this halves the cost of record().
+        object.__setattr__(self, "_wire", self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CADF mapping (fresh dicts, safe to modify)."""
+        out: dict[str, Any] = {"typeURI": self.type_uri}
+        _put(out, "name", self.name)
+        _put(out, "domain", self.domain)
+        out["id"] = self.id
+        if self.addresses:
+            out["addresses"] = [a.to_dict() for a in self.addresses]
+        if self.host is not None:
+            host = self.host.to_dict()
+            _put(out, "host", host)
+        if self.attachments:
+            out["attachments"] = [a.to_dict() for a in self.attachments]
+        _put(out, "project_id", self.project_id)
+        _put(out, "domain_id", self.domain_id)
+        _put(out, "application_credential_id", self.application_credential_id)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], name: str = "resource") -> Resource:
+        """Parse a CADF resource mapping (unknown keys are ignored)."""
+        if not isinstance(data, Mapping):
+            raise _fail(name, "a JSON object", data)
+        try:
+            host = data.get("host")
+            return cls(
+                type_uri=data.get("typeURI"),  # type: ignore[arg-type]
+                id=data.get("id"),  # type: ignore[arg-type]
+                name=data.get("name"),
+                domain=data.get("domain"),
+                addresses=tuple(Address(url=a.get("url"), name=a.get("name"))
+                                for a in data.get("addresses") or ()),
+                host=Host(**{k: host.get(k) for k in ("id", "address", "agent", "platform")})
+                if isinstance(host, Mapping) else None,
+                attachments=tuple(_attachment_from(a, f"{name}.attachments")
+                                  for a in data.get("attachments") or ()),
+                project_id=data.get("project_id"),
+                domain_id=data.get("domain_id"),
+                application_credential_id=data.get("application_credential_id"),
+            )
+        except AttributeError as exc:
+            raise InvalidEventError(f"invalid CADF event: {name}: {exc}", name) from None
+        except InvalidEventError as exc:
+            raise InvalidEventError(str(exc).replace("resource.", f"{name}.", 1),
+                                    name) from None
+
+
+def _attachment_from(data: Any, name: str) -> Attachment:
+    if not isinstance(data, Mapping):
+        raise _fail(f"{name}[]", "a JSON object", data)
+    return Attachment(type_uri=data.get("typeURI"), content=data.get("content"),  # type: ignore[arg-type]
+                      name=data.get("name"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reason:
+    """Why the outcome is what it is; the original sends ``HTTP`` and the status code."""
+
+    reason_type: str
+    reason_code: str
+    _wire: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _req_str(self.reason_type, "reason.reasonType")
+        _req_str(self.reason_code, "reason.reasonCode")
+        object.__setattr__(self, "_wire", self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reasonType": self.reason_type, "reasonCode": self.reason_code}
+
+
+@dataclass(frozen=True, slots=True)
+class Observer:
+    """The process that records events (the original's ``Observer``): all three required."""
+
+    type_uri: str
+    name: str
+    id: str
+    _dict: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _req_str(self.type_uri, "observer.typeURI")
+        _req_str(self.name, "observer.name")
+        _req_str(self.id, "observer.id")
+        object.__setattr__(self, "_dict",
+                           {"typeURI": self.type_uri, "name": self.name, "id": self.id})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The observer as a CADF resource (a fresh dict each call)."""
+        return dict(self._dict)
+
+    def to_resource(self) -> Resource:
+        return Resource(type_uri=self.type_uri, id=self.id, name=self.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One CADF event. ``id`` and ``event_time`` are filled when omitted (Rule 1).
+
+    ``observer`` may be left out: the Auditor fills in its own, as the original does.
+    ``event_time`` takes CADF text or an aware ``datetime``.
+    """
+
+    action: str
+    outcome: str
+    initiator: Resource
+    target: Resource
+    observer: Resource | Observer | None = None
+    reason: Reason | None = None
+    attachments: Sequence[Attachment] = ()
+    request_path: str | None = None
+    id: str = ""
+    event_time: str = ""
+    event_type: str = "activity"
+    type_uri: str = CADF_EVENT_TYPE_URI
+
+    def __post_init__(self) -> None:
+        _req_str(self.action, "action")
+        if self.outcome not in OUTCOMES:
+            raise _fail("outcome", f"one of {', '.join(sorted(OUTCOMES))}", self.outcome)
+        if not isinstance(self.initiator, Resource):
+            raise _fail("initiator", "a Resource", self.initiator)
+        if not isinstance(self.target, Resource):
+            raise _fail("target", "a Resource", self.target)
+        if self.observer is not None and not isinstance(self.observer, (Resource, Observer)):
+            raise _fail("observer", "a Resource or an Observer (or omitted)", self.observer)
+        if self.reason is not None and not isinstance(self.reason, Reason):
+            raise _fail("reason", "a Reason (or omitted)", self.reason)
+        object.__setattr__(self, "attachments",
+                           _tuple_of(self.attachments, Attachment, "attachments"))
+        _opt_str(self.request_path, "requestPath")
+        if not self.id:
+            object.__setattr__(self, "id", new_event_id())
+        else:
+            _check_id(self.id)
+        moment: object = self.event_time
+        if isinstance(moment, datetime):
+            object.__setattr__(self, "event_time", format_time(moment))
+        elif not moment:
+            object.__setattr__(self, "event_time", now_cadf())
+        else:
+            _check_time(moment, "eventTime")
+        _req_str(self.event_type, "eventType")
+        _req_str(self.type_uri, "typeURI")
+
+    @classmethod
+    def from_request(
+        cls,
+        *,
+        action: str,
+        reason_code: int,
+        initiator: Resource,
+        target: Resource,
+        request_path: str | None = None,
+        time: datetime | None = None,
+        observer: Resource | Observer | None = None,
+        attachments: Sequence[Attachment] = (),
+    ) -> Event:
+        """The original's ``Event.ToCADF``: outcome and ``reason`` from the HTTP status."""
+        if isinstance(reason_code, bool) or not isinstance(reason_code, int):
+            raise _fail("reason_code", "an HTTP status code (int)", reason_code)
+        return cls(
+            action=action,
+            outcome=outcome_for(reason_code),
+            reason=Reason(reason_type="HTTP", reason_code=str(reason_code)),
+            initiator=initiator,
+            target=target,
+            observer=observer,
+            request_path=request_path,
+            attachments=attachments,
+            event_time=format_time(time) if time is not None else "",
+        )
+
+    def to_dict(self, observer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The CADF mapping (fresh dicts, safe to modify); ``observer`` is used when the
+        event has none of its own."""
+        result: dict[str, Any] = orjson.loads(self.to_json(observer))
+        return result
+
+    def wire_dict(self, observer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The CADF mapping for serialising: it shares nested dicts with the model (and
+        with ``observer``), so it must not be modified. See :meth:`to_dict`."""
+        out: dict[str, Any] = {
+            "typeURI": self.type_uri,
+            "id": self.id,
+            "eventTime": self.event_time,
+            "eventType": self.event_type,
+            "action": self.action,
+            "outcome": self.outcome,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason._wire
+        out["initiator"] = self.initiator._wire
+        out["target"] = self.target._wire
+        own = self.observer
+        if own is not None:
+            out[_OBSERVER] = own._wire if isinstance(own, Resource) else own._dict
+        elif observer is not None:
+            out[_OBSERVER] = observer
+        else:
+            raise InvalidEventError(
+                "invalid CADF event: observer is missing; set Event.observer or record "
+                "through an Auditor, which fills in its own", _OBSERVER)
+        if self.attachments:
+            out["attachments"] = [a.to_dict() for a in self.attachments]
+        if self.request_path:
+            out["requestPath"] = self.request_path
+        return out
+
+    def to_json(self, observer: Mapping[str, Any] | None = None) -> bytes:
+        """The event as orjson bytes (see :meth:`to_dict`)."""
+        return dump_event(self.wire_dict(observer))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        """Parse a CADF mapping into the model (checked as :func:`check_event_mapping`)."""
+        if not isinstance(data, Mapping):
+            raise _fail("event", "a JSON object (mapping)", data)
+        reason = data.get("reason")
+        observer = data.get(_OBSERVER)
+        try:
+            return cls(
+                type_uri=data.get("typeURI") or "",
+                id=data.get("id") or "",
+                event_time=data.get("eventTime") or "",
+                event_type=data.get("eventType") or "",
+                action=data.get("action"),  # type: ignore[arg-type]
+                outcome=data.get("outcome"),  # type: ignore[arg-type]
+                reason=Reason(reason_type=reason.get("reasonType"),  # type: ignore[arg-type]
+                              reason_code=reason.get("reasonCode"))  # type: ignore[arg-type]
+                if isinstance(reason, Mapping) else None,
+                initiator=Resource.from_dict(data.get("initiator"), "initiator"),  # type: ignore[arg-type]
+                target=Resource.from_dict(data.get("target"), "target"),  # type: ignore[arg-type]
+                observer=Resource.from_dict(observer, _OBSERVER) if observer is not None else None,
+                attachments=tuple(_attachment_from(a, "attachments")
+                                  for a in data.get("attachments") or ()),
+                request_path=data.get("requestPath"),
+            )
+        except TypeError as exc:
+            raise InvalidEventError(f"invalid CADF event: {exc}") from None
+
+
+def _check_time(value: object, name: str) -> None:
+    if type(value) is not str:
+        raise _fail(name, "an ISO 8601 time string with a zone", value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00", 1)
+                                        if value.endswith("Z") else value)
+    except ValueError:
+        raise _fail(name, "an ISO 8601 time with a zone, e.g. 2025-01-31T12:34:56.123456"
+                    "+00:00", value) from None
+    if parsed.tzinfo is None:
+        raise _fail(name, "a time with a zone (e.g. +00:00 or Z)", value)
+
+
+def dump_event(event: Mapping[str, Any]) -> bytes:
+    """orjson bytes of an event mapping; what orjson cannot encode is InvalidEventError."""
+    try:
+        return orjson.dumps(event if type(event) is dict else dict(event))
+    except TypeError as exc:
+        raise InvalidEventError(
+            f"invalid CADF event: not JSON-serialisable ({exc}); use str, int, float, bool, "
+            "None, lists and dicts with string keys", None) from None
+
+
+# ------------------------------------------------------------------ mapping check
+_RESOURCES = ("initiator", "target")
+
+
+def _check_resource(value: object, name: str) -> None:
+    if not isinstance(value, Mapping):
+        raise _fail(name, "a JSON object with typeURI and id", value)
+    _req_str(value.get("typeURI"), f"{name}.typeURI")
+    _req_str(value.get("id"), f"{name}.id")
+    host = value.get("host")
+    if host is not None and not isinstance(host, Mapping):
+        raise _fail(f"{name}.host", "a JSON object", host)
+
+
+def _resource_ok(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    type_uri = value.get("typeURI")
+    rid = value.get("id")
+    host = value.get("host")
+    return (type(type_uri) is str and type(rid) is str and bool(type_uri) and bool(rid)
+            and (host is None or type(host) is dict))
+
+
+def _looks_valid(event: dict[str, Any]) -> bool:
+    """The common case in one expression; False sends the event to the detailed check."""
+    get = event.get
+    action = get("action")
+    event_type = get("eventType")
+    type_uri = get("typeURI")
+    reason = get("reason")
+    path = get("requestPath")
+    return (type(type_uri) is str and type(event_type) is str and type(action) is str
+            and bool(type_uri) and bool(event_type) and bool(action)
+            and get("outcome") in OUTCOMES
+            and _resource_ok(get("initiator")) and _resource_ok(get("target"))
+            and _resource_ok(get(_OBSERVER))
+            and (reason is None or (type(reason) is dict
+                                    and type(reason.get("reasonType", "")) is str
+                                    and type(reason.get("reasonCode", "")) is str))
+            and get("attachments") is None
+            and (path is None or type(path) is str))
+
+
+def check_event_mapping(
+    event: Mapping[str, Any], observer: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Check a CADF mapping and return a dict ready to serialise (Rules 1 and 2).
+
+    Fills ``id``, ``eventTime`` and (when given) ``observer`` if they are absent or
+    ``None``, on a shallow copy; returns ``event`` itself when it is a complete dict.
+    Raises :class:`InvalidEventError` naming the first bad field.
+    """
+    if type(event) is not dict:
+        if not isinstance(event, Mapping):
+            raise _fail("event", "a CADF Event or a mapping in CADF form", event)
+        event = dict(event)
+    get = event.get
+    eid = get("id")
+    etime = get("eventTime")
+    if eid is None or etime is None or (observer is not None and get(_OBSERVER) is None):
+        event = dict(event)
+        if eid is None:
+            event["id"] = new_event_id()
+        else:
+            _check_id(eid)
+        if etime is None:
+            event["eventTime"] = now_cadf()  # made here: no need to parse it back
+        else:
+            _check_time(etime, "eventTime")
+        if observer is not None and get(_OBSERVER) is None:
+            event[_OBSERVER] = observer
+    else:
+        _check_id(eid)
+        _check_time(etime, "eventTime")
+    if not _looks_valid(event):
+        _check_details(event)
+    return event
+
+
+def _check_details(event: dict[str, Any]) -> None:
+    """Find and report the first invalid field (the slow path of the check)."""
+    get = event.get
+    _req_str(get("typeURI"), "typeURI")
+    _req_str(get("eventType"), "eventType")
+    _req_str(get("action"), "action")
+    outcome = get("outcome")
+    if outcome not in OUTCOMES:
+        raise _fail("outcome", f"one of {', '.join(sorted(OUTCOMES))}", outcome)
+    for name in _RESOURCES:
+        _check_resource(get(name), name)
+    obs = get(_OBSERVER)
+    if obs is None:
+        raise InvalidEventError(
+            "invalid CADF event: observer is missing; add an observer resource "
+            "(typeURI, id) or record through an Auditor, which fills in its own", _OBSERVER)
+    _check_resource(obs, _OBSERVER)
+    reason = get("reason")
+    if reason is not None:
+        if not isinstance(reason, Mapping):
+            raise _fail("reason", "a JSON object with reasonType and reasonCode", reason)
+        _opt_str(reason.get("reasonType"), "reason.reasonType")
+        _opt_str(reason.get("reasonCode"), "reason.reasonCode")
+    attachments = get("attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list):
+            raise _fail("attachments", "a list of JSON objects", attachments)
+        for i, item in enumerate(attachments):
+            if not isinstance(item, Mapping):
+                raise _fail(f"attachments[{i}]", "a JSON object with typeURI and content", item)
+            _req_str(item.get("typeURI"), f"attachments[{i}].typeURI")
+    _opt_str(get("requestPath"), "requestPath")
