@@ -173,13 +173,14 @@ def _publish_in_thread(pub: Publisher, batch: Sequence[Message]) -> tuple[thread
 
 def _wait_confirmed(pub: Publisher, at_least: float, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
-    while (pub.registry.get_sample_value("segmentlog_publisher_confirmed_total") or 0) < at_least:
+    while (pub.registry.get_sample_value("segmentlog_publisher_confirmed_total",
+                                         pub.metrics.labels) or 0) < at_least:
         assert time.monotonic() < end, "publisher made no progress"
         time.sleep(0.005)
 
 
 def _metric(pub: Publisher, name: str) -> float:
-    value = pub.registry.get_sample_value(name)
+    value = pub.registry.get_sample_value(name, pub.metrics.labels)
     assert value is not None, f"metric {name} is not registered"
     return value
 
@@ -297,13 +298,56 @@ def test_two_publishers_keep_separate_metrics_and_use_a_given_registry(
     with Publisher(rabbitmq_url, queue, registry=registry) as a, \
             Publisher(rabbitmq_url, queue) as b:
         assert a.registry is registry and b.registry is not registry
+        assert a.metrics.label == b.metrics.label == queue  # label: the queue name
         a.connect()
         b.connect()
         a.publish_batch(_messages(10))
-        assert registry.get_sample_value("segmentlog_publisher_confirmed_total") == 10
+        assert registry.get_sample_value(
+            "segmentlog_publisher_confirmed_total", {"publisher": queue}) == 10
         assert _metric(b, "segmentlog_publisher_confirmed_total") == 0
         for name in ("published", "confirmed", "nacked", "returned", "retried", "reconnects"):
             assert _metric(b, f"segmentlog_publisher_{name}_total") == 0
+
+
+def test_publishers_sharing_a_registry_get_their_own_series_and_free_them_on_close(
+        rabbitmq_url: str, queue: str) -> None:
+    registry = CollectorRegistry()
+    names = ("published", "confirmed", "nacked", "returned", "retried", "lost_in_flight",
+             "reconnects", "connect_failures")
+    with Publisher(rabbitmq_url, queue, registry=registry) as a:
+        b = Publisher(rabbitmq_url, queue, registry=registry)
+        c = Publisher(rabbitmq_url, queue, registry=registry, metrics_name="drain")
+        try:
+            assert (a.metrics.label, b.metrics.label, c.metrics.label) == (
+                queue, queue + "-2", "drain")
+            # Every series of every label exists from the start, at 0.
+            for pub in (a, b, c):
+                for name in names:
+                    assert _metric(pub, f"segmentlog_publisher_{name}_total") == 0, name
+                assert _metric(pub, "segmentlog_publisher_inflight_messages") == 0
+                assert _metric(pub, "segmentlog_publisher_confirm_latency_seconds_count") == 0
+            a.connect()
+            b.connect()
+            assert a.publish_batch(_messages(7)).delivered
+            assert b.publish_batch(_messages(3)).delivered
+            assert _metric(a, "segmentlog_publisher_confirmed_total") == 7
+            assert _metric(b, "segmentlog_publisher_confirmed_total") == 3
+            assert _metric(c, "segmentlog_publisher_confirmed_total") == 0
+            assert _metric(a, "segmentlog_publisher_connected") == 1
+            assert _metric(c, "segmentlog_publisher_connected") == 0
+        finally:
+            b.close()
+            c.close()
+        second = {"publisher": queue + "-2"}
+        assert registry.get_sample_value("segmentlog_publisher_connected", second) is None
+        assert registry.get_sample_value(
+            "segmentlog_publisher_confirmed_total", second) == 3  # counters stay
+        with Publisher(rabbitmq_url, queue, registry=registry) as again:
+            assert again.metrics.label == queue + "-2"  # freed by close, reused
+            again.connect()
+            assert again.publish_batch(_messages(2)).delivered
+            assert _metric(again, "segmentlog_publisher_confirmed_total") == 5  # continues
+    assert len(_drain_queue(rabbitmq_url, queue)) == 12
 
 
 # --------------------------------------------------------- nacks, returns

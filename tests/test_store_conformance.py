@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry
 from segmentlog.errors import (
     BackingStoreError,
     BackingStoreFull,
+    ConfigError,
     LogClosedError,
 )
 from segmentlog.store import (
     BackingStore,
+    Commit,
     FileStore,
     MemoryStore,
     SQLiteStore,
@@ -276,6 +278,152 @@ def test_commit_called_twice_removes_the_batch_once(make: Maker) -> None:
     assert seqs(drain(store)) == [2, 3]
 
 
+def test_max_events_overrides_batch_size_upwards_and_downwards(make: Maker) -> None:
+    store = make(batch_size=4)
+    store.write_many([ev(i) for i in range(30)])
+    big, _ = store.read_batch(max_events=10)
+    assert seqs(big) == list(range(10))
+    small, commit = store.read_batch(max_events=2)  # a reread starts at the same oldest
+    assert seqs(small) == [0, 1]
+    assert commit is not None
+    commit()
+    default, commit = store.read_batch()  # None: the configured batch_size again
+    assert seqs(default) == [2, 3, 4, 5]
+    assert commit is not None
+    commit()
+    rest, commit = store.read_batch(max_events=1000)  # more than stored: what is there
+    assert seqs(rest) == list(range(6, 30))
+    assert commit is not None
+    commit()
+    assert store.read_batch(max_events=5) == ([], None)
+
+
+def test_read_batch_up_to_passes_max_events_to_every_built_in_store(make: Maker) -> None:
+    store = make(batch_size=3)
+    store.write_many([ev(i) for i in range(20)])
+    events, commit = store.read_batch_up_to(15)
+    assert seqs(events) == list(range(15))
+    assert commit is not None
+    commit()
+    assert seqs(drain(store)) == list(range(15, 20))
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "10"])
+def test_max_events_below_one_or_not_an_integer_is_a_config_error_and_reads_nothing(
+    make: Maker, bad: Any
+) -> None:
+    store = make(batch_size=2)
+    store.write_many([ev(0), ev(1), ev(2)])
+    with pytest.raises(ConfigError, match="max_events"):
+        store.read_batch(max_events=bad)
+    assert seqs(drain(store)) == [0, 1, 2]
+
+
+def test_pending_counts_stored_events_until_their_batch_is_committed(make: Maker) -> None:
+    store = make(batch_size=3)
+    assert store.pending() == 0
+    store.write(ev(0))
+    store.write_many([ev(i) for i in range(1, 7)])
+    assert store.pending() == 7
+    events, commit = store.read_batch()
+    assert len(events) == 3
+    assert store.pending() == 7  # read, not committed: still stored
+    store.read_batch()  # superseded and reread: nothing removed
+    _, commit = store.read_batch()
+    assert commit is not None
+    commit()
+    assert store.pending() == 4
+    store.write(ev(7))
+    assert store.pending() == 5
+    drain(store)
+    assert store.pending() == 0
+
+
+# Stores whose data several store objects (processes) can write at once; a memory store's
+# data belongs to one object, a file store's directory is locked by one (LogLockedError).
+SHARED = ["sqlite", "sql-dsn", "sql-pool", "sql-connection"]
+
+
+@pytest.mark.parametrize("kind", SHARED)
+def test_pending_follows_another_writer_of_the_same_data(
+    kind: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    maker = Maker(kind, tmp_path, request)
+    try:
+        store = maker()
+        other = maker()
+        store.write_many([ev(0), ev(1)])
+        other.write_many([ev(2), ev(3), ev(4)])
+        assert store.pending() == other.pending() == 5
+        drain(other)
+        assert store.pending() == 0
+    finally:
+        maker.close()
+
+
+@pytest.mark.parametrize("kind", DURABLE)
+def test_pending_after_reopen_counts_what_was_left_uncommitted(
+    kind: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    maker = Maker(kind, tmp_path, request)
+    try:
+        store = maker(batch_size=4)
+        store.write_many([ev(i) for i in range(10)])
+        _, commit = store.read_batch()
+        assert commit is not None
+        commit()
+        store.read_batch()  # never committed (crash mid-delivery)
+        store.close()
+        again = maker()
+        assert again.pending() == 6
+        assert seqs(drain(again)) == list(range(4, 10))
+        assert again.pending() == 0
+    finally:
+        maker.close()
+
+
+class OldStyleStore(BackingStore):
+    """A custom store written before ``max_events``: ``read_batch(self)``, no ``pending``."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.inner = MemoryStore(max_events=1000, batch_size=batch_size,
+                                 registry=CollectorRegistry())
+
+    def write(self, event: Any) -> None:
+        self.inner.write(event)
+
+    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:  # type: ignore[override]
+        return self.inner.read_batch()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class KeywordsStore(OldStyleStore):
+    """A custom store whose ``read_batch`` takes ``**kwargs``: it gets ``max_events``."""
+
+    def read_batch(self, **kwargs: Any) -> tuple[list[dict[str, Any]], Commit | None]:  # type: ignore[override]
+        return self.inner.read_batch(**kwargs)
+
+
+def test_old_style_custom_store_is_read_in_its_own_batch_size_and_pending_is_unknown() -> None:
+    with OldStyleStore(batch_size=3) as store:
+        store.write_many([ev(i) for i in range(8)])
+        events, commit = store.read_batch_up_to(100)
+        assert seqs(events) == [0, 1, 2]  # its own batch size, events in order
+        assert commit is not None
+        commit()
+        assert store.pending() is None
+        assert seqs(drain(store)) == list(range(3, 8))
+
+
+def test_custom_store_taking_keywords_gets_max_events() -> None:
+    with KeywordsStore(batch_size=3) as store:
+        store.write_many([ev(i) for i in range(8)])
+        events, _ = store.read_batch_up_to(6)
+        assert seqs(events) == list(range(6))
+
+
 # -- writing ------------------------------------------------------------------------------
 
 
@@ -348,6 +496,8 @@ def test_use_after_close_raises_log_closed_error_and_double_close_is_fine(make: 
         lambda: store.write(ev(1)),
         lambda: store.write_many([ev(1)]),
         store.read_batch,
+        lambda: store.read_batch(max_events=10),
+        store.pending,
         commit,
     ):
         with pytest.raises(LogClosedError):

@@ -139,6 +139,29 @@ def test_batch_of_only_unparseable_records_is_consumed_and_reading_goes_on(
         assert s.read_batch() == ([], None)
 
 
+def test_pending_leaves_out_dead_lettered_records_also_after_a_restart(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(orjson.dumps(ev(0)))
+        log.append(b"{torn json")
+        log.append(b"[1, 2]")
+        log.append(orjson.dumps(ev(3)))
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        assert store.pending() == 4  # not read yet: the store cannot know (documented)
+        events, _ = store.read_batch()
+        assert [e["seq"] for e in events] == [0, 3]
+        assert store.pending() == 2  # the two bad records are in the dead-letter file
+        # closed without commit: the batch is read again after the restart
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        assert store.pending() == 2  # known from deadletter-json.jsonl before any read
+        events, commit = store.read_batch()
+        assert commit is not None
+        commit()
+        assert store.pending() == 0
+        store.write(ev(4))
+        assert store.pending() == 1
+
+
 def test_record_failing_its_checksum_is_skipped_kept_and_counted(tmp_path: Any) -> None:
     d = str(tmp_path / "audit")
     with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:

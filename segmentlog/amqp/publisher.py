@@ -163,7 +163,11 @@ class Publisher:
     ssl_context:
         Used for ``amqps://`` URLs (default: ``ssl.create_default_context()``).
     registry:
-        Prometheus registry for the metrics (default: a fresh private one).
+        Prometheus registry for the metrics (default: a fresh private one). Several
+        publishers may share one: each has its own ``publisher`` label (amqp/metrics.py).
+    metrics_name:
+        The ``publisher`` label of this publisher's series (default: the queue name;
+        ``-2``, ``-3``... appended while another live publisher on the registry has it).
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class Publisher:
         blocked_grace: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
         registry: CollectorRegistry | None = None,
+        metrics_name: str | None = None,
     ) -> None:
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list:
@@ -225,7 +230,7 @@ class Publisher:
         self._params = [
             self._make_params(u, r) for u, r in zip(url_list, self._redacted, strict=True)]
         self._queue_args: dict[str, Any] = {"x-queue-type": "quorum"} if quorum else {}
-        self.metrics = PublisherMetrics(registry)
+        self.metrics = PublisherMetrics(registry, metrics_name or queue_name)
         self.registry = self.metrics.registry
         self._rng = random.Random()
 
@@ -366,18 +371,22 @@ class Publisher:
                 return
             self._closed = True
             self._cond.notify_all()
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            try:
-                self._ioloop.add_callback_threadsafe(self._shutdown)
-            except Exception:  # the loop is already gone: nothing left to stop
-                LOG.debug("close: I/O loop already stopped", exc_info=True)
-            thread.join(timeout)
-            if thread.is_alive():
-                LOG.warning("close: I/O thread did not stop within %.1f s", timeout)
-                return
-        if self._ioloop is not None:
-            self._ioloop.close()
+        try:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                try:
+                    self._ioloop.add_callback_threadsafe(self._shutdown)
+                except Exception:  # the loop is already gone: nothing left to stop
+                    LOG.debug("close: I/O loop already stopped", exc_info=True)
+                thread.join(timeout)
+                if thread.is_alive():
+                    LOG.warning("close: I/O thread did not stop within %.1f s", timeout)
+                    return
+            if self._ioloop is not None:
+                self._ioloop.close()
+        finally:
+            # Free the ``publisher`` label for a successor on a shared registry.
+            self.metrics.release()
 
     def __enter__(self) -> Publisher:
         return self

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-:class:`BackingStore` (base.py) is the interface and its rules; each built-in store is
+:class:`BackingStore` (base.py) is the interface and its rules (``read_batch(max_events)``,
+``read_batch_up_to`` for drainers, ``pending()``); each built-in store is
 one module: ``file`` (the segment log, file.py), ``memory`` (memory.py), ``sql``
 (PostgreSQL via psycopg 3, sql.py) and ``sqlite`` (embedded, sqlite.py).
 :func:`create_backing_store` (config.py) builds one from the JSON string of the
@@ -18,7 +19,7 @@ created (``pip install 'segmentlog[sql]'``).
 from __future__ import annotations
 
 from ..errors import BackingStoreError, BackingStoreFull
-from .base import BackingStore, Commit, Event
+from .base import BackingStore, Commit, Event, batch_limit
 from .config import (
     ENV_SUFFIX,
     BackingStoreFactory,
@@ -49,6 +50,7 @@ __all__ = [
     "SQLiteStore",
     "StoreMetrics",
     "backing_store_from_env",
+    "batch_limit",
     "builtin_factories",
     "create_backing_store",
     "sql_store_factory",

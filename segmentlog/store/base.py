@@ -23,14 +23,30 @@ Rule 3: built-in stores write a ``write_many`` list all-or-nothing, with one dur
         point. The default ``write_many`` below (for custom stores) loops ``write``: if it
         raises, a prefix of the list may be stored already; writing the whole list again
         is safe under at-least-once delivery (duplicates, never loss).
-Rule 4: ``read_batch()`` returns ``([], None)`` when nothing is stored; otherwise the
-        oldest events in write order. Reading again without committing starts again
-        from the same events (the previous batch's ``commit`` is then stale and raises
-        ``BackingStoreError`` if called). ``commit()`` removes exactly the events of its
-        batch; a second call of the same ``commit`` does nothing.
-Rule 5: after ``close()``, ``write``, ``write_many``, ``read_batch`` and a batch's
-        ``commit`` raise :class:`~segmentlog.errors.LogClosedError`; ``update_metrics``
-        and ``close`` do nothing.
+Rule 4: ``read_batch(max_events=None)`` returns ``([], None)`` when nothing is stored;
+        otherwise the oldest events in write order, at most ``max_events`` of them
+        (``None``: the store's configured ``batch_size``; a larger number is allowed and
+        honoured, so a drainer picks its batch size whatever the store was configured
+        with). Reading again without committing starts again from the same events (the
+        previous batch's ``commit`` is then stale and raises ``BackingStoreError`` if
+        called). ``commit()`` removes exactly the events of its batch; a second call of
+        the same ``commit`` does nothing.
+Rule 5: after ``close()``, ``write``, ``write_many``, ``read_batch``, ``pending`` and a
+        batch's ``commit`` raise :class:`~segmentlog.errors.LogClosedError`;
+        ``update_metrics`` and ``close`` do nothing.
+Rule 6: ``pending()`` is the number of events stored and not yet committed (a batch
+        read but not committed still counts: its events are still stored), or ``None``
+        when the store cannot tell cheaply (the default, for custom stores). Built-in
+        stores answer in O(1): no scan, no ``COUNT(*)``. Other writers (processes) may
+        change it at any moment, so it is a reading, not a reservation.
+
+Custom stores written before ``max_events`` existed define ``read_batch(self)``. They
+keep working: drainers call :meth:`BackingStore.read_batch_up_to`, which passes
+``max_events`` only to a ``read_batch`` whose signature accepts it (checked once per
+class, when the class is created) and otherwise calls ``read_batch()``, whose batches
+then have the store's own size. Why a helper rather than ``inspect.signature`` in every
+caller: the check lives in one place, costs nothing per call, and a caller cannot get
+it wrong. Such a store also keeps ``pending() -> None`` (unknown) until it overrides it.
 
 A store never publishes, never retries on its own and never drops an event silently:
 an event that cannot be parsed back is moved to a dead-letter place and counted.
@@ -38,15 +54,16 @@ an event that cannot be parsed back is moved to a dead-letter place and counted.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..errors import BackingStoreError
+from ..errors import BackingStoreError, ConfigError
 
-__all__ = ["BackingStore", "BatchTracker", "Commit", "Event"]
+__all__ = ["BackingStore", "BatchTracker", "Commit", "Event", "batch_limit"]
 
 #: One audit event: a JSON-serialisable mapping (a CADF event as a dict).
 Event = Mapping[str, Any]
@@ -55,6 +72,39 @@ Event = Mapping[str, Any]
 Commit = Callable[[], None]
 
 _S = TypeVar("_S", bound="BackingStore")
+
+
+def batch_limit(max_events: int | None, batch_size: int, what: str) -> int:
+    """The number of events a ``read_batch(max_events)`` call may return (Rule 4).
+
+    ``None`` means the store's ``batch_size``; anything else must be an integer >= 1
+    (``ConfigError`` otherwise, naming the store ``what``). For custom stores too.
+    """
+    if max_events is None:
+        return batch_size
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
+        raise ConfigError(
+            f"{what}: read_batch(max_events={max_events!r}): max_events must be an "
+            "integer >= 1, or None for the store's batch_size"
+        )
+    return max_events
+
+
+def _accepts_max_events(read_batch: Callable[..., Any]) -> bool:
+    """Whether ``read_batch`` can be called with the keyword ``max_events``."""
+    try:
+        parameters = inspect.signature(read_batch).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it the old way
+        return False
+    for p in parameters:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return True
+        if p.name == "max_events" and p.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            return True
+    return False
 
 
 class BackingStore(ABC):
@@ -73,9 +123,35 @@ class BackingStore(ABC):
         for event in events:
             self.write(event)
 
+    #: Whether this class's ``read_batch`` takes ``max_events`` (set per class, Rule 4).
+    _read_batch_takes_max_events = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._read_batch_takes_max_events = _accepts_max_events(cls.read_batch)
+
     @abstractmethod
-    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
-        """Return the oldest events and their commit callable, or ``([], None)``."""
+    def read_batch(
+        self, max_events: int | None = None
+    ) -> tuple[list[dict[str, Any]], Commit | None]:
+        """Return the oldest events (at most ``max_events``; ``None``: the store's
+        ``batch_size``) and their commit callable, or ``([], None)`` (Rule 4)."""
+
+    def read_batch_up_to(
+        self, max_events: int
+    ) -> tuple[list[dict[str, Any]], Commit | None]:
+        """``read_batch(max_events=max_events)``, or ``read_batch()`` for a custom store
+        whose ``read_batch`` predates the parameter (its batches keep its own size)."""
+        if self._read_batch_takes_max_events:
+            return self.read_batch(max_events=max_events)
+        # An old-style store: its own batch size, which Rule 4 still makes correct
+        # (only slower to drain); the events and their order are the same.
+        read_old: Callable[[], tuple[list[dict[str, Any]], Commit | None]] = self.read_batch
+        return read_old()
+
+    def pending(self) -> int | None:
+        """Events stored and not yet committed, or ``None`` if unknown (Rule 6)."""
+        return None
 
     def update_metrics(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Refresh gauges; cheap enough to call every few seconds."""

@@ -8,10 +8,16 @@ checksummed by the log. The store adds only the mapping to the BackingStore inte
 * ``write`` is ``log.append`` and ``write_many`` is one ``log.append_batch`` (one
   durability point for the whole list, all or nothing). Writers are not serialised by
   the store: concurrent ``fsync="always"`` writers share fsyncs in the log (group commit).
-* ``read_batch`` is ``log.read_batch(batch_size)``. If the previous batch was not
-  committed, it first calls ``log.rewind()``, so reading again starts from the same
-  oldest event (Rule 4 of base.py). ``commit()`` is ``log.commit(batch)``: a durable
-  checkpoint, after which whole consumed segments are deleted or recycled.
+* ``read_batch(max_events)`` is ``log.read_batch(max_events or batch_size)``. If the
+  previous batch was not committed, it first calls ``log.rewind()``, so reading again
+  starts from the same oldest event (Rule 4 of base.py). ``commit()`` is
+  ``log.commit(batch)``: a durable checkpoint, after which whole consumed segments are
+  deleted or recycled.
+* ``pending()`` is the log's ``pending_records`` (records appended and not committed,
+  from two counters: O(1)) minus the records of that range this store already moved to
+  ``deadletter-json.jsonl``. It over-counts, until they are read past, the records of a
+  damaged region (their sequence numbers are gone with them) and not-yet-read records
+  that will turn out not to be JSON objects.
 * ``max_total_size`` reached (or no space left on the device for a new segment) is
   :class:`~segmentlog.errors.BackingStoreFull`; the log's ``LogFullError`` never leaks.
 
@@ -53,7 +59,7 @@ from ..errors import (
     LogFullError,
     RecordTooLargeError,
 )
-from .base import BackingStore, BatchTracker, Commit, Event
+from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
 from .config import Params, check_int
 from .memory import _dumps
 from .metrics import StoreMetrics
@@ -94,7 +100,8 @@ class FileStore(BackingStore):
         ``"interval"`` (synced every ``fsync_interval`` seconds; a crash loses at most
         that window) or ``"never"`` (page cache; a process crash loses nothing, a power
         loss may).
-    :param batch_size: most events one ``read_batch`` returns (default 1000).
+    :param batch_size: most events one ``read_batch()`` returns (default 1000; a drainer
+        may ask for more with ``read_batch(max_events=n)``).
     """
 
     TYPE = "file"
@@ -140,9 +147,12 @@ class FileStore(BackingStore):
         self._closed = False
         self._batches = BatchTracker(self._read_lock, self._what, self._check_open)
         self._dead_path = os.path.join(self._directory, JSON_DEADLETTER_NAME)
-        self._dead_seqs = self._known_dead_seqs()
+        # Only entries at or above the committed position matter: reading never goes
+        # back below it in this process (rewind stops there, reopen starts there).
         self._damaged_seen = 0
         try:
+            self._dead_seqs = self._known_dead_seqs()
+            self._forget_dead_below(int(self._log.stats()["committed_seq"]))
             self._metrics = StoreMetrics(registry, self.TYPE, name)
         except BaseException:
             self._log.close()  # e.g. a foreign collector owns the names: release the lock
@@ -261,7 +271,10 @@ class FileStore(BackingStore):
 
     # -- the drain ----------------------------------------------------------------------
 
-    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
+    def read_batch(
+        self, max_events: int | None = None
+    ) -> tuple[list[dict[str, Any]], Commit | None]:
+        limit = batch_limit(max_events, self._batch_size, self._what)
         with self._read_lock:
             self._check_open()
             rewind = self._batches.outstanding
@@ -270,14 +283,16 @@ class FileStore(BackingStore):
                 if rewind:
                     self._log.rewind()
                 while True:
-                    batch = self._log.read_batch(max_records=self._batch_size)
+                    batch = self._log.read_batch(max_records=limit)
                     if not batch:
                         return [], None
                     events = self._decode(batch)
                     if events:
                         break
-                    # Every record was dead-lettered: consume them and read on.
+                    # Every record was dead-lettered (kept in deadletter-json.jsonl,
+                    # fsynced): consume them and read on.
                     self._log.commit(batch)
+                    self._forget_dead_below(batch.last_seq + 1)
             except DurabilityError as exc:
                 self._metrics.error("read")
                 raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
@@ -295,8 +310,29 @@ class FileStore(BackingStore):
                         f"{self._what}: commit failed ({exc}); the batch stays stored and "
                         "will be read again"
                     ) from exc
+                self._forget_dead_below(batch.last_seq + 1)
 
             return events, self._batches.issue(do_commit)
+
+    def _forget_dead_below(self, seq: int) -> None:
+        # Committed records are never read again in this process, so their entries can
+        # go: the set (and pending()'s walk over it) stays as small as the dead records
+        # still ahead of the reader. The file keeps every entry for a restart.
+        if self._dead_seqs:
+            self._dead_seqs = {s for s in self._dead_seqs if s >= seq}
+
+    def pending(self) -> int:
+        """Records appended and not committed, less those already dead-lettered."""
+        with self._read_lock:
+            self._check_open()
+            try:
+                stats = self._log.stats()
+            except OSError as exc:
+                raise BackingStoreError(f"{self._what}: cannot read the log's counters: "
+                                        f"{exc}") from exc
+            first, end = int(stats["committed_seq"]), int(stats["next_seq"])
+            dead = sum(1 for s in self._dead_seqs if first <= s < end)
+            return max(0, int(stats["pending_records"]) - dead)
 
     def _decode(self, batch: Batch) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []

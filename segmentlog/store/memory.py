@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import BackingStoreFull, LogClosedError
-from .base import BackingStore, BatchTracker, Commit, Event
+from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
 from .config import Params, check_int
 from .metrics import StoreMetrics
 
@@ -48,7 +48,8 @@ class MemoryStore(BackingStore):
     """Bounded, thread-safe, in-memory store (``type: "memory"``).
 
     :param max_events: most events held at once (default 1000, as in the original).
-    :param batch_size: most events one ``read_batch`` returns.
+    :param batch_size: most events one ``read_batch()`` returns (a drainer may ask for
+        more with ``read_batch(max_events=n)``).
     :param registry: Prometheus registry for the metrics (``None``: the global one).
     :param name: the ``store`` label of the metrics (default ``"memory"``).
     """
@@ -121,13 +122,16 @@ class MemoryStore(BackingStore):
             self._metrics.wrote(len(payloads))
             self._publish_gauges()
 
-    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
+    def read_batch(
+        self, max_events: int | None = None
+    ) -> tuple[list[dict[str, Any]], Commit | None]:
+        limit = batch_limit(max_events, self._batch_size, "memory backing store")
         with self._lock:
             self._check_open()
             self._batches.drop()
             if not self._entries:
                 return [], None
-            n = min(self._batch_size, len(self._entries))
+            n = min(limit, len(self._entries))
             taken = [self._entries[i] for i in range(n)]
             last_seq = taken[-1][0]
             events = [orjson.loads(payload) for _, payload in taken]
@@ -142,6 +146,12 @@ class MemoryStore(BackingStore):
                 self._publish_gauges()
 
             return events, self._batches.issue(do_commit)
+
+    def pending(self) -> int:
+        """Events held now, including a batch read but not committed."""
+        with self._lock:
+            self._check_open()
+            return len(self._entries)
 
     def update_metrics(self) -> None:
         with self._lock:

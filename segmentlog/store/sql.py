@@ -30,6 +30,10 @@ Rule 3 (writes never wait for a drain): writes and the drain transaction use dif
         the counter row is locked only for the instant of the final decrement.
 Rule 4: a row that does not parse is moved to ``<table>_deadletter`` within the drain
         transaction (so a rolled-back read moves nothing), never deleted silently.
+Rule 5: ``pending()`` reads the meta counter: one indexed single-row SELECT on the
+        write session, which never waits for writers or a drain (MVCC). It counts the
+        rows of a batch read but not committed (they are still stored), and, for the
+        same reason, the unparseable rows such a batch moved in its open transaction.
 
 Connections: the store needs two sessions, so it takes a *source* of connections:
 
@@ -61,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 from ..errors import BackingStoreError, BackingStoreFull, ConfigError, LogClosedError
-from .base import BackingStore, BatchTracker, Commit, Event
+from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
 from .config import BackingStoreFactory, Params, check_int, check_table_name
 from .memory import _dumps
 from .metrics import StoreMetrics
@@ -212,7 +216,8 @@ class SQLStore(BackingStore):
 
     :param connection: a connection source (see the module docstring).
     :param table_name: events table, a lower-case identifier (default ``audit_events``).
-    :param batch_size: most events one ``read_batch`` returns (default 100).
+    :param batch_size: most events one ``read_batch()`` returns (default 100; a drainer
+        may ask for more with ``read_batch(max_events=n)``).
     :param max_events: most events buffered (default 10000), strictly enforced.
     :param skip_migration: do not create tables (see :meth:`schema_sql`).
     """
@@ -405,7 +410,10 @@ class SQLStore(BackingStore):
             with contextlib.suppress(self._pg.Error):
                 self._sessions.give_back_drainer(conn)
 
-    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
+    def read_batch(
+        self, max_events: int | None = None
+    ) -> tuple[list[dict[str, Any]], Commit | None]:
+        limit = batch_limit(max_events, self._batch_size, self._what)
         with self._lock:
             self._check_open()
             self._batches.drop()
@@ -416,20 +424,20 @@ class SQLStore(BackingStore):
                 # ended that transaction: nothing of it can survive.
                 with contextlib.suppress(self._pg.Error):
                     self._end_drain(commit=False)
-                return self._read_locked()
+                return self._read_locked(limit)
             except self._pg.Error as exc:
                 self._metrics.error("read")
                 with contextlib.suppress(self._pg.Error):
                     self._end_drain(commit=False)
                 raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
 
-    def _read_locked(self) -> tuple[list[dict[str, Any]], Commit | None]:
+    def _read_locked(self, limit: int) -> tuple[list[dict[str, Any]], Commit | None]:
         while True:
             conn = self._sessions.take_drainer()
             self._drainer = conn
             if conn.autocommit:
                 conn.execute("BEGIN")  # else psycopg begins implicitly
-            rows = conn.execute(self._q.select, (self._batch_size,)).fetchall()
+            rows = conn.execute(self._q.select, (limit,)).fetchall()
             if not rows:
                 self._end_drain(commit=False)
                 return [], None
@@ -483,6 +491,23 @@ class SQLStore(BackingStore):
                 ) from exc
 
         return do_commit
+
+    def pending(self) -> int:
+        """The meta counter: events stored and not committed (Rule 5; one round trip)."""
+        self._check_open()
+        try:
+            with self._sessions.writer() as conn:
+                row = self._execute_fetch(conn, self._q.events, None)
+        except self._pg.Error as exc:
+            self._metrics.error("read")
+            raise BackingStoreError(f"{self._what}: cannot read the event counter: "
+                                    f"{exc}") from exc
+        if row is None:
+            raise BackingStoreError(
+                f"{self._what}: {self._table}_meta has no row; recreate it with "
+                "SQLStore.schema_sql() (or restart without skip_migration)"
+            )
+        return int(row[0])
 
     def recount(self) -> int:
         """Set the event counter from ``COUNT(*)`` (O(n); after manual deletes only)."""

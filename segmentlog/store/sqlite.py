@@ -22,6 +22,8 @@ Rule 2: one process drains a file at a time. ``read_batch`` takes a non-blocking
         drainers, and writers from any number of processes are never blocked by a drain.
 Rule 3: the database file, its WAL and the lock file are created 0600 (SQLite gives the
         WAL and shared-memory files the database file's mode).
+Rule 4: ``pending()`` reads the meta counter (one single-row SELECT; a WAL reader never
+        waits for writers). It includes a batch read but not committed.
 
 This store never holds a transaction open between calls.
 """
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import BackingStoreError, BackingStoreFull, ConfigError, LogClosedError
-from .base import BackingStore, BatchTracker, Commit, Event
+from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
 from .config import Params, check_int, check_table_name
 from .memory import _dumps
 from .metrics import StoreMetrics
@@ -66,7 +68,8 @@ class SQLiteStore(BackingStore):
 
     :param path: the database file (created 0600; its directory 0700 if missing).
     :param table_name: events table (default ``audit_events``).
-    :param batch_size: most events one ``read_batch`` returns (default 100).
+    :param batch_size: most events one ``read_batch()`` returns (default 100; a drainer
+        may ask for more with ``read_batch(max_events=n)``).
     :param max_events: most events buffered (default 10000), strictly enforced.
     :param skip_migration: do not create tables (the schema is managed elsewhere;
         see :meth:`schema_sql`).
@@ -296,7 +299,10 @@ CREATE TABLE IF NOT EXISTS {dead} (
             os.close(self._drain_fd)  # closing the descriptor releases the flock
             self._drain_fd = None
 
-    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:
+    def read_batch(
+        self, max_events: int | None = None
+    ) -> tuple[list[dict[str, Any]], Commit | None]:
+        limit = batch_limit(max_events, self._batch_size, self._what)
         with self._lock:
             self._check_open()
             self._batches.drop()
@@ -309,7 +315,7 @@ CREATE TABLE IF NOT EXISTS {dead} (
                     rows = self._db.execute(
                         f"SELECT id, event_data, created_at FROM {self._sql_table} "
                         "ORDER BY id LIMIT ?",
-                        (self._batch_size,),
+                        (limit,),
                     ).fetchall()
                     if not rows:
                         self._release_drain_lock()
@@ -375,6 +381,25 @@ CREATE TABLE IF NOT EXISTS {dead} (
                 (cur.rowcount,),
             )
         self._metrics.error("read_unmarshal", len(bad))
+
+    def pending(self) -> int:
+        """The meta counter: events stored and not committed (Rule 4)."""
+        with self._lock:
+            self._check_open()
+            try:
+                row = self._db.execute(
+                    f"SELECT events FROM {self._sql_meta} WHERE id = 1"
+                ).fetchone()
+            except sqlite3.Error as exc:
+                self._metrics.error("read")
+                raise BackingStoreError(
+                    f"{self._what}: cannot read the event counter: {exc}") from exc
+        if row is None:
+            raise BackingStoreError(
+                f"{self._what}: {self._table}_meta has no row; recreate it with "
+                "SQLiteStore.schema_sql() (or restart without skip_migration)"
+            )
+        return int(row[0])
 
     def update_metrics(self) -> None:
         with self._lock:
