@@ -1,0 +1,1026 @@
+"""The Auditor: what a service calls to ship every audit event to RabbitMQ, losing none.
+
+Theory of operation
+-------------------
+``record(event)`` runs on the caller's thread: it checks the event (a
+:class:`~segmentlog.cadf.Event` is checked when built; a mapping gets a structural
+check), serialises it once with orjson, appends ``(id, bytes, time)`` to a bounded
+in-process queue and returns. One delivery thread does everything else, in order:
+
+* **Direct**: with no backlog and the broker up, it takes queued events in arrival
+  order and publishes them in confirmed batches (``Publisher.publish_batch``).
+* **Buffer**: events it cannot publish (broker down, or the unconfirmed tail of a
+  batch) go to the backing store with ``write_many`` (one durability point per
+  batch), before any newer event.
+* **Drain**: while the store holds events (a *backlog*), new events queue *behind*
+  it: they are appended to the store too, and the store is drained oldest first
+  (``read_batch_up_to(drain_batch_size)`` -> ``publish_batch`` -> ``commit``). Draining
+  starts as soon as the publisher reconnects (it retries every <= 0.5 s by default),
+  not on a timer.
+
+With ``write_ahead=True``, ``record()`` itself writes the event to the store and
+returns when it is stored as durably as the store promises (file store with
+``fsync="always"``: on disk, concurrent callers sharing fsyncs); the delivery thread
+then only drains the store.
+
+Rule 1: order. Events reach the broker in the order ``record()`` accepted them (first
+        occurrences; see Rule 3). The in-memory events the delivery thread holds are
+        always newer than everything in the store, so they are only ever appended
+        behind it or published when the store is empty.
+Rule 2: nothing is dropped. An event leaves the queue only into a confirmed publish or
+        the store; a drained batch is committed only when every event of it was
+        confirmed. The one exception is stated where it happens: ``close()`` with a
+        non-durable store (memory) or a store that refuses the rest; the events lost
+        are logged and counted (``segmentlog_auditor_undelivered_at_close_events``).
+Rule 3: at-least-once. An event whose confirm never came (connection lost with it in
+        flight) is sent again, so consumers dedupe by ``message_id`` (= event id). A
+        drained batch whose confirmed prefix was cut short is read again; its events
+        that were already confirmed are skipped, not resent, while this process lives.
+Rule 4: only "full" is backpressure. A full store (``BackingStoreFull``) or a failing
+        one keeps events in memory; the queue then fills and ``record()`` blocks until
+        the delivery thread frees room (or raises after ``full_timeout``). It clears
+        itself: every commit retries the store at once, a failing store is retried
+        with a capped backoff. Nothing else makes ``record()`` wait, except a publish
+        stuck on a silently dead connection (until ``liveness_timeout``, 4 s by
+        default) filling all ``queue_size`` slots.
+
+The delivery thread is the only reader of the store, and (without write-ahead) its only
+writer. The auditor never publishes from the caller's thread and never commits a batch
+it did not see confirmed.
+
+Drain speed
+-----------
+A drain is a loop of synchronous batches: read, publish with confirms, commit. The
+broker is the bottleneck (its confirm-mode rate is below its no-confirm rate on a busy
+host), so what the auditor controls is how often it leaves the broker idle: at the end
+of every batch, while the last confirms arrive and the next batch is committed, read,
+decoded and encoded. Two settings, both chosen by measurement (interleaved runs with
+benchmarks/bench_auditor.py-style drains of a 100k-event file-store backlog against the
+no-confirm rate of the same round; the numbers are in the comments of
+:data:`DRAIN_BATCH_SIZE` and :data:`DRAIN_WINDOW`):
+
+* ``drain_batch_size`` (default 5000): the store is read that many events at a time
+  whatever ``batch_size`` the store itself was configured with (``read_batch_up_to``;
+  a custom store with the old ``read_batch(self)`` keeps its own size). It trades
+  memory (~3 KB per decoded event at the peak) for fewer idle ends of batches. The
+  first batch of a drain is 1000 events, so the first confirm after an outage comes
+  within ~0.1 s instead of after a whole large batch.
+* the publisher's confirm window: :data:`DRAIN_WINDOW` (5000, a whole drain batch in
+  flight) unless ``publisher_options`` sets ``window``; the Publisher's own default
+  (1000) suits steady traffic, not a backlog.
+
+The backlog gauge (``segmentlog_auditor_backlog_events``) is the store's ``pending()``
+read after every write and commit of the delivery thread and every 5 s (exact, including
+events other writers added), or a running count when the store cannot tell (custom
+stores whose ``pending()`` returns ``None``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from .amqp import Publisher
+from .audit_metrics import AuditorMetrics
+from .cadf import Event, Observer, check_event_mapping, dump_event
+from .errors import (
+    BackingStoreError,
+    BackingStoreFull,
+    BrokerUnavailableError,
+    ConfigError,
+    InvalidEventError,
+    LogClosedError,
+)
+from .store import BackingStore, BackingStoreFactory, create_backing_store
+from .store.memory import MemoryStore
+
+__all__ = [
+    "DRAIN_BATCH_SIZE",
+    "DRAIN_WINDOW",
+    "Auditor",
+    "AuditorBase",
+    "NullAuditor",
+    "RecordingAuditor",
+    "connection_from_env",
+]
+
+LOG = logging.getLogger("segmentlog.audit")
+
+_A = TypeVar("_A", bound="AuditorBase")
+
+#: Anything ``record()`` accepts.
+EventLike = Event | Mapping[str, Any]
+
+_POLL = 0.05  # how often a waiting delivery thread looks at new events / the broker
+_IDLE = 0.5  # longest idle sleep (a safety net; record() wakes the thread)
+_METRICS_EVERY = 5.0
+_LATENCY_TRACKED = 200_000  # most record times kept for events routed through the store
+_SPILL_MAX = 10_000  # most events moved from the queue to the store in one write
+_EXIT_TIMEOUT = 5.0  # close() at interpreter exit, for auditors nobody closed
+
+#: Default ``drain_batch_size``: events per store batch while draining. Measured with a
+#: 100k-event file-store backlog drained by an Auditor, 4 interleaved rounds, rate as a
+#: fraction of the same round's no-confirm publish rate (medians; events of the first
+#: confirmed batch excluded from the timed interval): batch 5000 -> 0.59x, 10000 ->
+#: 0.59x, 20000 -> 0.63x (window 5000). The broker's confirm-mode rate is the limit;
+#: larger batches gain a few percent (fewer batch ends, where the broker idles while
+#: the auditor commits, reads and decodes) at ~3 KB per decoded event: 5000 keeps the
+#: peak near 20 MB (20000 would need ~85 MB).
+DRAIN_BATCH_SIZE = 5000
+
+#: The first batch of a drain (after start, or after the store was seen empty): small, so
+#: the first events are confirmed within ~0.1 s of the broker's return (a 20000-event
+#: first batch took 1.4-1.9 s); later batches are drain_batch_size. Costs one batch end.
+_FIRST_DRAIN_BATCH = 1000
+
+#: The confirm window of the auditor's publisher (``publisher_options["window"]`` wins;
+#: the Publisher's own default, 1000, suits steady traffic). With 5000-event batches:
+#: bare Publisher 11.9k/s at window 1000, 12.6k at 2000, 14.2k at 5000 (one quiet run;
+#: interleaved runs vs no-confirm, medians: 0.68x, 0.69x, 0.80x at 3000, 0.74x at
+#: 5000); the Auditor's drain (same accounting as above, biased alike for every window):
+#: 0.57x, 0.64x, 0.67x, 0.68x. The broker is the bottleneck, so a window beyond the
+#: batch adds only confirm latency (Little's law), and one batch in flight whole avoids
+#: the stalls of a window smaller than the batch.
+DRAIN_WINDOW = 5000
+
+
+def connection_from_env(
+    prefix: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """``(amqp_url, queue_name)`` from ``${prefix}_*``, as the original reads them.
+
+    ``_HOSTNAME`` (localhost), ``_PORT`` (5672), ``_USERNAME`` / ``_PASSWORD`` (guest),
+    ``_QUEUE_NAME`` (required). A missing or invalid value raises ConfigError naming
+    the variable.
+    """
+    env = os.environ if environ is None else environ
+    queue_var = f"{prefix}_QUEUE_NAME"
+    queue_name = env.get(queue_var, "")
+    if not queue_name:
+        raise ConfigError(f"missing required environment variable {queue_var} (the RabbitMQ "
+                          "queue the audit events go to)")
+    if len(queue_name.encode()) > 255:
+        raise ConfigError(f"{queue_var} is longer than 255 bytes (an AMQP queue name)")
+    host = env.get(f"{prefix}_HOSTNAME") or "localhost"
+    port_var = f"{prefix}_PORT"
+    port_text = env.get(port_var) or "5672"
+    try:
+        port = int(port_text, 10)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"invalid value for {port_var}: {port_text!r}; expected a TCP port "
+                          "number 1-65535 (default 5672)")
+    user = env.get(f"{prefix}_USERNAME") or "guest"
+    password = env.get(f"{prefix}_PASSWORD") or "guest"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/%2F"
+    return url, queue_name
+
+
+def _check_observer(observer: object) -> Observer:
+    if not isinstance(observer, Observer):
+        raise ConfigError(
+            "Auditor: observer must be segmentlog.cadf.Observer(type_uri, name, id) "
+            f"identifying this process, got {type(observer).__name__}")
+    return observer
+
+
+def _message_id(event: Mapping[str, Any], body: bytes) -> str:
+    mid = event.get("id")
+    if isinstance(mid, str) and mid and len(mid.encode()) <= 255:
+        return mid
+    # Not written by an Auditor (every recorded event has an id): derive a stable one,
+    # so a resend of the same bytes carries the same id and consumers can dedupe it.
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, body.hex()))
+
+
+class AuditorBase(ABC):
+    """What every auditor offers: ``record(event)`` and ``close()``."""
+
+    @abstractmethod
+    def record(self, event: EventLike) -> None:
+        """Accept one CADF event (a model instance or a mapping in CADF form)."""
+
+    def close(self, timeout: float = 10.0) -> None:  # noqa: B027 - nothing to release
+        """Deliver or persist what was recorded; release connections."""
+
+    def __enter__(self: _A) -> _A:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _prepare(event: EventLike, observer: Mapping[str, Any] | None) -> dict[str, Any]:
+    if isinstance(event, Event):
+        return event.wire_dict(observer)
+    return check_event_mapping(event, observer)
+
+
+class NullAuditor(AuditorBase):
+    """Checks events and throws them away (debug log): for deployments without a broker.
+
+    Bad events still raise :class:`~segmentlog.errors.InvalidEventError`, so a service
+    tested against a NullAuditor does not start failing when given a real one.
+    """
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = None if observer is None else _check_observer(observer).to_dict()
+
+    def record(self, event: EventLike) -> None:
+        body = dump_event(_prepare(event, self._observer or _NULL_OBSERVER))
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("audit event discarded (NullAuditor): %s", body.decode())
+
+
+_NULL_OBSERVER: dict[str, Any] = {"typeURI": "unknown", "id": "unknown"}
+
+
+class RecordingAuditor(AuditorBase):
+    """A test double: keeps every recorded event (as the CADF dict that would be sent).
+
+    ``expect_events(*expected)`` asserts the recorded events equal ``expected`` (models
+    or mappings), ignoring ``id``, ``eventTime`` and ``observer`` (the original's
+    MockAuditor ignores them too), then forgets them. ``ignore_events_until_now()``
+    forgets without checking.
+    """
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = (Observer("service", "recording-auditor", "recording-auditor")
+                          if observer is None else _check_observer(observer)).to_dict()
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = []
+        self._closed = False
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """A copy of the events recorded since the last expect/ignore call."""
+        with self._lock:
+            return [orjson.loads(orjson.dumps(e)) for e in self._events]
+
+    def record(self, event: EventLike) -> None:
+        body = dump_event(_prepare(event, self._observer))
+        with self._lock:
+            if self._closed:
+                raise LogClosedError("RecordingAuditor is closed")
+            self._events.append(orjson.loads(body))
+
+    @staticmethod
+    def _normalize(event: EventLike) -> dict[str, Any]:
+        data = _prepare(event, _NULL_OBSERVER)
+        data = dict(orjson.loads(dump_event(data)))
+        for key in ("id", "eventTime", "observer"):
+            data.pop(key, None)
+        return data
+
+    def expect_events(self, *expected: EventLike) -> None:
+        with self._lock:
+            got = [self._normalize(e) for e in self._events]
+            self._events = []
+        want = [self._normalize(e) for e in expected]
+        if got != want:
+            lines = [f"recorded {len(got)} event(s), expected {len(want)}"]
+            for i in range(max(len(got), len(want))):
+                g = got[i] if i < len(got) else None
+                w = want[i] if i < len(want) else None
+                if g != w:
+                    lines.append(f"  event {i}: recorded {g!r}")
+                    lines.append(f"  event {i}: expected {w!r}")
+            raise AssertionError("\n".join(lines))
+
+    def ignore_events_until_now(self) -> None:
+        with self._lock:
+            self._events = []
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._closed = True
+
+
+_Item = tuple[str, bytes, float]  # (event id, body, monotonic time of record())
+
+
+class Auditor(AuditorBase):
+    """Ships CADF events to one RabbitMQ queue through a backing store (see the module doc).
+
+    Configuration, as in the original: either ``env_prefix`` (``${PREFIX}_HOSTNAME``,
+    ``_PORT``, ``_USERNAME``, ``_PASSWORD``, ``_QUEUE_NAME``, ``_BACKING_STORE``) or
+    ``connection_url`` (one URL or a list, for failover) plus ``queue_name``; an
+    explicit URL wins. The store is ``backing_store`` (an instance: the caller keeps
+    ownership and closes it), else the one ``${PREFIX}_BACKING_STORE`` describes
+    (``backing_store_factories`` adds types), else a memory store of 1000 events.
+
+    :param write_ahead: every event is written to the store inside ``record()`` (Rule
+        of the module doc); with a file store and ``fsync="always"`` a recorded event
+        survives a process crash from the moment ``record()`` returns.
+    :param full_timeout: most seconds ``record()`` blocks on a full buffer before it
+        raises ``BackingStoreFull`` (``BackingStoreError`` if the store is failing
+        rather than full); ``None`` blocks until there is room.
+    :param queue_size: most events waiting in memory for the delivery thread (plus
+        one batch being published).
+    :param batch_size: most events per direct publish batch.
+    :param drain_batch_size: most events per batch read from the store while draining,
+        whatever the store's own ``batch_size`` (see "Drain speed" in the module doc;
+        memory: about 3 KB per CADF event while a batch is decoded).
+    :param connect_wait: seconds the constructor waits for the first connection (0:
+        do not wait; events recorded meanwhile are buffered, then drained).
+    :param publisher_options: keyword arguments for :class:`~segmentlog.amqp.Publisher`
+        (defaults here: ``heartbeat=2``, ``backoff_max=0.5``: a recovered broker is
+        found within 0.5 s; ``window=DRAIN_WINDOW``, see "Drain speed" in the module
+        doc; ``metrics_name``: this auditor's metrics label).
+    :param registry: Prometheus registry for the auditor's, the publisher's and the
+        store's metrics; ``None`` gives a private one. Several auditors may share one:
+        every series carries the auditor's label (``auditor``, ``publisher``,
+        ``store``; see audit_metrics.py).
+    :param metrics_name: the ``auditor`` and ``publisher`` label of this auditor's
+        series (default: the queue name; ``-2``, ``-3``... appended while another live
+        auditor on the same registry has it).
+    :param environ: the environment to read (default ``os.environ``).
+    """
+
+    def __init__(
+        self,
+        observer: Observer,
+        env_prefix: str | None = None,
+        connection_url: str | Sequence[str] | None = None,
+        queue_name: str | None = None,
+        backing_store: BackingStore | None = None,
+        backing_store_factories: Mapping[str, BackingStoreFactory] | None = None,
+        registry: CollectorRegistry | None = None,
+        *,
+        write_ahead: bool = False,
+        full_timeout: float | None = None,
+        queue_size: int = 50_000,
+        batch_size: int = 5000,
+        drain_batch_size: int = DRAIN_BATCH_SIZE,
+        connect_wait: float = 2.0,
+        publisher_options: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        metrics_name: str | None = None,
+    ) -> None:
+        self.observer = _check_observer(observer)
+        self._observer_dict = self.observer.to_dict()
+        for name, value, low in (("queue_size", queue_size, 1), ("batch_size", batch_size, 1),
+                                 ("drain_batch_size", drain_batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"Auditor: {name}={value!r} must be an integer >= {low}")
+        if full_timeout is not None and full_timeout < 0:
+            raise ConfigError(f"Auditor: full_timeout={full_timeout!r} must be >= 0 or None")
+        if connect_wait < 0:
+            raise ConfigError(f"Auditor: connect_wait={connect_wait!r} must be >= 0")
+        if connection_url is not None:
+            urls = [connection_url] if isinstance(connection_url, str) else list(connection_url)
+            if not urls or not all(isinstance(u, str) and u for u in urls):
+                raise ConfigError("Auditor: connection_url must be a non-empty amqp:// URL "
+                                  "(or a list of them)")
+            if not queue_name:
+                raise ConfigError("Auditor: missing required value queue_name (needed with "
+                                  "connection_url)")
+            self.queue_name = queue_name
+        elif env_prefix:
+            url, self.queue_name = connection_from_env(env_prefix, environ)
+            urls = [url]
+        else:
+            raise ConfigError("Auditor: give env_prefix (read ${PREFIX}_HOSTNAME, _PORT, "
+                              "_USERNAME, _PASSWORD, _QUEUE_NAME) or connection_url and "
+                              "queue_name")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._accepted = 0  # events accepted by record(), under _lock
+        self.metrics = AuditorMetrics(self.registry, lambda: self._accepted,
+                                      metrics_name or self.queue_name)
+        self._write_ahead = bool(write_ahead)
+        self._full_timeout = full_timeout
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._drain_batch_size = drain_batch_size
+
+        self._owns_store = backing_store is None
+        try:
+            if backing_store is not None:
+                if not isinstance(backing_store, BackingStore):
+                    raise ConfigError("Auditor: backing_store must be a segmentlog.store."
+                                      f"BackingStore, got {type(backing_store).__name__}")
+                store = backing_store
+            elif env_prefix:
+                variable = f"{env_prefix}_BACKING_STORE"
+                env = os.environ if environ is None else environ
+                store = create_backing_store(env.get(variable), backing_store_factories,
+                                             self.registry, source=variable)
+            else:
+                store = create_backing_store(None, registry=self.registry)
+        except BaseException:
+            self.metrics.release()
+            raise
+        self._store = store
+        self._durable_store = not isinstance(store, MemoryStore)
+
+        options: dict[str, Any] = {"heartbeat": 2, "backoff_max": 0.5,
+                                   "window": DRAIN_WINDOW, "metrics_name": self.metrics.label}
+        options.update(publisher_options or {})
+        options["registry"] = self.registry
+        try:
+            self._publisher = Publisher(urls, self.queue_name, **options)
+        except ValueError as exc:  # ConfigError, or a foreign collector on the registry
+            self._close_store()
+            self.metrics.release()
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"Auditor: the registry already holds a collector under a "
+                              f"publisher metric's name ({exc}); give this Auditor another "
+                              "CollectorRegistry") from exc
+        except BaseException:
+            self._close_store()
+            self.metrics.release()
+            raise
+
+        # Shared between record() and the delivery thread.
+        self._queue: deque[_Item] = deque()
+        self._lock = threading.Lock()  # record() vs close(): nothing appended after close
+        self._closed = False
+        self._wake = threading.Event()
+        self._idle = False
+        self._room = threading.Condition()  # record() waiting for queue room or store space
+        self._waiters = 0
+        self._settled = threading.Condition()
+        # _accepted value up to which everything is delivered; -1 until the store was
+        # first seen empty (an earlier run may have left a backlog: flush() covers it).
+        self._delivered_upto = -1
+        self._store_full = False
+        self._store_error: str | None = None
+        self._t_record: dict[str, float] = {}
+        self._stopping = False
+        self._deadline = 0.0
+        self._failure: BaseException | None = None
+
+        # Delivery-thread state.
+        self._pending: deque[_Item] = deque()
+        self._backlog = True  # unknown until the first read: an earlier run may have left events
+        self._backlog_events = 0
+        self._sync_backlog(0)
+        self._retry_store_at = 0.0
+        self._store_failures = 0
+        self._drain_failures = 0
+        self._drain_skip: list[str] = []
+        # A drain starts with a small batch (the first confirm comes fast), then reads
+        # drain_batch_size; "Drain speed" in the module doc.
+        self._drain_next = min(_FIRST_DRAIN_BATCH, drain_batch_size)
+        self._next_metrics = 0.0
+
+        self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
+                                        daemon=True)
+        try:
+            self._publisher.connect(timeout=connect_wait)
+        except BrokerUnavailableError:
+            # Not fatal: the publisher keeps reconnecting; events are buffered meanwhile.
+            LOG.warning("auditor %r: broker not reachable yet (%s); buffering events in the "
+                        "backing store until it is", self.queue_name, self._publisher.last_error)
+        self._thread.start()
+        # The delivery thread is a daemon (a forgotten auditor must not hang the exit);
+        # closing at exit still delivers or persists what was recorded.
+        ref = weakref.ref(self)
+
+        def close_at_exit() -> None:
+            auditor = ref()
+            if auditor is not None:
+                auditor.close(timeout=_EXIT_TIMEOUT)
+
+        self._close_at_exit = close_at_exit
+        atexit.register(close_at_exit)
+
+    # ------------------------------------------------------------------ caller side
+    def record(self, event: EventLike) -> None:
+        """Accept ``event``; returns without waiting for the broker (see Rule 4 for when
+        it blocks). Raises InvalidEventError for an event that is not valid CADF,
+        LogClosedError after close(), BackingStoreFull / BackingStoreError after
+        ``full_timeout`` of a full / failing buffer."""
+        if isinstance(event, Event):
+            mid = event.id
+            data = event.wire_dict(self._observer_dict)
+        else:
+            data = check_event_mapping(event, self._observer_dict)
+            mid = data["id"]
+        if self._write_ahead:
+            self._record_write_ahead(mid, data)
+            return
+        item = (mid, dump_event(data), time.monotonic())
+        if len(self._queue) + len(self._pending) >= self._queue_size:
+            self._wait_for_room()
+        with self._lock:
+            if self._closed:
+                raise LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
+                                     "close() is refused")
+            self._queue.append(item)
+            self._accepted += 1
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def _blocked_error(self, waited: float) -> Exception:
+        if self._store_error is not None and not self._store_full:
+            return BackingStoreError(
+                f"auditor {self.queue_name!r}: record() waited {waited:.1f} s "
+                f"(full_timeout) while the backing store fails ({self._store_error}) and the "
+                "broker is unreachable; fix the store or raise full_timeout")
+        return BackingStoreFull(
+            f"auditor {self.queue_name!r}: record() waited {waited:.1f} s (full_timeout) for "
+            "room: the backing store is full and the broker is not taking events; raise the "
+            "store's limit or full_timeout")
+
+    def _wait_for_room(self) -> None:
+        start = time.monotonic()
+        deadline = None if self._full_timeout is None else start + self._full_timeout
+        with self._room:
+            self._waiters += 1
+            try:
+                while (len(self._queue) + len(self._pending) >= self._queue_size
+                       and not self._closed):
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        raise self._blocked_error(now - start)
+                    wait = 0.1 if deadline is None else min(0.1, deadline - now)
+                    self._room.wait(wait)
+            finally:
+                self._waiters -= 1
+                self.metrics.backpressure.inc(time.monotonic() - start)
+
+    def _record_write_ahead(self, mid: str, data: dict[str, Any]) -> None:
+        if self._closed:
+            raise LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
+                                 "close() is refused")
+        t = time.monotonic()
+        # Tracked before the write: the delivery thread may confirm the event before
+        # this thread runs again, and an entry added after that would never be removed.
+        self._track(mid, t)
+        start = 0.0
+        while True:
+            if self._closed:
+                self._t_record.pop(mid, None)
+                raise LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
+                                     "close() is refused")
+            try:
+                self._store.write(data)
+                break
+            except TypeError as exc:
+                # Rule 2 of the stores: nothing was stored. Same error as the queue path.
+                self._t_record.pop(mid, None)
+                raise InvalidEventError(
+                    f"invalid CADF event: not JSON-serialisable ({exc}); use str, int, "
+                    "float, bool, None, lists and dicts with string keys") from None
+            except BackingStoreFull:
+                # Rule 4: wait for the delivery thread to commit a drained batch.
+                now = time.monotonic()
+                if not start:
+                    start = now
+                    self._set_full(True)
+                if self._full_timeout is not None and now - start >= self._full_timeout:
+                    self.metrics.backpressure.inc(now - start)
+                    raise self._blocked_error(now - start) from None
+                with self._room:
+                    self._waiters += 1
+                    try:
+                        self._room.wait(0.1)
+                    finally:
+                        self._waiters -= 1
+        if start:
+            self.metrics.backpressure.inc(time.monotonic() - start)
+            self._set_full(False)
+        with self._lock:
+            self._accepted += 1
+        self._wake.set()
+
+    def _track(self, mid: str, t: float) -> None:
+        """Remember when an event routed through the store was recorded (for latency)."""
+        t_record = self._t_record
+        if len(t_record) >= _LATENCY_TRACKED:
+            # Bounded: entries of events delivered by another process (or never) would
+            # pile up; dropping them only costs latency samples.
+            t_record.clear()
+        t_record[mid] = t
+
+    def _set_full(self, full: bool) -> None:
+        if full != self._store_full:
+            self._store_full = full
+            self.metrics.store_full.set(1 if full else 0)
+            if full:
+                LOG.warning("auditor %r: backing store is full; record() blocks until the "
+                            "broker drains it", self.queue_name)
+            else:
+                LOG.info("auditor %r: backing store has room again", self.queue_name)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every event recorded so far, and any backlog an earlier run left in
+        the store, was confirmed by the broker.
+
+        Returns False if ``timeout`` passed first (events stay queued or buffered).
+        """
+        with self._lock:
+            target = self._accepted
+        deadline = time.monotonic() + timeout
+        with self._settled:
+            self._wake.set()
+            while self._delivered_upto < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    return False
+                self._settled.wait(min(remaining, 0.1))
+        return True
+
+    @property
+    def backlog(self) -> int:
+        """Events the delivery thread holds in memory or in the store (an estimate)."""
+        return len(self._queue) + len(self._pending) + self._backlog_events
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
+
+    @property
+    def store(self) -> BackingStore:
+        return self._store
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting events; deliver what the broker takes within ``timeout`` s and
+        persist the rest in the store (a durable store keeps it for the next run);
+        close the publisher, and the store if the auditor created it. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self._close_at_exit)
+        self._deadline = time.monotonic() + max(0.0, timeout)
+        self._stopping = True
+        self._wake.set()
+        with self._room:
+            self._room.notify_all()
+        # A publish in flight ends within the publisher's liveness/confirm timeouts.
+        self._thread.join(max(0.0, timeout) + 60.0)
+        if self._thread.is_alive():  # pragma: no cover - a bug; say so loudly
+            LOG.error("auditor %r: delivery thread did not stop; %d event(s) may be "
+                      "undelivered", self.queue_name, self.backlog)
+        try:
+            self._publisher.close()
+        finally:
+            try:
+                self._close_store()
+            finally:
+                # Frees the ``auditor`` label (and drops its gauges) for a successor on
+                # a shared registry; the counters stay.
+                self.metrics.release()
+
+    def _close_store(self) -> None:
+        if self._owns_store:
+            self._store.close()
+
+    # ------------------------------------------------------------------ delivery thread
+    def _run(self) -> None:
+        try:
+            if self._write_ahead:
+                self._run_write_ahead()
+            else:
+                self._run_queue()
+        except BaseException as exc:  # pragma: no cover - a bug; events stay in the store
+            self._failure = exc
+            LOG.exception("auditor %r: delivery thread failed", self.queue_name)
+        finally:
+            self._finish()
+            with self._settled:
+                self._settled.notify_all()
+
+    def _tick_metrics(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_metrics:
+            self._next_metrics = now + _METRICS_EVERY
+            try:
+                self._store.update_metrics()
+            except Exception:  # metrics must never stop delivery
+                LOG.debug("auditor %r: store.update_metrics failed", self.queue_name,
+                          exc_info=True)
+            # Also between writes and commits: other writers of a shared store show up.
+            self._sync_backlog(self._backlog_events)
+
+    def _settle(self, snapshot: int) -> None:
+        if snapshot > self._delivered_upto or self._delivered_upto < 0:
+            with self._settled:
+                self._delivered_upto = snapshot
+                self._settled.notify_all()
+
+    def _should_stop(self) -> bool:
+        """Whether a closing auditor stops delivering now (its rest then goes to the store)."""
+        if not self._stopping:
+            return False
+        if time.monotonic() >= self._deadline:
+            return True
+        if not self._queue and not self._pending and not self._backlog:
+            return True
+        # A durable store keeps the rest for the next run: no need to wait for a broker
+        # that is down. A memory store loses it, so wait (up to the deadline) for one.
+        return self._durable_store and not self._publisher.is_available()
+
+    def _run_queue(self) -> None:
+        pending = self._pending
+        publisher = self._publisher
+        while True:
+            self._tick_metrics()
+            snapshot = self._accepted
+            if self._backlog:
+                self._take(_SPILL_MAX - len(pending))
+            else:
+                self._take(self._batch_size - len(pending))
+            if self._should_stop():
+                return
+            available = publisher.is_available()
+            if self._backlog:
+                if pending:
+                    self._spill()
+                if available:
+                    outcome = self._drain_once()
+                    if outcome == "empty":
+                        # Usually 0; the store's count also shows events another
+                        # drainer holds (a second process on one SQLite file).
+                        self._sync_backlog(0)
+                        self._backlog = False
+                    elif outcome == "failed":
+                        self._pause_after_failure()
+                    continue
+                publisher.wait_available(_POLL)
+                continue
+            if pending:
+                if available:
+                    self._publish_pending()
+                elif not self._spill():
+                    publisher.wait_available(_POLL)
+                continue
+            if not self._queue:
+                self._settle(snapshot)
+                if self._stopping:
+                    return
+                self._sleep()
+
+    def _sleep(self) -> None:
+        self._idle = True
+        self._wake.clear()
+        if not self._queue and not self._stopping:
+            self._wake.wait(_IDLE)
+        self._idle = False
+
+    def _take(self, limit: int) -> None:
+        queue = self._queue
+        pending = self._pending
+        moved = 0
+        while moved < limit and queue:
+            pending.append(queue.popleft())
+            moved += 1
+
+    def _notify_room(self) -> None:
+        if self._waiters:
+            with self._room:
+                self._room.notify_all()
+
+    def _set_backlog(self, events: int) -> None:
+        self._backlog_events = max(0, events)
+        self.metrics.backlog.set(self._backlog_events)
+
+    def _sync_backlog(self, estimate: int) -> None:
+        """Set the backlog from the store's ``pending()``; ``estimate`` if it cannot tell."""
+        try:
+            exact = self._store.pending()
+        except Exception as exc:  # a custom store's pending() must not stop delivery
+            # Only the gauge is affected: the drain itself never relies on this count.
+            LOG.debug("auditor %r: store.pending() failed (%s); backlog gauge estimated",
+                      self.queue_name, exc)
+            exact = None
+        self._set_backlog(estimate if exact is None else exact)
+
+    def _publish_pending(self) -> None:
+        pending = self._pending
+        n = min(len(pending), self._batch_size)
+        batch = [pending.popleft() for _ in range(n)]
+        try:
+            result = self._publisher.publish_batch([(mid, body) for mid, body, _ in batch])
+            confirmed = result.confirmed_prefix
+        except BrokerUnavailableError:
+            confirmed = 0
+        now = time.monotonic()
+        if confirmed:
+            self.metrics.successful.inc(confirmed)
+            self.metrics.observe_latencies(now - t for _, _, t in batch[:confirmed])
+            self._notify_room()
+        rest = batch[confirmed:]
+        if rest:
+            # Rule 1: the unconfirmed tail is older than everything still pending, so it
+            # goes back to the head and into the store before any newer event.
+            self.metrics.failed.inc(len(rest))
+            pending.extendleft(reversed(rest))
+            self._spill()
+
+    def _spill(self) -> bool:
+        """Append every pending event to the store, oldest first; True when all went."""
+        pending = self._pending
+        if not pending:
+            return True
+        now = time.monotonic()
+        if now < self._retry_store_at and not self._stopping:
+            return False
+        items = list(pending)
+        written = 0
+        chunk = len(items)
+        while written < len(items):
+            part = items[written:written + chunk]
+            try:
+                self._store.write_many([orjson.loads(body) for _, body, _ in part])
+            except BackingStoreFull:
+                if len(part) > 1:
+                    chunk = max(1, len(part) // 2)  # fill the store to its limit, in order
+                    continue
+                self._set_full(True)
+                # A commit retries at once; this timer only covers a store that frees
+                # space by itself (e.g. shared with another consumer).
+                self._retry_store_at = now + 1.0
+                break
+            except (BackingStoreError, OSError, ValueError) as exc:
+                # Not "full": kept in memory and retried with a capped backoff (Rule 4).
+                self._store_failures += 1
+                delay = min(5.0, 0.1 * 2 ** min(self._store_failures, 10))
+                self._retry_store_at = now + delay
+                if self._store_error is None or self._store_failures in (1, 10, 100):
+                    LOG.error("auditor %r: backing store write failed (%s); %d event(s) kept "
+                              "in memory, retrying in %.1f s", self.queue_name, exc,
+                              len(items) - written, delay)
+                self._store_error = str(exc)
+                break
+            for mid, _, t in part:
+                self._track(mid, t)
+            written += len(part)
+            self._backlog = True
+            self._sync_backlog(self._backlog_events + len(part))
+            self._store_failures = 0
+            self._store_error = None
+            self._set_full(False)
+        for _ in range(written):
+            pending.popleft()
+        if written:
+            self._notify_room()
+        return not pending
+
+    def _drain_once(self) -> str:
+        """Publish the store's oldest batch; commit it when all of it was confirmed.
+
+        Returns ``"empty"``, ``"done"`` or ``"failed"``.
+        """
+        try:
+            # drain_batch_size whatever the store's own batch_size (module doc, "Drain
+            # speed"); a custom store with the old read_batch(self) keeps its size.
+            events, commit = self._store.read_batch_up_to(self._drain_next)
+        except (BackingStoreError, OSError) as exc:
+            LOG.error("auditor %r: backing store read failed: %s", self.queue_name, exc)
+            return "failed"
+        if not events or commit is None:
+            self._drain_skip = []
+            # The next backlog (after an outage) starts small again.
+            self._drain_next = min(_FIRST_DRAIN_BATCH, self._drain_batch_size)
+            return "empty"
+        bodies = [orjson.dumps(e) for e in events]
+        ids = [_message_id(e, b) for e, b in zip(events, bodies, strict=True)]
+        n = len(events)
+        # The decoded dicts take ~4x the bytes; only ids and bodies are needed from here
+        # on, so drop them before the (long) publish of a large batch.
+        del events
+        skip = len(self._drain_skip)
+        if not skip or ids[:skip] != self._drain_skip:
+            skip = 0  # not the batch we half-sent: publish all of it
+        try:
+            result = self._publisher.publish_batch(
+                list(zip(ids[skip:], bodies[skip:], strict=True)))
+            confirmed = result.confirmed_prefix
+        except BrokerUnavailableError:
+            confirmed = 0
+        if confirmed:
+            self._confirmed_from_store(ids[skip:skip + confirmed])
+        done = skip + confirmed
+        if done < n:
+            self.metrics.failed.inc(n - done)
+            # Rule 3: the re-read batch starts with the same events; skip those confirmed.
+            self._drain_skip = ids[:done]
+            return "failed"
+        try:
+            commit()
+        except (BackingStoreError, OSError) as exc:
+            LOG.error("auditor %r: commit of a delivered batch failed (%s); it will be read "
+                      "again and its events skipped", self.queue_name, exc)
+            self._drain_skip = ids
+            return "failed"
+        self._drain_skip = []
+        self._drain_failures = 0
+        # Full size from the second batch on. (A failed batch keeps its size: the reread
+        # must cover the confirmed prefix that _drain_skip skips.)
+        self._drain_next = self._drain_batch_size
+        self.metrics.drained.inc(n)
+        self._sync_backlog(self._backlog_events - n)
+        # Space freed: retry a refused write now and wake record() calls waiting for it.
+        self._retry_store_at = 0.0
+        self._notify_room()
+        return "done"
+
+    def _confirmed_from_store(self, ids: Sequence[str]) -> None:
+        self.metrics.successful.inc(len(ids))
+        t_record = self._t_record
+        if not t_record:
+            return
+        now = time.monotonic()
+        pop = t_record.pop
+        latencies = []
+        for mid in ids:
+            t = pop(mid, None)
+            if t is not None:
+                latencies.append(now - t)
+        self.metrics.observe_latencies(latencies)
+
+    def _pause_after_failure(self) -> None:
+        # A batch failed with the broker still up (nacks, a failing store): back off a
+        # little so the loop does not spin; a lost connection waits in the main loop.
+        self._drain_failures += 1
+        delay = min(1.0, 0.02 * 2 ** min(self._drain_failures, 10))
+        if self._publisher.is_available():
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _run_write_ahead(self) -> None:
+        publisher = self._publisher
+        while True:
+            self._tick_metrics()
+            if self._should_stop_write_ahead():
+                return
+            if not publisher.is_available():
+                publisher.wait_available(_POLL)
+                continue
+            self._wake.clear()
+            snapshot = self._accepted
+            outcome = self._drain_once()
+            if outcome == "empty":
+                if self._backlog:  # once per end of a drain, not per idle wake-up
+                    self._sync_backlog(0)
+                self._backlog = False
+                self._settle(snapshot)
+                if self._stopping:
+                    return
+                self._wake.wait(_IDLE)
+            elif outcome == "failed":
+                self._pause_after_failure()
+            else:
+                self._backlog = True
+
+    def _should_stop_write_ahead(self) -> bool:
+        if not self._stopping:
+            return False
+        if time.monotonic() >= self._deadline:
+            return True
+        return self._durable_store and not self._publisher.is_available()
+
+    def _finish(self) -> None:
+        """The delivery thread's last act: put what it holds into the store (Rule 2)."""
+        if not self._write_ahead:
+            self._take(len(self._queue))
+            if self._pending:
+                self._retry_store_at = 0.0
+                self._spill()
+            if self._pending:
+                lost = len(self._pending)
+                self.metrics.undelivered_at_close.inc(lost)
+                LOG.error("auditor %r: closing with %d event(s) neither delivered nor stored "
+                          "(store: %s); they are lost", self.queue_name, lost,
+                          self._store_error or "full")
+                self._pending.clear()
+        if not self._durable_store and self._owns_store:
+            left = len(self._store) if isinstance(self._store, MemoryStore) else 0
+            if left:
+                # The memory store dies with the auditor: these events are lost (the
+                # store is documented as lossy; a durable store keeps them).
+                self.metrics.undelivered_at_close.inc(left)
+                LOG.error("auditor %r: closing with %d event(s) undelivered in the memory "
+                          "store; they are lost (use a file or SQL store to keep them)",
+                          self.queue_name, left)
+        with contextlib.suppress(Exception):  # metrics only
+            self._store.update_metrics()
+

@@ -1,0 +1,730 @@
+"""The Auditor against a real RabbitMQ: delivery, order, outages, backpressure, config.
+
+Every test records into its own uuid-named queue, consumes the queue back and counts it
+against what was recorded (tests/audit_child.py ``check_delivery``): ids as sets, first
+occurrences in recorded order, bodies byte-identical. Outages are a real TCP proxy
+(tests/tcpproxy.py) that refuses connections; the slow faults (partition mid-stream,
+broker restart, SIGKILL) live in test_audit_faults.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+from audit_child import (
+    OBSERVER,
+    check_delivery,
+    consume,
+    delete_queue,
+    make_events,
+    wire,
+)
+from prometheus_client import CollectorRegistry, Counter
+from tcpproxy import TcpProxy
+
+from segmentlog.audit import (
+    DRAIN_WINDOW,
+    Auditor,
+    NullAuditor,
+    RecordingAuditor,
+    connection_from_env,
+)
+from segmentlog.cadf import CADF_EVENT_TYPE_URI, Event, Observer
+from segmentlog.errors import (
+    BackingStoreFull,
+    ConfigError,
+    InvalidEventError,
+    LogClosedError,
+)
+from segmentlog.store import BackingStore, Commit, FileStore, MemoryStore
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture()
+def queue(rabbitmq_url: str) -> Iterator[str]:
+    name = f"segmentlog-audit-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_queue(rabbitmq_url, name)
+
+
+@pytest.fixture()
+def proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
+    parts = urlsplit(rabbitmq_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as p:
+        yield p
+
+
+def _labels(auditor: Auditor, name: str) -> dict[str, str]:
+    """The labels of ``auditor``'s series of metric ``name`` (publisher or auditor)."""
+    if name.startswith("segmentlog_publisher_"):
+        return auditor.publisher.metrics.labels
+    return auditor.metrics.labels
+
+
+def _value(auditor: Auditor, name: str) -> float:
+    value = auditor.registry.get_sample_value(name, _labels(auditor, name))
+    assert value is not None, f"metric {name} is not registered"
+    return float(value)
+
+
+def _record_all(auditor: Auditor, events: list[Event]) -> list[tuple[str, bytes]]:
+    for e in events:
+        auditor.record(e)
+    return [(e.id, wire(e)) for e in events]
+
+
+def _mapping(i: int) -> dict[str, Any]:
+    return {
+        "typeURI": CADF_EVENT_TYPE_URI, "eventType": "activity", "action": "read",
+        "outcome": "success", "requestPath": f"/m/{i}",
+        "initiator": {"typeURI": "service/security/account/user", "id": "u-1"},
+        "target": {"typeURI": "service/resources/project", "id": "p-2"},
+    }
+
+
+# ------------------------------------------------------------------ normal operation
+def test_normal_operation_delivers_every_event_once_in_order_as_recorded(
+        rabbitmq_url: str, queue: str) -> None:
+    events = make_events(3000)
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
+        recorded = _record_all(auditor, events)
+        assert auditor.flush(30)
+        assert _value(auditor, "audittools_successful_submissions_total") == len(events)
+        assert _value(auditor, "audittools_failed_submissions_total") == 0
+        assert _value(auditor, "segmentlog_auditor_recorded_events_total") == len(events)
+        assert _value(auditor, "segmentlog_auditor_backlog_events") == 0
+        assert _value(auditor, "segmentlog_auditor_record_to_confirm_seconds_count") == len(
+            events)
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_mappings_get_id_time_and_observer_and_are_published_as_recorded(
+        rabbitmq_url: str, queue: str) -> None:
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
+        event = _mapping(1)
+        auditor.record(event)
+        assert "id" not in event, "the caller's mapping must not be modified"
+        given = dict(_mapping(2), id="fixed-id-2", eventTime="2025-01-31T12:00:00Z")
+        auditor.record(given)
+        given["action"] = "changed after record()"  # must not change what is delivered
+        assert auditor.flush(30)
+    messages = consume(rabbitmq_url, queue)
+    assert len(messages) == 2
+    first = orjson.loads(messages[0][1])
+    assert uuid.UUID(first["id"]).version == 4 and messages[0][0] == first["id"]
+    assert first["observer"] == OBSERVER.to_dict()
+    second = orjson.loads(messages[1][1])
+    assert (messages[1][0], second["action"], second["eventTime"]) == (
+        "fixed-id-2", "read", "2025-01-31T12:00:00Z")
+
+
+def test_close_delivers_everything_recorded_before_it(rabbitmq_url: str, queue: str) -> None:
+    auditor = Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue)
+    recorded = _record_all(auditor, make_events(2000))
+    auditor.close(timeout=30)
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_record_after_close_raises_and_double_close_is_harmless(
+        rabbitmq_url: str, queue: str) -> None:
+    auditor = Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue)
+    auditor.close()
+    auditor.close()
+    with pytest.raises(LogClosedError, match="closed"):
+        auditor.record(make_events(1)[0])
+
+
+def test_write_ahead_file_store_delivers_in_order(
+        rabbitmq_url: str, queue: str, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "buf", fsync="always")
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     backing_store=store, write_ahead=True) as auditor:
+            recorded = _record_all(auditor, make_events(500))
+            assert auditor.flush(30)
+            assert _value(auditor, "segmentlog_auditor_drain_events_total") == 500
+            assert _value(auditor, "segmentlog_auditor_backlog_events") == 0
+    finally:
+        store.close()
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+# ------------------------------------------------------------------ draining
+class _CountingStore(MemoryStore):
+    """A real memory store that remembers the size of every batch it handed out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batches: list[int] = []
+
+    def read_batch(self, max_events: int | None = None) -> tuple[list[dict[str, Any]],
+                                                                 Commit | None]:
+        events, commit = super().read_batch(max_events)
+        if events:
+            self.batches.append(len(events))
+        return events, commit
+
+
+class _OldStyleStore(BackingStore):
+    """A custom store written before ``max_events`` and ``pending()`` existed."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.inner = _CountingStore(max_events=10_000, batch_size=batch_size,
+                                    registry=CollectorRegistry())
+
+    def write(self, event: Any) -> None:
+        self.inner.write(event)
+
+    def write_many(self, events: Any) -> None:
+        self.inner.write_many(events)
+
+    def read_batch(self) -> tuple[list[dict[str, Any]], Commit | None]:  # type: ignore[override]
+        return self.inner.read_batch()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _stored(events: list[Event]) -> list[dict[str, Any]]:
+    """``events`` as an Auditor keeps them in a store (the wire JSON, parsed)."""
+    return [orjson.loads(wire(e)) for e in events]
+
+
+def test_drain_reads_drain_batch_size_events_whatever_the_store_batch_size(
+        rabbitmq_url: str, queue: str) -> None:
+    events = make_events(1200)
+    store = _CountingStore(max_events=10_000, batch_size=10, registry=CollectorRegistry())
+    store.write_many(_stored(events))  # a backlog left by an earlier run
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     backing_store=store, drain_batch_size=500) as auditor:
+            assert auditor.flush(30)
+            assert _value(auditor, "segmentlog_auditor_drain_events_total") == 1200
+            assert _value(auditor, "segmentlog_auditor_backlog_events") == 0
+        assert store.batches == [500, 500, 200]  # not 120 batches of the store's 10
+    finally:
+        store.close()
+    assert check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in events]) == 0
+
+
+def test_a_drain_starts_with_a_small_batch_then_reads_drain_batch_size(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    tag = uuid.uuid4().hex[:8]
+    backlog, during = make_events(8000, tag + "a"), make_events(1500, tag + "b")
+    store = _CountingStore(max_events=20_000, batch_size=10, registry=CollectorRegistry())
+    store.write_many(_stored(backlog))
+    try:
+        with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                     backing_store=store, drain_batch_size=5000) as auditor:
+            assert auditor.flush(30)
+            # The first confirm must not wait for a whole drain_batch_size batch.
+            assert store.batches == [1000, 5000, 2000]
+            proxy.refuse()  # an outage: events go to the (now empty) store...
+            recorded = _record_all(auditor, during)
+            deadline = time.monotonic() + 10
+            while _value(auditor, "segmentlog_auditor_backlog_events") < len(during):
+                assert time.monotonic() < deadline, "events were not buffered in the store"
+                time.sleep(0.02)
+            proxy.accept()  # ...and the new drain starts small again
+            assert auditor.flush(30)
+            assert store.batches[3:] == [1000, 500]
+    finally:
+        store.close()
+    recorded = [(e.id, wire(e)) for e in backlog] + recorded
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_old_style_custom_store_is_drained_in_its_own_batch_size(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    events = make_events(100)
+    store = _OldStyleStore(batch_size=30)
+    store.write_many(_stored(events[:60]))
+    try:
+        proxy.refuse()
+        with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                     backing_store=store, connect_wait=0) as auditor:
+            recorded = _record_all(auditor, events[60:])
+            deadline = time.monotonic() + 10
+            # No pending(): the gauge counts what the auditor itself put in the store.
+            while _value(auditor, "segmentlog_auditor_backlog_events") < 40:
+                assert time.monotonic() < deadline, "events were not buffered in the store"
+                time.sleep(0.02)
+            proxy.accept()
+            assert auditor.flush(30)
+            assert _value(auditor, "segmentlog_auditor_drain_events_total") == 100
+            assert _value(auditor, "segmentlog_auditor_backlog_events") == 0
+        assert store.inner.batches == [30, 30, 30, 10]
+    finally:
+        store.close()
+    recorded = [(e.id, wire(e)) for e in events[:60]] + recorded
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_backlog_gauge_is_the_store_count_including_events_of_other_writers(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    mine, theirs, last = (make_events(50, tag + "a"), make_events(30, tag + "b"),
+                          make_events(1, tag + "c"))
+    store = FileStore(tmp_path / "buf", fsync="never")
+    try:
+        proxy.refuse()
+        with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                     backing_store=store, connect_wait=0) as auditor:
+            recorded = _record_all(auditor, mine)
+            deadline = time.monotonic() + 10
+            while _value(auditor, "segmentlog_auditor_backlog_events") < 50:
+                assert time.monotonic() < deadline, "events were not buffered in the store"
+                time.sleep(0.02)
+            store.write_many(_stored(theirs))  # written behind the auditor's back
+            recorded += [(e.id, wire(e)) for e in theirs]
+            recorded += _record_all(auditor, last)
+            while _value(auditor, "segmentlog_auditor_backlog_events") != 81:
+                assert time.monotonic() < deadline, "gauge is not the store's count"
+                time.sleep(0.02)
+            assert auditor.backlog == 81
+            proxy.accept()
+            assert auditor.flush(30)
+            assert _value(auditor, "segmentlog_auditor_backlog_events") == 0
+            assert _value(auditor, "segmentlog_auditor_drain_events_total") == 81
+    finally:
+        store.close()
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_publisher_gets_the_drain_window_unless_publisher_options_set_one(
+        rabbitmq_url: str, queue: str) -> None:
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
+        assert auditor.publisher.window == DRAIN_WINDOW
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                 publisher_options={"window": 10}) as auditor:
+        assert auditor.publisher.window == 10
+        recorded = _record_all(auditor, make_events(25))
+        assert auditor.flush(30)
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+# ------------------------------------------------------------------ outages
+def test_memory_store_loses_nothing_across_an_outage_and_new_events_queue_behind_the_backlog(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    tag = uuid.uuid4().hex[:8]
+    before, during, after = (make_events(300, tag + "a"), make_events(600, tag + "b"),
+                             make_events(300, tag + "c"))
+    with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                 backing_store=MemoryStore(max_events=1000)) as auditor:
+        recorded = _record_all(auditor, before)
+        assert auditor.flush(30)
+        proxy.refuse()
+        recorded += _record_all(auditor, during)  # returns at once: the broker is gone
+        deadline = time.monotonic() + 10
+        while _value(auditor, "segmentlog_auditor_backlog_events") < len(during):
+            assert time.monotonic() < deadline, "events were not buffered in the store"
+            time.sleep(0.02)
+        proxy.accept()
+        # Recorded while the backlog drains: they must arrive after it (order kept).
+        recorded += _record_all(auditor, after)
+        assert auditor.flush(30)
+        assert _value(auditor, "segmentlog_auditor_drain_events_total") >= len(during)
+        assert _value(auditor, "segmentlog_auditor_backpressure_seconds_total") == 0
+    check_delivery(consume(rabbitmq_url, queue), recorded)
+
+
+def test_broker_unreachable_at_start_buffers_then_delivers(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    proxy.refuse()
+    with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                 connect_wait=0.5) as auditor:
+        recorded = _record_all(auditor, make_events(200))
+        assert not auditor.flush(0.3)
+        proxy.accept()
+        assert auditor.flush(30)
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def _blocked_recorder(auditor: Auditor, events: list[Event]) -> tuple[threading.Thread,
+                                                                        dict[str, Any]]:
+    box: dict[str, Any] = {"done": 0}
+
+    def run() -> None:
+        try:
+            for e in events:
+                auditor.record(e)
+                box["done"] += 1
+        except BaseException as exc:  # handed to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_store_full_blocks_record_then_resumes_with_nothing_lost(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    events = make_events(1500)
+    with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                 backing_store=MemoryStore(max_events=300), queue_size=100) as auditor:
+        proxy.refuse()
+        while auditor.publisher.is_available():
+            time.sleep(0.01)
+        thread, box = _blocked_recorder(auditor, events)
+        deadline = time.monotonic() + 10
+        while _value(auditor, "segmentlog_auditor_store_full") != 1:
+            assert time.monotonic() < deadline, "the store never filled"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        stuck_at = box["done"]
+        assert thread.is_alive() and stuck_at < len(events), "record() did not block"
+        time.sleep(0.3)
+        assert box["done"] == stuck_at, "record() kept returning with the buffer full"
+        proxy.accept()
+        thread.join(60)
+        assert not thread.is_alive() and "error" not in box, box.get("error")
+        assert auditor.flush(60)
+        assert _value(auditor, "segmentlog_auditor_store_full") == 0
+        assert _value(auditor, "segmentlog_auditor_backpressure_seconds_total") > 0.5
+    check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in events])
+
+
+def test_full_timeout_raises_backing_store_full_and_keeps_what_was_accepted(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    events = make_events(400)
+    with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                 backing_store=MemoryStore(max_events=100), queue_size=50,
+                 full_timeout=0.3) as auditor:
+        proxy.refuse()
+        while auditor.publisher.is_available():
+            time.sleep(0.01)
+        accepted = []
+        with pytest.raises(BackingStoreFull, match="full_timeout"):
+            for e in events:
+                auditor.record(e)
+                accepted.append(e)
+        assert 100 <= len(accepted) < len(events)
+        proxy.accept()
+        assert auditor.flush(30)
+    check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in accepted])
+
+
+def test_write_ahead_full_store_blocks_until_drained(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy) -> None:
+    events = make_events(300)
+    with Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                 backing_store=MemoryStore(max_events=100), write_ahead=True) as auditor:
+        proxy.refuse()
+        while auditor.publisher.is_available():
+            time.sleep(0.01)
+        thread, box = _blocked_recorder(auditor, events)
+        deadline = time.monotonic() + 10
+        while box["done"] < 100:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert box["done"] == 100 and thread.is_alive(), "write-ahead record() did not block"
+        proxy.accept()
+        thread.join(30)
+        assert "error" not in box, box.get("error")
+        assert auditor.flush(30)
+    check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in events])
+
+
+def test_close_with_broker_down_persists_to_the_file_store_for_the_next_auditor(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
+    config = {"AUDIT_QUEUE_NAME": queue, "AUDIT_HOSTNAME": "127.0.0.1",
+              "AUDIT_PORT": str(proxy.port),
+              "AUDIT_BACKING_STORE": orjson.dumps(
+                  {"type": "file", "params": {"directory": str(tmp_path / "buf")}}).decode()}
+    proxy.refuse()
+    first = Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0)
+    recorded = _record_all(first, make_events(700))
+    started = time.monotonic()
+    first.close(timeout=30)
+    assert time.monotonic() - started < 20, "close() waited for a broker that is down"
+    assert _value(first, "segmentlog_auditor_undelivered_at_close_events_total") == 0
+    proxy.accept()
+    with Auditor(OBSERVER, env_prefix="AUDIT", environ=config) as second:
+        assert second.flush(30)
+        assert _value(second, "segmentlog_auditor_drain_events_total") == 700
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_close_with_memory_store_and_broker_down_reports_the_lost_events(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
+    proxy.refuse()
+    auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue, connect_wait=0)
+    _record_all(auditor, make_events(50))
+    with caplog.at_level(logging.ERROR, logger="segmentlog.audit"):
+        auditor.close(timeout=0.5)
+    assert _value(auditor, "segmentlog_auditor_undelivered_at_close_events_total") == 50
+    assert "50 event(s) undelivered in the memory store" in caplog.text
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_events_are_rejected_before_they_are_buffered(rabbitmq_url: str, queue: str) -> None:
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
+        with pytest.raises(InvalidEventError, match="outcome"):
+            auditor.record(dict(_mapping(1), outcome="maybe"))
+        with pytest.raises(InvalidEventError, match=r"target\.id"):
+            auditor.record(dict(_mapping(1), target={"typeURI": "x"}))
+        with pytest.raises(InvalidEventError, match="JSON-serialisable"):
+            auditor.record(dict(_mapping(1), attachments=[{"typeURI": "x", "content": object()}]))
+        with pytest.raises(InvalidEventError, match="CADF Event or a mapping"):
+            auditor.record("not an event")  # type: ignore[arg-type]
+        good = make_events(1)
+        auditor.record(good[0])
+        assert auditor.flush(30)
+        assert _value(auditor, "segmentlog_auditor_recorded_events_total") == 1
+    assert check_delivery(consume(rabbitmq_url, queue), [(good[0].id, wire(good[0]))]) == 0
+
+
+def test_write_ahead_rejects_bad_events_before_the_store(
+        rabbitmq_url: str, queue: str, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "buf")
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     backing_store=store, write_ahead=True) as auditor:
+            with pytest.raises(InvalidEventError, match="JSON-serialisable"):
+                auditor.record(dict(_mapping(1), attachments=[{"typeURI": "x",
+                                                               "content": {1, 2}}]))
+            assert store.log.stats()["pending_records"] == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({}, "AUDIT_QUEUE_NAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_PORT": "amqp"}, "AUDIT_PORT"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_PORT": "70000"}, "AUDIT_PORT"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_BACKING_STORE": "{not json"}, "AUDIT_BACKING_STORE"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_BACKING_STORE": '{"type":"floppy"}'},
+         "AUDIT_BACKING_STORE"),
+        ({"AUDIT_QUEUE_NAME": "q",
+          "AUDIT_BACKING_STORE": '{"type":"memory","params":{"max_event":5}}'},
+         "max_event"),
+    ],
+)
+def test_bad_configuration_raises_config_error_naming_the_variable(
+        environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Auditor(OBSERVER, env_prefix="AUDIT", environ=environ, connect_wait=0)
+
+
+def test_bad_arguments_raise_config_error_naming_them(rabbitmq_url: str) -> None:
+    with pytest.raises(ConfigError, match="env_prefix"):
+        Auditor(OBSERVER)
+    with pytest.raises(ConfigError, match="queue_name"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url)
+    with pytest.raises(ConfigError, match="observer"):
+        Auditor("limes", connection_url=rabbitmq_url, queue_name="q")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match=r"observer\.id"):
+        Observer("service", "limes", "")
+    with pytest.raises(ConfigError, match="queue_size"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name="q", queue_size=0)
+    with pytest.raises(ConfigError, match="backing_store"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name="q",
+                backing_store={"type": "memory"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="window"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name="q",
+                publisher_options={"window": 0})
+    with pytest.raises(ConfigError, match="drain_batch_size"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name="q", drain_batch_size=0)
+
+
+def test_auditor_that_fails_to_start_frees_its_label_on_a_shared_registry(
+        rabbitmq_url: str, queue: str) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(ConfigError, match="window"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue, registry=registry,
+                publisher_options={"window": 0})
+    assert registry.get_sample_value("segmentlog_auditor_backlog_events",
+                                     {"auditor": queue}) is None
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                 registry=registry) as auditor:
+        assert auditor.metrics.label == auditor.publisher.metrics.label == queue
+        # The failed one's memory store was closed too: its label is free again.
+        assert registry.get_sample_value("audittools_backing_store_events",
+                                         {"store": "memory"}) == 0
+
+
+def test_connection_from_env_uses_the_originals_defaults() -> None:
+    assert connection_from_env("A", {"A_QUEUE_NAME": "audit"}) == (
+        "amqp://guest:guest@localhost:5672/%2F", "audit")
+    url, _ = connection_from_env("A", {"A_QUEUE_NAME": "q", "A_HOSTNAME": "rmq.example",
+                                       "A_PORT": "5673", "A_USERNAME": "svc",
+                                       "A_PASSWORD": "p@ss/w:rd"})
+    assert url == "amqp://svc:p%40ss%2Fw%3Ard@rmq.example:5673/%2F"
+
+
+def test_env_configuration_delivers(rabbitmq_url: str, queue: str) -> None:
+    parts = urlsplit(rabbitmq_url)
+    environ = {"SVC_AUDIT_QUEUE_NAME": queue, "SVC_AUDIT_HOSTNAME": parts.hostname or "",
+               "SVC_AUDIT_PORT": str(parts.port or 5672)}
+    with Auditor(OBSERVER, env_prefix="SVC_AUDIT", environ=environ) as auditor:
+        recorded = _record_all(auditor, make_events(10))
+        assert auditor.flush(30)
+    assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+# ------------------------------------------------------------------ several auditors
+def test_two_auditors_in_one_process_keep_their_queues_and_metrics_apart(
+        rabbitmq_url: str, queue: str) -> None:
+    other = queue + "-b"
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as a, \
+                Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=other) as b:
+            rec_a = _record_all(a, make_events(300))
+            rec_b = _record_all(b, make_events(200))
+            assert a.flush(30) and b.flush(30)
+            assert _value(a, "audittools_successful_submissions_total") == 300
+            assert _value(b, "audittools_successful_submissions_total") == 200
+        assert check_delivery(consume(rabbitmq_url, queue), rec_a) == 0
+        assert check_delivery(consume(rabbitmq_url, other), rec_b) == 0
+    finally:
+        delete_queue(rabbitmq_url, other)
+
+
+def test_two_auditors_on_one_registry_keep_their_own_labelled_series(
+        rabbitmq_url: str, queue: str) -> None:
+    registry = CollectorRegistry()
+    other = queue + "-b"
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     registry=registry) as a, \
+                Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=other,
+                        registry=registry) as b:
+            assert (a.metrics.label, b.metrics.label) == (queue, other)
+            assert (a.publisher.metrics.label, b.publisher.metrics.label) == (queue, other)
+            rec_a = _record_all(a, make_events(300))
+            rec_b = _record_all(b, make_events(200))
+            assert a.flush(30) and b.flush(30)
+            for auditor, n in ((a, 300), (b, 200)):
+                assert _value(auditor, "audittools_successful_submissions_total") == n
+                assert _value(auditor, "segmentlog_auditor_recorded_events_total") == n
+                assert _value(auditor, "segmentlog_publisher_confirmed_total") == n
+                assert _value(auditor, "segmentlog_auditor_backlog_events") == 0
+            # Queries written for the unlabelled original still add up (sum over series).
+            total = sum(s.value for m in registry.collect()
+                        if m.name == "audittools_successful_submissions" for s in m.samples
+                        if s.name.endswith("_total"))
+            assert total == 500
+            # The two memory stores share the registry too (store label memory, memory-2).
+            assert registry.get_sample_value("audittools_backing_store_writes_total",
+                                             {"store": "memory-2"}) is not None
+        assert check_delivery(consume(rabbitmq_url, queue), rec_a) == 0
+        assert check_delivery(consume(rabbitmq_url, other), rec_b) == 0
+    finally:
+        delete_queue(rabbitmq_url, other)
+
+
+def test_two_auditors_of_one_queue_on_one_registry_get_distinct_labels_freed_on_close(
+        rabbitmq_url: str, queue: str) -> None:
+    registry = CollectorRegistry()
+    first = Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue, registry=registry)
+    second = Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     registry=registry)
+    try:
+        assert (first.metrics.label, second.metrics.label) == (queue, queue + "-2")
+        assert second.publisher.metrics.label == queue + "-2"
+        rec = _record_all(second, make_events(20))
+        assert second.flush(30)
+        assert _value(second, "audittools_successful_submissions_total") == 20
+        assert _value(first, "audittools_successful_submissions_total") == 0
+        second.close()
+        # Closed: its gauges are gone, its counters stay (never backwards).
+        labels = {"auditor": queue + "-2"}
+        assert registry.get_sample_value("segmentlog_auditor_backlog_events", labels) is None
+        assert registry.get_sample_value(
+            "segmentlog_publisher_connected", {"publisher": queue + "-2"}) is None
+        assert registry.get_sample_value(
+            "audittools_successful_submissions_total", labels) == 20
+        assert registry.get_sample_value(
+            "segmentlog_auditor_recorded_events_total", labels) == 20
+        # The freed label goes to the next auditor, which counts on from there.
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     registry=registry) as third:
+            assert third.metrics.label == queue + "-2"
+            rec += _record_all(third, make_events(5))
+            assert third.flush(30)
+            assert _value(third, "audittools_successful_submissions_total") == 25
+            assert _value(third, "segmentlog_auditor_recorded_events_total") == 25
+            assert _value(third, "segmentlog_auditor_backlog_events") == 0
+    finally:
+        second.close()
+        first.close()
+    assert check_delivery(consume(rabbitmq_url, queue), rec) == 0
+
+
+def test_foreign_collector_under_an_auditor_metric_name_is_a_config_error_naming_it(
+        rabbitmq_url: str, queue: str) -> None:
+    registry = CollectorRegistry()
+    Counter("audittools_failed_submissions", "someone else's", registry=registry)
+    with pytest.raises(ConfigError, match="audittools_failed_submissions"):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue, registry=registry)
+    # Nothing half-registered is left behind: only the foreign counter.
+    assert [m.name for m in registry.collect()] == ["audittools_failed_submissions"]
+
+
+def test_metrics_start_at_zero_on_the_given_registry(rabbitmq_url: str, queue: str) -> None:
+    registry = CollectorRegistry()
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue, registry=registry):
+        for name in ("audittools_successful_submissions_total",
+                     "audittools_failed_submissions_total",
+                     "segmentlog_auditor_recorded_events_total",
+                     "segmentlog_auditor_backlog_events",
+                     "segmentlog_auditor_drain_events_total",
+                     "segmentlog_auditor_backpressure_seconds_total",
+                     "segmentlog_auditor_store_full",
+                     "segmentlog_auditor_record_to_confirm_seconds_count"):
+            assert registry.get_sample_value(name, {"auditor": queue}) == 0, name
+        for name in ("segmentlog_publisher_confirmed_total",
+                     "segmentlog_publisher_lost_in_flight_total",
+                     "segmentlog_publisher_confirm_latency_seconds_count"):
+            assert registry.get_sample_value(name, {"publisher": queue}) == 0, name
+        assert registry.get_sample_value(
+            "audittools_backing_store_events", {"store": "memory"}) == 0
+
+
+# ------------------------------------------------------------------ the other auditors
+def test_null_auditor_checks_events_and_discards_them(caplog: pytest.LogCaptureFixture) -> None:
+    auditor = NullAuditor()
+    with caplog.at_level(logging.DEBUG, logger="segmentlog.audit"):
+        auditor.record(make_events(1)[0])
+        auditor.record(_mapping(3))
+    assert caplog.text.count("discarded (NullAuditor)") == 2
+    with pytest.raises(InvalidEventError, match="outcome"):
+        auditor.record(dict(_mapping(1), outcome="maybe"))
+    auditor.close()
+
+
+def test_recording_auditor_expects_events_ignoring_id_time_and_observer() -> None:
+    auditor = RecordingAuditor()
+    events = make_events(3)
+    for e in events:
+        auditor.record(e)
+    assert [ev["id"] for ev in auditor.events] == [e.id for e in events]
+    twins = [Event.from_request(action="update/set", reason_code=200 if i % 7 else 500,
+                                initiator=e.initiator, target=e.target,
+                                request_path=e.request_path) for i, e in enumerate(events)]
+    auditor.expect_events(*twins)
+    assert auditor.events == [], "expect_events forgets what it checked"
+    auditor.record(_mapping(9))
+    with pytest.raises(AssertionError, match="recorded 1 event"):
+        auditor.expect_events()
+    auditor.record(_mapping(9))
+    auditor.ignore_events_until_now()
+    auditor.expect_events()
+    with pytest.raises(InvalidEventError):
+        auditor.record(dict(_mapping(1), initiator=None))
+    auditor.close()
+    with pytest.raises(LogClosedError):
+        auditor.record(_mapping(1))
