@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
 import mmap
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -237,26 +238,24 @@ class FileStore(BackingStore):
 
     def write(self, event: Event) -> None:
         payload = _dumps(event)  # TypeError here: nothing stored
-        try:
+        with self._log_errors():
             self._log.append(payload)
-        except RecordTooLargeError as exc:
-            raise RecordTooLargeError(
-                f"{self._what}: {exc} (segment_size is this store's max_file_size)"
-            ) from exc
-        except LogFullError as exc:
-            self._metrics.error("write_full")
-            raise BackingStoreFull(f"{self._what}: {exc}") from exc
-        except DurabilityError as exc:
-            self._metrics.error("write")
-            raise BackingStoreError(f"{self._what}: write failed: {exc}") from exc
         self._metrics.wrote()
 
     def write_many(self, events: Sequence[Event]) -> None:
         payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
         if not payloads:
             return
-        try:
+        with self._log_errors():
             self._log.append_batch(payloads)
+        self._metrics.wrote(len(payloads))
+
+    @contextlib.contextmanager
+    def _log_errors(self) -> Iterator[None]:
+        """The log's errors in the store's terms: full is BackingStoreFull, a failed disk
+        BackingStoreError (each counted); a too-large record names this store's setting."""
+        try:
+            yield
         except RecordTooLargeError as exc:
             raise RecordTooLargeError(
                 f"{self._what}: {exc} (segment_size is this store's max_file_size)"
@@ -267,7 +266,6 @@ class FileStore(BackingStore):
         except DurabilityError as exc:
             self._metrics.error("write")
             raise BackingStoreError(f"{self._what}: write failed: {exc}") from exc
-        self._metrics.wrote(len(payloads))
 
     # -- the drain ----------------------------------------------------------------------
 
