@@ -30,9 +30,7 @@ which is read from the auditor at scrape time.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -40,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from .errors import ConfigError
+from .metrics import MetricSet, claim, release
 
 __all__ = ["LABEL", "LATENCY_BUCKETS", "AuditorMetrics"]
 
@@ -56,10 +55,11 @@ LATENCY_BUCKETS = (
 )
 
 
-class _RegistryMetrics:
+class _RegistryMetrics(MetricSet):
     """The metric objects of one registry, and the ``auditor`` labels in use on it."""
 
-    def __init__(self, r: CollectorRegistry) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         labels = [LABEL]
         self.successful = Counter(
             "audittools_successful_submissions",
@@ -97,32 +97,16 @@ class _RegistryMetrics:
             PREFIX + "undelivered_at_close_events",
             "Events a non-durable store (memory) still held when the auditor closed, "
             "or that could not be stored at close: lost.", labels, registry=None)
-        self.labels_in_use: set[str] = set()
-        _register_all(r, (
-            self.successful, self.failed, self.recorded, self.backlog, self.drained,
-            self.latency, self.backpressure, self.store_full, self.undelivered_at_close))
+
+    def collectors(self) -> tuple[Collector, ...]:
+        return (self.successful, self.failed, self.recorded, self.backlog, self.drained,
+                self.latency, self.backpressure, self.store_full, self.undelivered_at_close)
 
     def gauges(self) -> tuple[Gauge, ...]:
         return (self.backlog, self.store_full)
 
-
-def _register_all(registry: CollectorRegistry, collectors: Iterable[Collector]) -> None:
-    """Register every collector or none (a name clash leaves the registry as it was)."""
-    done: list[Collector] = []
-    try:
-        for collector in collectors:
-            registry.register(collector)
-            done.append(collector)
-    except ValueError:
-        for collector in done:
-            registry.unregister(collector)
-        raise
-
-
-_LOCK = threading.Lock()
-_PER_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryMetrics] = (
-    weakref.WeakKeyDictionary()
-)
+    def on_release(self, label: str) -> None:
+        self.recorded.detach(label)
 
 
 class AuditorMetrics:
@@ -131,27 +115,16 @@ class AuditorMetrics:
     def __init__(
         self, registry: CollectorRegistry, recorded: Callable[[], int], name: str = "auditor"
     ) -> None:
-        base = name or "auditor"
-        with _LOCK:
-            shared = _PER_REGISTRY.get(registry)
-            if shared is None:
-                try:
-                    shared = _RegistryMetrics(registry)
-                except ValueError as exc:
-                    raise ConfigError(
-                        f"Auditor: the registry already holds a collector under an "
-                        f"auditor metric's name ({exc}); register auditors' metrics only "
-                        "through Auditor (several auditors may share a registry), or give "
-                        "this Auditor another CollectorRegistry"
-                    ) from exc
-                _PER_REGISTRY[registry] = shared
-            label = base
-            n = 2
-            while label in shared.labels_in_use:
-                label = f"{base}-{n}"
-                n += 1
-            shared.labels_in_use.add(label)
-            shared.recorded.attach(label, recorded)
+        try:
+            shared, label = claim(registry, _RegistryMetrics, name or "auditor",
+                                  lambda metrics, label: metrics.recorded.attach(label, recorded))
+        except ValueError as exc:
+            raise ConfigError(
+                f"Auditor: the registry already holds a collector under an auditor "
+                f"metric's name ({exc}); register auditors' metrics only through Auditor "
+                "(several auditors may share a registry), or give this Auditor another "
+                "CollectorRegistry"
+            ) from exc
         self._shared = shared
         #: The ``auditor`` label value of this auditor's series.
         self.label = label
@@ -178,15 +151,9 @@ class AuditorMetrics:
 
     def release(self) -> None:
         """Free the label and drop the gauge series (the auditor's ``close``). Idempotent."""
-        with _LOCK:
-            if self._released:
-                return
+        if not self._released:
             self._released = True
-            self._shared.labels_in_use.discard(self.label)
-            self._shared.recorded.detach(self.label)
-            for gauge in self._shared.gauges():
-                with contextlib.suppress(KeyError):  # already gone: nothing to drop
-                    gauge.remove(self.label)
+            release(self._shared, self.label)
 
 
 class _CallbackCounter(Collector):

@@ -22,12 +22,10 @@ Counters end in ``_total``; the histogram is in seconds (Prometheus naming conve
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import weakref
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
+
+from ..metrics import MetricSet, claim, release
 
 __all__ = ["LABEL", "LATENCY_BUCKETS", "PublisherMetrics"]
 
@@ -42,10 +40,11 @@ LATENCY_BUCKETS = (
 )
 
 
-class _RegistryMetrics:
+class _RegistryMetrics(MetricSet):
     """The metric objects of one registry, and the ``publisher`` labels in use on it."""
 
-    def __init__(self, r: CollectorRegistry) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         labels = [LABEL]
         self.published = Counter(
             PREFIX + "published", "Messages written to the broker (including retries).",
@@ -83,29 +82,14 @@ class _RegistryMetrics:
         self.confirm_latency = Histogram(
             PREFIX + "confirm_latency_seconds", "Time from publish to basic.ack, per message.",
             labels, buckets=LATENCY_BUCKETS, registry=None)
-        self.labels_in_use: set[str] = set()
-        collectors: tuple[Collector, ...] = (
-            self.published, self.confirmed, self.nacked, self.returned, self.retried,
-            self.lost, self.reconnects, self.connect_failures, self.inflight, self.connected,
-            self.blocked, self.confirm_latency)
-        done: list[Collector] = []
-        try:  # all or nothing: a name clash leaves the registry as it was
-            for collector in collectors:
-                r.register(collector)
-                done.append(collector)
-        except ValueError:
-            for collector in done:
-                r.unregister(collector)
-            raise
+
+    def collectors(self) -> tuple[Collector, ...]:
+        return (self.published, self.confirmed, self.nacked, self.returned, self.retried,
+                self.lost, self.reconnects, self.connect_failures, self.inflight,
+                self.connected, self.blocked, self.confirm_latency)
 
     def gauges(self) -> tuple[Gauge, ...]:
         return (self.inflight, self.connected, self.blocked)
-
-
-_LOCK = threading.Lock()
-_PER_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryMetrics] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class PublisherMetrics:
@@ -118,18 +102,7 @@ class PublisherMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, name: str = "publisher") -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        base = name or "publisher"
-        with _LOCK:
-            shared = _PER_REGISTRY.get(self.registry)
-            if shared is None:
-                shared = _RegistryMetrics(self.registry)
-                _PER_REGISTRY[self.registry] = shared
-            label = base
-            n = 2
-            while label in shared.labels_in_use:
-                label = f"{base}-{n}"
-                n += 1
-            shared.labels_in_use.add(label)
+        shared, label = claim(self.registry, _RegistryMetrics, name or "publisher")
         self._shared = shared
         #: The ``publisher`` label value of this publisher's series.
         self.label = label
@@ -164,11 +137,6 @@ class PublisherMetrics:
         A late update from the I/O thread after this goes to the detached child and is
         not exported: the series stays gone.
         """
-        with _LOCK:
-            if self._released:
-                return
+        if not self._released:
             self._released = True
-            self._shared.labels_in_use.discard(self.label)
-            for gauge in self._shared.gauges():
-                with contextlib.suppress(KeyError):  # already gone: nothing to drop
-                    gauge.remove(self.label)
+            release(self._shared, self.label)

@@ -38,11 +38,10 @@ passes no registry (``None``), as the original did.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import weakref
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.registry import Collector
+
+from ..metrics import MetricSet, claim, release
 
 __all__ = ["OPERATIONS", "StoreMetrics"]
 
@@ -58,53 +57,54 @@ OPERATIONS = (
 )
 
 
-class _RegistryMetrics:
+class _RegistryMetrics(MetricSet):
     """The metric objects of one registry, and the ``store`` labels in use on it."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self) -> None:
+        super().__init__()  # created unregistered: claim() registers them all or none
         self.writes = Counter(
             "audittools_backing_store_writes",
             "Total number of audit events written to the backing store.",
             ["store"],
-            registry=registry,
+            registry=None,
         )
         self.reads = Counter(
             "audittools_backing_store_reads",
             "Total number of audit events read from the backing store.",
             ["store"],
-            registry=registry,
+            registry=None,
         )
         self.errors = Counter(
             "audittools_backing_store_errors",
             "Total number of backing store failures, by operation.",
             ["store", "operation"],
-            registry=registry,
+            registry=None,
         )
         self.size_bytes = Gauge(
             "audittools_backing_store_size_bytes",
             "Bytes the backing store occupies (files on disk, table size, or event bytes).",
             ["store"],
-            registry=registry,
+            registry=None,
         )
         self.files_count = Gauge(
             "audittools_backing_store_files_count",
             "Number of files the backing store occupies (0 for memory and SQL stores).",
             ["store"],
-            registry=registry,
+            registry=None,
         )
         self.events = Gauge(
             "audittools_backing_store_events",
             "Number of audit events buffered in the backing store.",
             ["store"],
-            registry=registry,
+            registry=None,
         )
-        self.labels_in_use: set[str] = set()
 
+    def collectors(self) -> tuple[Collector, ...]:
+        return (self.writes, self.reads, self.errors, self.size_bytes, self.files_count,
+                self.events)
 
-_LOCK = threading.Lock()
-_PER_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryMetrics] = (
-    weakref.WeakKeyDictionary()
-)
+    def gauges(self) -> tuple[Gauge, ...]:
+        return (self.size_bytes, self.files_count, self.events)
 
 
 class StoreMetrics:
@@ -117,18 +117,7 @@ class StoreMetrics:
         self, registry: CollectorRegistry | None, store_type: str, name: str | None = None
     ) -> None:
         registry = REGISTRY if registry is None else registry
-        base = name or store_type
-        with _LOCK:
-            shared = _PER_REGISTRY.get(registry)
-            if shared is None:
-                shared = _RegistryMetrics(registry)
-                _PER_REGISTRY[registry] = shared
-            label = base
-            n = 2
-            while label in shared.labels_in_use:
-                label = f"{base}-{n}"
-                n += 1
-            shared.labels_in_use.add(label)
+        shared, label = claim(registry, _RegistryMetrics, name or store_type)
         self._shared = shared
         #: The ``store`` label value of this store's series.
         self.label = label
@@ -161,11 +150,6 @@ class StoreMetrics:
 
     def release(self) -> None:
         """Free the label and drop the gauge series (called by the store's ``close``)."""
-        with _LOCK:
-            if self._released:
-                return
+        if not self._released:
             self._released = True
-            self._shared.labels_in_use.discard(self.label)
-            for gauge in (self._shared.size_bytes, self._shared.files_count, self._shared.events):
-                with contextlib.suppress(KeyError):  # already gone: nothing to drop
-                    gauge.remove(self.label)
+            release(self._shared, self.label)

@@ -1,0 +1,104 @@
+"""The pattern every metric set of segmentlog follows, in one place.
+
+Rule 1: prometheus-client refuses a metric name twice on one registry, so each family of
+metrics (a :class:`MetricSet`: the stores', the publishers', the auditors') exists once
+per registry, created on first use and kept in a weak map, and every series carries its
+owner's label (``store``, ``publisher``, ``auditor``). Several owners share a registry.
+Rule 2: registering a set is all or nothing: a name clash with a foreign collector raises
+``ValueError`` and leaves the registry as it was.
+Rule 3: a label is unique among live owners: the base name, then ``<base>-2``,
+``<base>-3``... :func:`release` frees it and drops its gauge series (an owner that is
+gone buffers nothing); counters stay, and a later owner with the same label counts on
+from where the last one stopped, so a counter never goes backwards.
+This module never registers anything on prometheus-client's global registry by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.registry import Collector
+
+__all__ = ["MetricSet", "claim", "register_all", "release"]
+
+
+class MetricSet:
+    """The metric objects of one family on one registry, and the labels in use on it.
+
+    A subclass creates its collectors with ``registry=None`` in ``__init__`` (taking no
+    arguments) and lists them in :meth:`collectors`; :func:`claim` registers them.
+    """
+
+    def __init__(self) -> None:
+        self.labels_in_use: set[str] = set()
+
+    def collectors(self) -> tuple[Collector, ...]:
+        raise NotImplementedError
+
+    def gauges(self) -> tuple[Gauge, ...]:
+        """The gauges whose series of a released label are dropped (labelled by it only)."""
+        return ()
+
+    def on_release(self, label: str) -> None:
+        """Extra clean-up of a released label (lock held)."""
+
+
+S = TypeVar("S", bound=MetricSet)
+
+_LOCK = threading.Lock()
+_SETS: weakref.WeakKeyDictionary[CollectorRegistry, dict[type[MetricSet], MetricSet]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def register_all(registry: CollectorRegistry, collectors: Iterable[Collector]) -> None:
+    """Register every collector or none (Rule 2)."""
+    done: list[Collector] = []
+    try:
+        for collector in collectors:
+            registry.register(collector)
+            done.append(collector)
+    except ValueError:
+        for collector in done:
+            registry.unregister(collector)
+        raise
+
+
+def claim(registry: CollectorRegistry, kind: type[S], base: str,
+          on_claim: Callable[[S, str], None] | None = None) -> tuple[S, str]:
+    """The ``kind`` set of ``registry`` (registered on first use) and a free label made
+    from ``base`` (Rule 3); ``on_claim(set, label)`` runs under the same lock."""
+    with _LOCK:
+        per = _SETS.get(registry)
+        if per is None:
+            per = _SETS[registry] = {}
+        shared = per.get(kind)
+        if shared is None:
+            shared = kind()
+            register_all(registry, shared.collectors())
+            per[kind] = shared
+        label, n = base, 2
+        while label in shared.labels_in_use:
+            label = f"{base}-{n}"
+            n += 1
+        shared.labels_in_use.add(label)
+        if on_claim is not None:
+            on_claim(shared, label)  # type: ignore[arg-type]
+        return shared, label  # type: ignore[return-value]
+
+
+def release(shared: MetricSet, label: str) -> None:
+    """Free ``label`` and drop its gauge series (idempotent)."""
+    with _LOCK:
+        if label not in shared.labels_in_use:
+            return
+        shared.labels_in_use.discard(label)
+        shared.on_release(label)
+        for gauge in shared.gauges():
+            with contextlib.suppress(KeyError):  # already gone: nothing to drop
+                gauge.remove(label)
