@@ -22,9 +22,9 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-import pika
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from amqptools import consume_all
 
 from segmentlog.audit import Auditor
 from segmentlog.cadf import Event, Observer, Resource
@@ -51,37 +51,8 @@ def wire(event: Event) -> bytes:
 
 
 def consume(url: str, queue: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
-    """Every message of ``queue`` (consumed and acked), in queue order."""
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        ch = conn.channel()
-        expected = ch.queue_declare(queue, durable=True).method.message_count
-        out: list[tuple[str, bytes]] = []
-        if expected:
-            ch.basic_qos(prefetch_count=2000)
-            for method, props, body in ch.consume(queue, auto_ack=True,
-                                                  inactivity_timeout=timeout):
-                if method is None:
-                    break
-                out.append((props.message_id, body))
-                if len(out) >= expected:
-                    break
-            ch.cancel()
-        assert len(out) == expected, f"queue {queue} announced {expected}, consumed {len(out)}"
-        return out
-    finally:
-        conn.close()
-
-
-def delete_queue(url: str, queue: str) -> None:
-    try:
-        conn = pika.BlockingConnection(pika.URLParameters(url))
-    except Exception:
-        return
-    try:
-        conn.channel().queue_delete(queue)
-    finally:
-        conn.close()
+    """Every message of ``queue`` (consumed and acked), in queue order: (id, body)."""
+    return [(mid, body) for mid, _, body in consume_all(url, queue, timeout)]
 
 
 def check_delivery(messages: Sequence[tuple[str, bytes]],

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
+from amqptools import delete_queue
 from audit_child import (
     OBSERVER,
     check_delivery,
     consume,
-    delete_queue,
     make_events,
     wire,
 )

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from audit_child import OBSERVER, check_delivery, consume, delete_queue, make_events, wire
+from amqptools import delete_queue
+from audit_child import OBSERVER, check_delivery, consume, make_events, wire
 from tcpproxy import TcpProxy
 
 from segmentlog.audit import Auditor

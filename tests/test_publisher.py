@@ -14,7 +14,6 @@ Broker-wide changes are always undone in ``finally``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import ssl
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 import pika
 import pytest
+from amqptools import consume_all, delete_queue
 from prometheus_client import CollectorRegistry
 from tcpproxy import TcpProxy
 
@@ -54,33 +54,7 @@ def _blocking(url: str) -> pika.BlockingConnection:
 
 def _drain_queue(url: str, queue: str) -> list[tuple[str, Any]]:
     """Consume every message of ``queue``; return (message_id, properties) pairs."""
-    conn = _blocking(url)
-    try:
-        ch = conn.channel()
-        expected = ch.queue_declare(queue, passive=True).method.message_count
-        out: list[tuple[str, Any]] = []
-        if expected:
-            ch.basic_qos(prefetch_count=1000)
-            for method, props, _body in ch.consume(queue, auto_ack=True, inactivity_timeout=3):
-                if method is None:
-                    break
-                out.append((props.message_id, props))
-                if len(out) >= expected:
-                    break
-            ch.cancel()
-        assert len(out) == expected, f"queue {queue} announced {expected}, consumed {len(out)}"
-        return out
-    finally:
-        conn.close()
-
-
-def _delete_queue(url: str, queue: str) -> None:
-    with contextlib.suppress(Exception):
-        conn = _blocking(url)
-        try:
-            conn.channel().queue_delete(queue)
-        finally:
-            conn.close()
+    return [(mid, props) for mid, props, _ in consume_all(url, queue, 3.0, passive=True)]
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -140,7 +114,7 @@ class Ledger:
 def queue(rabbitmq_url: str) -> Iterator[str]:
     name = f"segmentlog-test-{uuid.uuid4().hex[:12]}"
     yield name
-    _delete_queue(rabbitmq_url, name)
+    delete_queue(rabbitmq_url, name)
 
 
 @pytest.fixture()
@@ -356,7 +330,7 @@ def test_returned_messages_redeclare_the_queue_and_are_retried(
     messages = _messages(200)
     with Publisher(rabbitmq_url, queue) as pub:
         pub.connect()
-        _delete_queue(rabbitmq_url, queue)  # someone deletes the queue: unroutable now
+        delete_queue(rabbitmq_url, queue)  # someone deletes the queue: unroutable now
         result = pub.publish_batch(messages)
         assert result.delivered
         assert _metric(pub, "segmentlog_publisher_returned_total") >= 1
@@ -370,7 +344,7 @@ def test_returned_messages_are_reported_when_retries_run_out(
         rabbitmq_url: str, queue: str) -> None:
     with Publisher(rabbitmq_url, queue, max_attempts=1) as pub:
         pub.connect()
-        _delete_queue(rabbitmq_url, queue)
+        delete_queue(rabbitmq_url, queue)
         result = pub.publish_batch(_messages(5))
         assert result.confirmed_prefix == 0
         assert set(result.statuses) == {MessageStatus.RETURNED}
