@@ -30,15 +30,13 @@ which is read from the auditor at scrape time.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from .errors import ConfigError
-from .metrics import MetricSet, claim, release
+from .metrics import CallbackCounter, MetricSet, claim, release
 
 __all__ = ["LABEL", "LATENCY_BUCKETS", "AuditorMetrics"]
 
@@ -72,8 +70,8 @@ class _RegistryMetrics(MetricSet):
             registry=None)
         # Read at scrape time from each auditor's own count: record() stays free of
         # prometheus-client's per-metric lock.
-        self.recorded = _CallbackCounter(
-            PREFIX + "recorded_events", "Events accepted by record().")
+        self.recorded = CallbackCounter(
+            PREFIX + "recorded_events", "Events accepted by record().", LABEL)
         self.backlog = Gauge(
             PREFIX + "backlog_events",
             "Events waiting in the backing store for the broker.", labels, registry=None)
@@ -154,41 +152,3 @@ class AuditorMetrics:
         if not self._released:
             self._released = True
             release(self._shared, self.label)
-
-
-class _CallbackCounter(Collector):
-    """A labelled counter whose values are read from callables at scrape time.
-
-    A detached label keeps its last value (``retired``) and a later auditor with the
-    same label counts on from it, so the series never goes backwards.
-    """
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self._name = name
-        self._doc = documentation
-        self._lock = threading.Lock()
-        self._live: dict[str, Callable[[], int]] = {}
-        self._retired: dict[str, int] = {}
-
-    def attach(self, label: str, value: Callable[[], int]) -> None:
-        with self._lock:
-            self._live[label] = value
-
-    def detach(self, label: str) -> None:
-        with self._lock:
-            value = self._live.pop(label, None)
-            if value is not None:
-                self._retired[label] = self._retired.get(label, 0) + value()
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self._name, self._doc, labels=[LABEL])
-        with self._lock:
-            totals = dict(self._retired)
-            for label, value in self._live.items():
-                totals[label] = totals.get(label, 0) + value()
-        for label in sorted(totals):
-            family.add_metric([label], float(totals[label]))
-        yield family
-
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self._name, self._doc, labels=[LABEL])

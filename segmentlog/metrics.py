@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["MetricSet", "claim", "register_all", "release"]
+__all__ = ["CallbackCounter", "MetricSet", "claim", "register_all", "release"]
 
 
 class MetricSet:
@@ -102,3 +103,44 @@ def release(shared: MetricSet, label: str) -> None:
         for gauge in shared.gauges():
             with contextlib.suppress(KeyError):  # already gone: nothing to drop
                 gauge.remove(label)
+
+
+class CallbackCounter(Collector):
+    """A labelled counter whose values are read from callables at scrape time.
+
+    Owners that count on a hot path keep a plain number and attach a callable reading
+    it, so counting costs no prometheus-client lock. A detached label keeps its last
+    value (``retired``) and a later owner with the same label counts on from it, so the
+    series never goes backwards (Rule 3).
+    """
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self._label = label
+        self._name = name
+        self._doc = documentation
+        self._lock = threading.Lock()
+        self._live: dict[str, Callable[[], int]] = {}
+        self._retired: dict[str, int] = {}
+
+    def attach(self, label: str, value: Callable[[], int]) -> None:
+        with self._lock:
+            self._live[label] = value
+
+    def detach(self, label: str) -> None:
+        with self._lock:
+            value = self._live.pop(label, None)
+            if value is not None:
+                self._retired[label] = self._retired.get(label, 0) + value()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        with self._lock:
+            totals = dict(self._retired)
+            for label, value in self._live.items():
+                totals[label] = totals.get(label, 0) + value()
+        for label in sorted(totals):
+            family.add_metric([label], float(totals[label]))
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._doc, labels=[self._label])

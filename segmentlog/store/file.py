@@ -41,12 +41,11 @@ from __future__ import annotations
 
 import base64
 import bisect
-import contextlib
 import mmap
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -238,34 +237,34 @@ class FileStore(BackingStore):
 
     def write(self, event: Event) -> None:
         payload = _dumps(event)  # TypeError here: nothing stored
-        with self._log_errors():
+        try:
             self._log.append(payload)
+        except (RecordTooLargeError, LogFullError, DurabilityError) as exc:
+            raise self._translate(exc) from exc
         self._metrics.wrote()
 
     def write_many(self, events: Sequence[Event]) -> None:
         payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
         if not payloads:
             return
-        with self._log_errors():
+        try:
             self._log.append_batch(payloads)
+        except (RecordTooLargeError, LogFullError, DurabilityError) as exc:
+            raise self._translate(exc) from exc
         self._metrics.wrote(len(payloads))
 
-    @contextlib.contextmanager
-    def _log_errors(self) -> Iterator[None]:
-        """The log's errors in the store's terms: full is BackingStoreFull, a failed disk
-        BackingStoreError (each counted); a too-large record names this store's setting."""
-        try:
-            yield
-        except RecordTooLargeError as exc:
-            raise RecordTooLargeError(
-                f"{self._what}: {exc} (segment_size is this store's max_file_size)"
-            ) from exc
-        except LogFullError as exc:
+    def _translate(self, exc: Exception) -> Exception:
+        """The log's error in the store's terms: full is BackingStoreFull, a failed disk
+        BackingStoreError (each counted); a too-large record names this store's setting.
+        (A try/except, not a context manager: this is every write's path.)"""
+        if isinstance(exc, RecordTooLargeError):
+            return RecordTooLargeError(
+                f"{self._what}: {exc} (segment_size is this store's max_file_size)")
+        if isinstance(exc, LogFullError):
             self._metrics.error("write_full")
-            raise BackingStoreFull(f"{self._what}: {exc}") from exc
-        except DurabilityError as exc:
-            self._metrics.error("write")
-            raise BackingStoreError(f"{self._what}: write failed: {exc}") from exc
+            return BackingStoreFull(f"{self._what}: {exc}")
+        self._metrics.error("write")
+        return BackingStoreError(f"{self._what}: write failed: {exc}")
 
     # -- the drain ----------------------------------------------------------------------
 

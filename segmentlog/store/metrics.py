@@ -38,10 +38,12 @@ passes no registry (``None``), as the original did.
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.registry import Collector
 
-from ..metrics import MetricSet, claim, release
+from ..metrics import CallbackCounter, MetricSet, claim, release
 
 __all__ = ["OPERATIONS", "StoreMetrics"]
 
@@ -62,11 +64,12 @@ class _RegistryMetrics(MetricSet):
 
     def __init__(self) -> None:
         super().__init__()  # created unregistered: claim() registers them all or none
-        self.writes = Counter(
+        # Read at scrape time from each store's own count: write() stays free of
+        # prometheus-client's per-metric machinery (it cost ~0.85 us of ~2.5 us per write).
+        self.writes = CallbackCounter(
             "audittools_backing_store_writes",
             "Total number of audit events written to the backing store.",
-            ["store"],
-            registry=None,
+            "store",
         )
         self.reads = Counter(
             "audittools_backing_store_reads",
@@ -106,6 +109,9 @@ class _RegistryMetrics(MetricSet):
     def gauges(self) -> tuple[Gauge, ...]:
         return (self.size_bytes, self.files_count, self.events)
 
+    def on_release(self, label: str) -> None:
+        self.writes.detach(label)
+
 
 class StoreMetrics:
     """One store's view of the shared metrics: the series with its ``store`` label.
@@ -117,11 +123,13 @@ class StoreMetrics:
         self, registry: CollectorRegistry | None, store_type: str, name: str | None = None
     ) -> None:
         registry = REGISTRY if registry is None else registry
-        shared, label = claim(registry, _RegistryMetrics, name or store_type)
+        self._written = 0
+        self._count_lock = threading.Lock()
+        shared, label = claim(registry, _RegistryMetrics, name or store_type,
+                              lambda metrics, label: metrics.writes.attach(label, self._count))
         self._shared = shared
         #: The ``store`` label value of this store's series.
         self.label = label
-        self._writes = shared.writes.labels(store=label)
         self._reads = shared.reads.labels(store=label)
         self._errors = {op: shared.errors.labels(store=label, operation=op) for op in OPERATIONS}
         self._size = shared.size_bytes.labels(store=label)
@@ -130,7 +138,11 @@ class StoreMetrics:
         self._released = False
 
     def wrote(self, n: int = 1) -> None:
-        self._writes.inc(n)
+        with self._count_lock:
+            self._written += n
+
+    def _count(self) -> int:
+        return self._written
 
     def read(self, n: int) -> None:
         self._reads.inc(n)
