@@ -22,7 +22,6 @@ from segmentlog._format import (
     FORMAT_VERSION,
     FRAME_ALIGN,
     LOCK_NAME,
-    PREPARED_NAME,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
@@ -98,10 +97,6 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True) -> None:
             os.unlink(path)
         raise
     os.close(fd)
-
-
-def prepared_path(directory: str) -> str:
-    return os.path.join(directory, PREPARED_NAME)
 
 
 def take_lock(directory: str) -> int:
