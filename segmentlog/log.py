@@ -1076,20 +1076,22 @@ class SegmentLog:
                 limit = (self._write_off if self._via_map else self._group_start) if active \
                     else view.size
                 last_written = self._next_seq - 1
+                i = bisect.bisect_right(self._segments, view.base)
+                next_base = None if active or i == len(self._segments) else self._segments[i]
         if stale:
             # Everything in it was committed, so the read position is past it: find the
             # segment that holds the read position.
             self._seek(self._read_seq)
             return 0, self._view is not None and self._view.base != view.base
         try:
-            return self._read_pinned(view, out, want, budget, active, limit, last_written)
+            return self._read_pinned(view, out, want, budget, active, limit, last_written,
+                                     next_base)
         finally:
             self._pinned = None
 
     def _read_pinned(self, view: _ReadView, out: list[bytes], want: int,
                      budget: int | None, active: bool, limit: int,
-                     last_written: int) -> tuple[int, bool]:
-        next_base = None if active else self._segment_after(view.base)
+                     last_written: int, next_base: int | None) -> tuple[int, bool]:
         if view.populated < limit and view.populated >= 0:
             upto = min(limit, max(self._read_off + _POPULATE_WINDOW, view.populated))
             view.populated = upto if _populate(view.mm, view.populated, upto,
