@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
+from tcpproxy import TcpProxy
 
 RABBITMQ_HOST = os.environ.get("SEGMENTLOG_TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBITMQ_PORT = int(os.environ.get("SEGMENTLOG_TEST_RABBITMQ_PORT", "5672"))
@@ -64,6 +66,14 @@ def postgres_dsn() -> str:
     except psycopg.Error as exc:
         _missing(f"PostgreSQL ({POSTGRES_DSN}: {exc.__class__.__name__})")
     return POSTGRES_DSN
+
+
+@pytest.fixture()
+def proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the broker that a test can cut, silence or restore."""
+    parts = urlsplit(rabbitmq_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as p:
+        yield p
 
 
 @pytest.fixture()

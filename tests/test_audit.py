@@ -57,13 +57,6 @@ def queue(rabbitmq_url: str) -> Iterator[str]:
     delete_queue(rabbitmq_url, name)
 
 
-@pytest.fixture()
-def proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(rabbitmq_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as p:
-        yield p
-
-
 def _labels(auditor: Auditor, name: str) -> dict[str, str]:
     """The labels of ``auditor``'s series of metric ``name`` (publisher or auditor)."""
     if name.startswith("segmentlog_publisher_"):

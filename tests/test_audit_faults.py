@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -42,13 +41,6 @@ def queue(rabbitmq_url: str) -> Iterator[str]:
     name = f"segmentlog-auditf-{uuid.uuid4().hex[:12]}"
     yield name
     delete_queue(rabbitmq_url, name)
-
-
-@pytest.fixture()
-def proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(rabbitmq_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as p:
-        yield p
 
 
 def _confirmed(auditor: Auditor) -> float:
