@@ -156,10 +156,15 @@ static void check_roundtrip(const unsigned char *data, size_t size) {
     if (n && first_seq > UINT64_MAX - n) first_seq = 0;
     char *dst = malloc((size_t)(total ? total : 1));
     CHECK(dst);
-    CHECK(sl_frame_batch(dst, total, 0, (const char *)data, lens, n, first_seq) ==
+    uint64_t src_len = 0;
+    for (uint64_t i = 0; i < n; i++) src_len += lens[i];
+    CHECK(sl_frame_batch(dst, total, 0, (const char *)data, src_len, lens, n, first_seq) ==
           (int64_t)total);
-    if (total) CHECK(sl_frame_batch(dst, total - 1, 0, (const char *)data, lens, n, first_seq) ==
-                     SL_ERR_NO_SPACE);
+    if (total) CHECK(sl_frame_batch(dst, total - 1, 0, (const char *)data, src_len, lens, n,
+                                    first_seq) == SL_ERR_NO_SPACE);
+    /* Lengths that disagree with the bytes given are refused, nothing written. */
+    if (n) CHECK(sl_frame_batch(dst, total, 0, (const char *)data, src_len + 1, lens, n,
+                                first_seq) == SL_ERR_ARG);
     uint64_t offs[64], got[64];
     sl_scan_result res;
     CHECK(sl_scan(dst, total, 0, first_seq, n, 0, 0, offs, got, &res) == SL_OK);
@@ -250,7 +255,7 @@ static size_t make_input(unsigned char *out, size_t cap) {
     uint64_t first = (rng() & 1) ? rng() % 1000 : UINT64_MAX - (rng() % 40);
     if (n && first > UINT64_MAX - (n - 1)) first = UINT64_MAX - (n - 1);
     memset(out, 0, cap);
-    CHECK(sl_frame_batch((char *)out, cap, 0, payload, lens, n, first) == (int64_t)total);
+    CHECK(sl_frame_batch((char *)out, cap, 0, payload, src, lens, n, first) == (int64_t)total);
     len = (size_t)(total + rng() % (cap - total + 1)); /* some zero space after */
     int damage = (int)(rng() % 6);
     for (int d = 0; d < damage && len; d++) {

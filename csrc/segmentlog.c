@@ -77,9 +77,10 @@ int64_t sl_frame_one(char *dst, uint64_t cap, uint64_t off, const char *payload,
 }
 
 int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
-                       const uint64_t *lens, uint64_t n, uint64_t first_seq) {
+                       uint64_t src_len, const uint64_t *lens, uint64_t n,
+                       uint64_t first_seq) {
     uint64_t total = 0;
-    uint64_t src_len = 0;
+    uint64_t sum = 0;
     if (n && lens == NULL) return SL_ERR_ARG;
     /* Every length is checked before the total, as _pure.frame_batch_into does; the sums
      * saturate, so a huge batch is reported as too big rather than wrapping around. */
@@ -87,12 +88,12 @@ int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
         if (lens[i] > SL_MAX_PAYLOAD) return SL_ERR_TOO_LARGE;
         uint64_t size = SL_FRAME_SIZE(lens[i]);
         total = total > UINT64_MAX - size ? UINT64_MAX : total + size;
-        src_len += lens[i]; /* at most 2^32 * n: cannot wrap for any n that fits memory */
+        sum += lens[i]; /* at most 2^32 * n: cannot wrap for any n that fits memory */
     }
     int rc = check_room(cap, off, total);
     if (rc != SL_OK) return rc;
     if (n && first_seq > UINT64_MAX - (n - 1)) return SL_ERR_SEQ;
-    if ((dst == NULL && total) || (src == NULL && src_len)) return SL_ERR_ARG;
+    if (sum != src_len || (dst == NULL && total) || (src == NULL && src_len)) return SL_ERR_ARG;
     const unsigned char *p = (const unsigned char *)src;
     unsigned char *out = (unsigned char *)dst + off;
     for (uint64_t i = 0; i < n; i++) {

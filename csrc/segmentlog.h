@@ -78,11 +78,14 @@ int64_t sl_frame_one(char *dst, uint64_t cap, uint64_t off, const char *payload,
                      uint64_t len, uint64_t seq);
 
 /* Write n consecutive frames with sequence numbers first_seq, first_seq + 1, ... at
- * dst + off. src holds the payloads back to back; lens[i] is the length of payload i.
- * All lengths and the total size are checked before anything is written. Returns the
- * new end offset or a negative SL_ERR_* (nothing written). */
+ * dst + off. src holds the payloads back to back, src_len bytes in all; lens[i] is the
+ * length of payload i, and the lengths must add up to src_len (else SL_ERR_ARG: a caller
+ * whose lengths and bytes disagree never makes C read past src). All lengths and the
+ * total size are checked before anything is written. Returns the new end offset or a
+ * negative SL_ERR_* (nothing written). */
 int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
-                       const uint64_t *lens, uint64_t n, uint64_t first_seq);
+                       uint64_t src_len, const uint64_t *lens, uint64_t n,
+                       uint64_t first_seq);
 
 typedef struct sl_scan_result {
     uint64_t end;      /* offset just past the last accepted frame */

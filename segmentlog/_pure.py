@@ -206,6 +206,22 @@ class Framer:
         """Write consecutive frames for ``payloads`` at ``off``; return the new end."""
         return frame_batch_into(self._bound(), off, payloads, first_seq)
 
+    def frame_joined(self, off: int, src: bytes, lens: Sequence[int], first_seq: int) -> int:
+        """append_batch's hot path: frames for the payloads ``src`` holds back to back,
+        ``lens`` their lengths. Returns the new end, or a negative number when refused
+        (lengths that do not add up to ``src``, or a batch that does not fit): nothing is
+        written then, and ``frame_batch`` says why."""
+        if sum(lens) != len(src) or not 0 <= first_seq <= (1 << 64) - len(lens):
+            return -1
+        view, pos, payloads = memoryview(src), 0, []
+        for n in lens:
+            payloads.append(view[pos : pos + n])
+            pos += n
+        try:
+            return frame_batch_into(self._bound(), off, payloads, first_seq)
+        except ValueError:
+            return -1
+
     def raw(self, off: int, payload: bytes, length: int, seq: int) -> int:
         """The append hot path's call: like ``frame`` for a ``bytes`` payload of ``length``
         bytes, but a refused frame returns a negative number instead of raising (the

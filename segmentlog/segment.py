@@ -68,9 +68,9 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def reserve_and_zero(path: str, size: int, zero_fill: bool = True) -> None:
+def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = True) -> None:
     """Create ``path`` with ``size`` bytes allocated (and, with ``zero_fill``, written as
-    zeros), then fsync it.
+    zeros), then (with ``sync``) fdatasync it.
 
     Writing the zeros (not only ``posix_fallocate``) turns unwritten extents into written
     ones up front, which makes every later ``fdatasync`` of records cheaper (FORMAT.md,
@@ -90,7 +90,8 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True) -> None:
         while written < size:
             n = min(len(_ZERO_CHUNK), size - written)
             written += os.pwrite(fd, _ZERO_CHUNK[:n], written)
-        os.fdatasync(fd)
+        if sync:
+            os.fdatasync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

@@ -18,6 +18,7 @@ import os
 import platform
 import random
 import struct
+from array import array
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -277,6 +278,36 @@ def test_frame_into_and_framer_write_what_frame_batch_writes(
         assert (off, bound) == (end, want)
 
 
+@PARITY
+@given(payloads=payload_lists, first_seq=first_seqs, pre=st.integers(0, 6),
+       skew=st.sampled_from([0, 0, 1, -1]), room=st.integers(-16, 16))
+def test_framer_frame_joined_writes_what_frame_batch_writes_or_refuses_alike(
+    payloads: list[bytes], first_seq: int, pre: int, skew: int, room: int
+) -> None:
+    """append_batch's hot path (payloads joined, lengths in an array) against the list
+    form: the same bytes when it fits; a negative result and not one byte written when
+    the lengths do not add up to the bytes (skew) or the batch does not fit (room)."""
+    native = need_native()
+    off = 8 * pre
+    size = max(0, off + _pad(payloads) + 8 * (room // 8))
+    src = b"".join(payloads) + b"z" * max(skew, 0)
+    if skew < 0:
+        src = src[:-1]
+    lens = array("Q", map(len, payloads))
+    want_buf = bytearray(b"\xa5" * size)
+    want = outcome(_pure.frame_batch_into, want_buf, off, payloads, first_seq)
+    refused = len(src) != sum(lens) or want[0] == "raised"
+    for impl in (_pure, native):
+        buf = bytearray(b"\xa5" * size)
+        with impl.Framer(buf) as framer:
+            got = framer.frame_joined(off, src, lens, first_seq)
+        if refused:
+            assert got < 0
+            assert buf == bytearray(b"\xa5" * size)
+        else:
+            assert (("ok", got), buf) == (want, want_buf)
+
+
 @pytest.mark.parametrize(
     ("size", "off", "payload", "seq"),
     [
@@ -356,9 +387,14 @@ def test_payload_over_format_limit_is_refused_by_both_before_writing() -> None:
     dst = ffi.new("char[]", 64)
     assert lib.sl_frame_one(dst, 64, 0, b"", 1 << 32, 0) == lib.SL_ERR_TOO_LARGE
     lens = ffi.new("uint64_t[]", [1, 1 << 32])
-    assert lib.sl_frame_batch(dst, 64, 0, b"x", lens, 2, 0) == lib.SL_ERR_TOO_LARGE
+    assert lib.sl_frame_batch(dst, 64, 0, b"x", 1, lens, 2, 0) == lib.SL_ERR_TOO_LARGE
     assert bytes(ffi.buffer(dst)) == bytes(64)
     assert ffi.string(lib.sl_strerror(lib.SL_ERR_TOO_LARGE)) == b"too_large"
+    # Lengths that disagree with the bytes handed over: refused before any byte is read.
+    ok = ffi.new("uint64_t[]", [1, 2])
+    assert lib.sl_frame_batch(dst, 64, 0, b"xy", 2, ok, 2, 0) == lib.SL_ERR_ARG
+    assert bytes(ffi.buffer(dst)) == bytes(64)
+    assert lib.sl_frame_batch(dst, 64, 0, b"xyz", 3, ok, 2, 0) == 64
 
 
 class _LyingLen(bytes):

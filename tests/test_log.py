@@ -235,6 +235,27 @@ def test_bytearray_and_memoryview_are_accepted_and_str_is_not(logdir: str) -> No
         assert log.read_batch().records == [b"ba", b"mv"]
 
 
+@pytest.mark.parametrize("fsync", ["never", "always"])
+def test_append_batch_takes_any_bytes_like_and_keeps_what_it_was_given(
+    logdir: str, fsync: str
+) -> None:
+    """append_batch's fast path joins the payloads: a bytearray changed after the call,
+    a memoryview whose len() counts 4-byte items, or a generator must all come out as
+    the bytes they were at the call; a str anywhere writes nothing."""
+    ints = memoryview(bytes(range(12))).cast("i")  # len() 3, 12 bytes
+    reused = bytearray(b"first")
+    with SegmentLog(logdir, segment_size=SMALL, fsync=fsync) as log:
+        log.append_batch([b"a", reused, memoryview(b"bc")])
+        reused[:] = b"later"
+        log.append_batch([ints, b"d"])
+        log.append_batch(p for p in (b"e", b"f"))
+        with pytest.raises(TypeError, match="bytes-like"):
+            log.append_batch([b"g", "text"])  # type: ignore[list-item]
+        assert log.read_batch().records == [
+            b"a", b"first", b"bc", bytes(range(12)), b"d", b"e", b"f"]
+        assert log.stats()["next_seq"] == 7
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [
