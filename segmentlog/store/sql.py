@@ -6,6 +6,9 @@ For services with a PostgreSQL database and no volume. Tables (see :meth:`SQLSto
 
 * ``<table>`` ``(id bigserial primary key, event_data jsonb not null, created_at
   timestamptz)`` -- the original's schema, so a table it left behind is drained as is.
+  jsonb keeps an event's content, not its bytes: a buffered event is published with
+  jsonb's key order and spacing (the same JSON object; the file and SQLite stores keep
+  the bytes).
 * ``<table>_meta`` -- one row, the number of buffered events.
 * ``<table>_deadletter`` -- rows that do not parse as a JSON object, with the reason.
 
