@@ -11,6 +11,10 @@ connection. Faults:
   bytes while silent are useless by then, so ``restore()`` also cuts them.
 - ``refuse()``: close the listener and cut every connection: the address is dead
   (connection refused). ``accept()`` (re)opens the listener on the same port.
+- ``withhold_confirms()`` (with ``amqp=True``): the broker-to-client stream is cut into
+  AMQP frames, and ``basic.ack``/``basic.nack`` frames are dropped while every other
+  frame (heartbeats, channel traffic) passes: a broker that is alive but never
+  confirms. ``release_confirms()`` forwards them again (the dropped ones are gone).
 
 ``server_ssl_context`` makes the proxy terminate TLS (the test's broker speaks plain
 AMQP), which lets a test exercise ``amqps://`` without a TLS broker listener.
@@ -32,8 +36,12 @@ __all__ = ["TcpProxy"]
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1",
-                 listen_port: int = 0, server_ssl_context: ssl.SSLContext | None = None) -> None:
+                 listen_port: int = 0, server_ssl_context: ssl.SSLContext | None = None,
+                 amqp: bool = False) -> None:
         self.target = (target_host, target_port)
+        self._amqp = amqp
+        self._withhold = threading.Event()
+        self.confirms_withheld = 0
         self.listen_host = listen_host
         self._ssl = server_ssl_context
         self._lock = threading.Lock()
@@ -73,6 +81,16 @@ class TcpProxy:
         if self._silent.is_set():
             self._silent.clear()
             self.cut()
+
+    def withhold_confirms(self) -> None:
+        """Drop the broker's basic.ack/basic.nack frames from now on (``amqp=True``)."""
+        if not self._amqp:
+            raise ValueError("withhold_confirms() needs TcpProxy(..., amqp=True)")
+        self._withhold.set()
+
+    def release_confirms(self) -> None:
+        """Forward confirms again (those dropped meanwhile stay dropped)."""
+        self._withhold.clear()
 
     def refuse(self) -> None:
         """The address goes dead: no listener (connection refused), every connection cut."""
@@ -149,9 +167,11 @@ class TcpProxy:
             self._pairs.append((client, upstream))
             self.accepted += 1
         threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, self._amqp),
+                         daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, frames: bool = False) -> None:
+        pending = bytearray()  # with frames: bytes of a frame not complete yet
         try:
             while True:
                 data = src.recv(65536)
@@ -159,6 +179,9 @@ class TcpProxy:
                     break
                 if self._silent.is_set():
                     continue  # dropped, like packets lost in a partition
+                if frames:
+                    pending += data
+                    data = self._filter_frames(pending)
                 dst.sendall(data)
                 self.bytes_forwarded += len(data)
         except (OSError, ValueError):
@@ -169,6 +192,29 @@ class TcpProxy:
                 self._pairs.remove(pair)
         _close(dst)
         _close(src)
+
+
+    def _filter_frames(self, pending: bytearray) -> bytes:
+        """Take the complete AMQP frames off ``pending``; return them minus the confirms
+        (while withholding). A frame: type u8, channel u16, size u32, payload, 0xCE."""
+        out = bytearray()
+        while len(pending) >= 7:
+            kind, _, size = struct.unpack_from(">BHI", pending, 0)
+            end = 7 + size + 1
+            if len(pending) < end:
+                break
+            frame = bytes(pending[:end])
+            del pending[:end]
+            if (kind == 1 and frame[7:11] in _CONFIRM_METHODS
+                    and self._withhold.is_set()):
+                self.confirms_withheld += 1
+                continue
+            out += frame
+        return bytes(out)
+
+
+# basic.ack (class 60, method 80) and basic.nack (class 60, method 120) method frames.
+_CONFIRM_METHODS = (struct.pack(">HH", 60, 80), struct.pack(">HH", 60, 120))
 
 
 def _reset(sock: socket.socket) -> None:

@@ -428,6 +428,37 @@ def test_silent_partition_is_detected_within_15_seconds(
     ledger.check_queue(rabbitmq_url, queue, messages)
 
 
+def test_a_broker_that_stops_confirming_is_dropped_after_confirm_timeout(
+        rabbitmq_url: str, queue: str, broker_addr: tuple[str, int]) -> None:
+    """The broker stays alive (heartbeats and every other frame flow) but its confirms
+    never arrive: publish_batch must not wait forever, must not call anything in flight
+    confirmed, and the messages must all get through once confirms flow again."""
+    messages = _messages(3000)
+    ledger = Ledger()
+    with TcpProxy(*broker_addr, amqp=True) as proxy, \
+            Publisher(proxy.url(), queue, window=500, confirm_timeout=1.0,
+                      backoff_initial=0.05) as pub:
+        pub.connect()
+        first = pub.publish_batch(messages[:500])
+        assert first.delivered
+        ledger.record(messages[:500], first)
+        proxy.withhold_confirms()
+        started = time.monotonic()
+        stuck = pub.publish_batch(messages[500:1500])
+        waited = time.monotonic() - started
+        assert proxy.confirms_withheld > 0
+        assert waited >= 1.0, "gave up on the confirms before confirm_timeout"
+        assert waited < 30.0, "publish_batch waited far past confirm_timeout"
+        assert not stuck.delivered and stuck.confirmed_prefix == 0
+        assert set(stuck.statuses) <= {MessageStatus.LOST, MessageStatus.UNSENT}
+        assert MessageStatus.LOST in stuck.statuses
+        assert "confirm_timeout" in pub.last_error
+        ledger.record(messages[500:1500], stuck)
+        proxy.release_confirms()
+        ledger.deliver_all(pub, messages[500:])
+    ledger.check_queue(rabbitmq_url, queue, messages)
+
+
 @pytest.mark.slow
 def test_broker_restart_mid_batch_keeps_every_confirmed_message(
         rabbitmq_url: str, queue: str) -> None:
