@@ -158,6 +158,7 @@ static void check_roundtrip(const unsigned char *data, size_t size) {
     CHECK(dst);
     uint64_t src_len = 0;
     for (uint64_t i = 0; i < n; i++) src_len += lens[i];
+    CHECK(sl_frames_size(lens, n) == total);
     CHECK(sl_frame_batch(dst, total, 0, (const char *)data, src_len, lens, n, first_seq) ==
           (int64_t)total);
     if (total) CHECK(sl_frame_batch(dst, total - 1, 0, (const char *)data, src_len, lens, n,

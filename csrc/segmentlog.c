@@ -104,6 +104,17 @@ int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
     return (int64_t)(off + total);
 }
 
+uint64_t sl_frames_size(const uint64_t *lens, uint64_t n) {
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (lens[i] > SL_MAX_PAYLOAD) return UINT64_MAX;
+        uint64_t size = SL_FRAME_SIZE(lens[i]);
+        if (total > UINT64_MAX - size) return UINT64_MAX;
+        total += size;
+    }
+    return total;
+}
+
 /* Whether the frame at pos (with bytes [pos, end) available) is sound: SL_SCAN_OK, or
  * the status naming the first check it fails (the order of _pure._check_frame). */
 static int check_frame(const unsigned char *buf, uint64_t pos, uint64_t end, uint64_t *len,

@@ -87,6 +87,10 @@ int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
                        uint64_t src_len, const uint64_t *lens, uint64_t n,
                        uint64_t first_seq);
 
+/* The bytes n frames of payload lengths lens[0..n) occupy, padding included; UINT64_MAX
+ * if a length exceeds SL_MAX_PAYLOAD or the sum does not fit 64 bits. */
+uint64_t sl_frames_size(const uint64_t *lens, uint64_t n);
+
 typedef struct sl_scan_result {
     uint64_t end;      /* offset just past the last accepted frame */
     uint64_t next_seq; /* the sequence number expected at end (modulo 2^64) */

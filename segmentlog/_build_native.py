@@ -64,6 +64,7 @@ int64_t sl_frame_one(char *dst, uint64_t cap, uint64_t off, const char *payload,
 int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
                        uint64_t src_len, const uint64_t *lens, uint64_t n,
                        uint64_t first_seq);
+uint64_t sl_frames_size(const uint64_t *lens, uint64_t n);
 int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
             uint64_t max_records, uint64_t max_bytes, unsigned int flags,
             uint64_t *out_off, uint64_t *out_len, sl_scan_result *res);

@@ -1,7 +1,7 @@
 """The native backend: a thin wrapper over the C core (segmentlog._native, built by cffi).
 
 It exposes exactly the API of segmentlog._pure (NAME, ScanResult, crc32c, crc32c_impl,
-frame_into, frame_batch_into, scan, resync, Framer, Scanner) with the same results;
+frame_into, frame_batch_into, frames_size, scan, resync, Framer, Scanner) with the same results;
 tests/test_backends.py holds the two to that.
 
 Rule 1: the C core only ever sees arguments it can take: byte buffers and integers in
@@ -39,6 +39,7 @@ __all__ = [
     "crc32c_impl",
     "frame_batch_into",
     "frame_into",
+    "frames_size",
     "resync",
     "scan",
 ]
@@ -152,6 +153,15 @@ def _frame_batch_c(ptr: Any, off: int, payloads: Sequence[Buffer], first_seq: in
     # SL_ERR_ARG: the lengths do not add up to the bytes (a payload whose len() is not
     # its size in bytes); the reference, which takes each payload as it is, writes it.
     return None if end == _ERR_ARG else end
+
+
+def frames_size(lens: array[int]) -> int:
+    """The bytes frames of payload lengths ``lens`` (``array('Q')``) occupy; one C call."""
+    with ffi.from_buffer("uint64_t[]", lens) as ptr:
+        size = int(lib.sl_frames_size(ptr, len(lens)))
+    if size == _U64 - 1:  # a length past the format limit: the reference raises for it
+        return _pure.frames_size(lens)
+    return size
 
 
 def frame_into(buf: WritableBuffer, off: int, payload: Buffer, seq: int) -> int:

@@ -74,7 +74,10 @@ def crc32c_impl() -> str:
 
 
 def _check_payload(payload: Buffer) -> int:
-    length = len(payload)
+    return _check_length(len(payload))
+
+
+def _check_length(length: int) -> int:
     if length > MAX_PAYLOAD:
         raise ValueError(f"payload of {length} bytes exceeds the format limit {MAX_PAYLOAD}")
     return length
@@ -94,6 +97,11 @@ def frame_into(buf: bytearray | memoryview, off: int, payload: Buffer, seq: int)
     buf[off + FRAME_HEADER_SIZE : end] = payload
     buf[end : off + size] = bytes(off + size - end)  # padding is always written as zeros
     return off + size
+
+
+def frames_size(lens: Sequence[int]) -> int:
+    """The bytes frames of payload lengths ``lens`` occupy, padding included."""
+    return sum(frame_size(_check_length(n)) for n in lens)
 
 
 def frame_batch_into(

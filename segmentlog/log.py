@@ -564,19 +564,26 @@ class SegmentLog:
         records = [p if type(p) is bytes else self._coerce(p) for p in given]
         if not records:
             raise ValueError("append_batch needs at least one record")
-        total = sum(map(len, records))
-        # Every frame is at most its payload + header + 7 bytes of padding.
-        bound = total + len(records) * (FRAME_HEADER_SIZE + FRAME_ALIGN - 1)
+        n = len(records)
+        # The exact bytes of the frames, in one C call (a Python sum of frame sizes cost
+        # ~0.3 us a record: a quarter of a durable batch of 100's CPU).
+        size = impl.frames_size(array("Q", map(len, records)))
         with self._lock:
             if self._closed or self._failed:
                 self._raise_unusable()
-            if self._write_off + bound <= self.segment_size and total <= self.max_record_size:
+            # The padded payloads fit max_record_size in all: so does each record.
+            if (self._write_off + size <= self.segment_size
+                    and size - n * FRAME_HEADER_SIZE <= self.max_record_size):
                 # Fast path: the whole batch fits in the active segment.
-                if self._via_map and self._write_off + bound > self._write_window:
-                    self._advance_window(bound)
-                end = self._frame_many(self._write_off, records, self._next_seq)
+                if not self._via_map:
+                    self._pending.extend(records)  # framed by the round's leader
+                    end = self._write_off + size
+                else:
+                    if self._write_off + size > self._write_window:
+                        self._advance_window(size)
+                    end = self._frame_many(self._write_off, records, self._next_seq)
                 self._write_off = end
-                self._next_seq += len(records)
+                self._next_seq += n
                 last = self._next_seq - 1
             else:
                 last = self._append_batch_slow(records)

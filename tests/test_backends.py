@@ -279,6 +279,23 @@ def test_frame_into_and_framer_write_what_frame_batch_writes(
 
 
 @PARITY
+@given(lens=st.lists(st.one_of(st.integers(0, 5000), st.sampled_from(
+    [0xFFFFFFFF, 0x100000000, U64 - 1])), max_size=20))
+def test_frames_size_is_the_sum_of_frame_sizes_in_both(lens: list[int]) -> None:
+    """What append_batch reserves for a batch: exactly the bytes framing writes, and a
+    length past the format limit refused alike."""
+    native = need_native()
+    want = outcome(_pure.frames_size, lens)
+    assert outcome(native.frames_size, array("Q", lens)) == want
+    if want[0] == "ok":
+        assert want[1] == sum(frame_size(n) for n in lens)
+        payloads = [b"p" * n for n in lens if n <= 5000]
+        if len(payloads) == len(lens):
+            buf = bytearray(want[1])
+            assert native.frame_batch_into(buf, 0, payloads, 0) == want[1]
+
+
+@PARITY
 @given(payloads=payload_lists, first_seq=first_seqs, pre=st.integers(0, 6),
        skew=st.sampled_from([0, 0, 1, -1]), room=st.integers(-16, 16))
 def test_framer_frame_joined_writes_what_frame_batch_writes_or_refuses_alike(
