@@ -288,6 +288,43 @@ def test_fsync_failure_fails_the_append_and_every_later_write(logdir: str) -> No
         assert again.append(b"next") == len(rest)
 
 
+def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: str) -> None:
+    """Appenders waiting on group rounds (some covered by the failing round, some queued
+    for a later one) must each either return durable before the failure or raise the
+    DurabilityError: no waiter is left asleep, none is told a record is durable that
+    the failed fsync did not cover."""
+    log = SegmentLog(logdir, segment_size=1 << 20, fsync="always")
+    log._fsync_fn = failing_fsync(after=40)  # type: ignore[assignment]
+    acked: list[tuple[int, bytes]] = []
+    failed: list[BaseException] = []
+    start = threading.Barrier(12)
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            for n in range(200):
+                rec = record(i * 1000 + n, 100)
+                acked.append((log.append(rec), rec))
+        except DurabilityError as exc:
+            failed.append(exc)
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+    assert not any(t.is_alive() for t in pool), "a waiter was never woken"
+    assert len(failed) == 12, "every appender must meet the failure"
+    durable = log.stats()["durable_seq"]
+    assert acked and max(seq for seq, _ in acked) <= durable, (
+        "a record was acknowledged past the last successful sync")
+    log.close()
+    with SegmentLog(logdir, segment_size=1 << 20) as again:
+        back = read_all(again)
+    for seq, rec in acked:  # every acknowledged record, intact, at its sequence number
+        assert back[seq] == rec
+
+
 def test_fsync_failure_in_append_batch_and_sync(logdir: str) -> None:
     log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
     log.append_batch([b"a", b"b"])
