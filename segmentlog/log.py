@@ -898,7 +898,7 @@ class SegmentLog:
         that lock one after the other to learn they are done. A round's end wakes only
         the followers it made durable, plus one follower of the next round to lead it:
         the others sleep on (measured with 16 appending threads: context switches, not
-        Python, were most of the time; FORMAT.md, "Group commit").
+        Python, were most of the time; FORMAT.md, "Writing and preparing segments").
         """
         self._lock.acquire()
         try:
