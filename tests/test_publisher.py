@@ -123,12 +123,6 @@ def broker_addr(rabbitmq_url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 5672
 
 
-@pytest.fixture()
-def proxy(broker_addr: tuple[str, int]) -> Iterator[TcpProxy]:
-    with TcpProxy(*broker_addr) as p:
-        yield p
-
-
 def _publish_in_thread(pub: Publisher, batch: Sequence[Message]) -> tuple[threading.Thread,
                                                                            dict[str, Any]]:
     box: dict[str, Any] = {}
