@@ -18,6 +18,10 @@ second *stored by the broker*:
 
 Ratios are computed within this one run, so a busy machine slows all of them alike.
 The issue's target: the default window at >= 0.8x no-confirm and >= 7x confirm-each.
+
+CPU per message is printed for this process (the client, pika's I/O thread included)
+and, when the broker runs on this machine and /proc shows its ``beam.smp``, for the
+broker: which side runs out first is the explanation of every rate.
 """
 
 from __future__ import annotations
@@ -59,6 +63,34 @@ def make_messages(n: int) -> list[tuple[str, bytes]]:
         body = (head + "x" * max(pad, 0) + '"}').encode()
         out.append((mid, body))
     return out
+
+
+def _broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (``beam.smp`` with "rabbit" on its command line)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"beam.smp" in cmd and b"rabbit" in cmd:
+            return int(entry)
+    return None
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of ``pid`` (None: this process), or None if unreadable."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _declare(url: str) -> str:
@@ -154,9 +186,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print(text, flush=True)
 
+    broker = _broker_pid()
+    cpu: dict[str, tuple[float, float | None]] = {}
+
     def timed(label: str, fn: Callable[[], float], n: int) -> float:
+        c0, b0 = _cpu_seconds(None), _cpu_seconds(broker)
         rate = fn()
-        log(f"  {label:<22} {n:>8} msgs  {rate:>9.0f} msg/s")
+        c1, b1 = _cpu_seconds(None), _cpu_seconds(broker)
+        assert c0 is not None and c1 is not None
+        client = (c1 - c0) / n * 1e6
+        served = (b1 - b0) / n * 1e6 if b0 is not None and b1 is not None else None
+        cpu[label] = (client, served)
+        shown = f"{served:6.0f}" if served is not None else "     -"
+        log(f"  {label:<22} {n:>8} msgs  {rate:>9.0f} msg/s   CPU/msg: client {client:4.0f} "
+            f"us, broker {shown} us")
         return rate
 
     log(f"RabbitMQ publisher benchmark: {BODY_SIZE}-byte JSON bodies, persistent, durable "
@@ -182,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "body_bytes": BODY_SIZE, "no_confirm_rate": no_confirm,
             "no_confirm_runs": [nc1, nc2], "confirm_each_rate": each,
             "windows": curve, "target_window": target_w, "target_met": ok,
+            "cpu_us_per_message": {k: {"client": c, "broker": b} for k, (c, b) in cpu.items()},
         }, indent=2))
     else:
         print(f"\nno-confirm baseline {no_confirm:.0f} msg/s (mean of {nc1:.0f} and {nc2:.0f}); "
