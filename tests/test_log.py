@@ -204,7 +204,10 @@ def test_close_wakes_a_sync_waiting_behind_a_slow_fsync(logdir: str) -> None:
 
     waiter = threading.Thread(target=syncer)
     waiter.start()
-    time.sleep(0.05)  # the sync() is now waiting behind the slow round
+    deadline = time.monotonic() + 10
+    while not log._gates:  # until the sync() waits behind the slow round
+        assert time.monotonic() < deadline, "sync() never started waiting"
+        time.sleep(0.001)
     closer = threading.Thread(target=log.close)
     closer.start()
     release.set()
