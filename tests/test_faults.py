@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from threadtools import run_threads
 
 import segmentlog.segment
 from segmentlog import (
@@ -308,12 +309,7 @@ def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: s
         except DurabilityError as exc:
             failed.append(exc)
 
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(12)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(60)
-    assert not any(t.is_alive() for t in pool), "a waiter was never woken"
+    run_threads(work, 12)  # a waiter never woken would hang here
     assert len(failed) == 12, "every appender must meet the failure"
     durable = log.stats()["durable_seq"]
     assert acked and max(seq for seq, _ in acked) <= durable, (

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from logtools import SMALL, check_intact, read_all, record, segment_files, write_log
+from threadtools import run_threads
 
 import segmentlog
 from segmentlog import (
@@ -130,16 +131,12 @@ def test_group_commit_shares_fsyncs_between_threads(logdir: str) -> None:
         start = threading.Barrier(threads)
         before = log.stats()["fsyncs"]
 
-        def work() -> None:
+        def work(_: int) -> None:
             start.wait()
             for _ in range(per_thread):
                 log.append(b"x" * 500)
 
-        pool = [threading.Thread(target=work) for _ in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        run_threads(work, threads)
         fsyncs = log.stats()["fsyncs"] - before
         assert log.stats()["durable_seq"] == threads * per_thread - 1
     # Without group commit every append would sync on its own.
@@ -169,12 +166,7 @@ def test_group_commit_wakes_each_appender_only_when_its_record_is_durable(
             except BaseException as exc:  # reported below, not lost in the thread
                 errors.append(exc)
 
-        pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join(60)
-        assert not any(t.is_alive() for t in pool), "an appender never woke up"
+        run_threads(work, threads)  # an appender never woken would hang here
         assert not errors, errors
         assert log.stats()["durable_seq"] == threads * per_thread - 1
 

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from test_store_conformance import PgPool, drain, drop_tables, ev, seqs
+from threadtools import run_threads
 
 from segmentlog.errors import BackingStoreError, BackingStoreFull
 from segmentlog.store import SQLiteStore, SQLStore, create_backing_store, sql_store_factory
@@ -105,11 +106,7 @@ def test_concurrent_drainers_deliver_every_event_exactly_once(
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads(run, 3)
     assert not failures, failures
     everything = sorted(s for d in delivered for s in d)
     assert everything == list(range(300))  # none twice, none lost
@@ -197,11 +194,7 @@ def test_limit_is_exact_under_concurrent_writers(
             except BackingStoreFull:
                 pass
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads(run, 4)
     assert sum(accepted) == 50
     assert q(admin, f'SELECT count(*) FROM "{table}"') == (50,)
     assert q(admin, f'SELECT events FROM "{table}_meta"') == (50,)
