@@ -37,8 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-import pika  # noqa: E402
-from bench_publisher import run_no_confirm, run_windowed  # noqa: E402
+from bench_publisher import _delete, run_no_confirm, run_windowed  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 
 from segmentlog.audit import DRAIN_WINDOW, Auditor  # noqa: E402
@@ -67,14 +66,6 @@ def _mapping(i: int) -> dict[str, Any]:
         "target": {"typeURI": "service/resources/project", "id": "p-1"},
         "requestPath": f"/v1/projects/p-1/{i}",
     }
-
-
-def _delete(url: str, queue: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        conn.channel().queue_delete(queue)
-    finally:
-        conn.close()
 
 
 def _percentiles(samples: list[int]) -> dict[str, float]:

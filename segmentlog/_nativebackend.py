@@ -166,28 +166,27 @@ def frames_size(lens: array[int]) -> int:
 
 def frame_into(buf: WritableBuffer, off: int, payload: Buffer, seq: int) -> int:
     """Write one frame at ``off``; return the offset just past it (padding included)."""
-    ptr = _byte_buffer(buf, writable=True)
-    end = None
-    if ptr is not None:
-        with ptr:
-            end = _frame_c(ptr, off, payload, seq)
-        if end is not None and end >= 0:
-            return end
-    return _settle(end, _pure.frame_into, buf, off, payload, seq)
+    return _write_into(buf, _frame_c, _pure.frame_into, off, payload, seq)
 
 
 def frame_batch_into(
     buf: WritableBuffer, off: int, payloads: Sequence[Buffer], first_seq: int
 ) -> int:
     """Write consecutive frames for ``payloads`` starting at ``off``; return the new end."""
+    return _write_into(buf, _frame_batch_c, _pure.frame_batch_into, off, payloads, first_seq)
+
+
+def _write_into(buf: WritableBuffer, c_write: Any, reference: Any, *args: Any) -> int:
+    """One write of the module-level API: bind ``buf``, let C write (Rule 1 and 2 as
+    ever), and leave what C declines or refuses to the reference, buffer unbound."""
     ptr = _byte_buffer(buf, writable=True)
     end = None
     if ptr is not None:
         with ptr:
-            end = _frame_batch_c(ptr, off, payloads, first_seq)
+            end = c_write(ptr, *args)
         if end is not None and end >= 0:
-            return end
-    return _settle(end, _pure.frame_batch_into, buf, off, payloads, first_seq)
+            return int(end)
+    return _settle(end, reference, buf, *args)
 
 
 def scan(

@@ -90,6 +90,21 @@ def outcome(fn: Callable[..., Any], *args: Any) -> tuple[Any, ...]:
     return ("ok", result)
 
 
+def four_ways_agree(function: str, method: str, size: int, *args: Any) -> None:
+    """The module function ``function`` and the Framer method ``method`` of both backends
+    give one outcome and leave the same bytes in a buffer of ``size`` stale bytes."""
+    native = need_native()
+    bufs = [bytearray(b"\x77" * size) for _ in range(4)]
+    results = [
+        outcome(getattr(_pure, function), bufs[0], *args),
+        outcome(getattr(native, function), bufs[1], *args),
+        outcome(getattr(_pure.Framer(bufs[2]), method), *args),
+        outcome(getattr(native.Framer(bufs[3]), method), *args),
+    ]
+    assert results[1:] == results[:1] * 3
+    assert bufs[1:] == bufs[:1] * 3
+
+
 def both(name: str, *args: Any) -> tuple[Any, ...]:
     """Call function ``name`` of both backends; assert they agree; return the outcome."""
     native = need_native()
@@ -344,16 +359,7 @@ def test_framer_frame_joined_writes_what_frame_batch_writes_or_refuses_alike(
 def test_frame_into_errors_and_odd_arguments_match_reference(
     size: int, off: int, payload: Any, seq: int
 ) -> None:
-    native = need_native()
-    bufs = [bytearray(b"\x77" * size) for _ in range(4)]
-    results = [
-        outcome(_pure.frame_into, bufs[0], off, payload, seq),
-        outcome(native.frame_into, bufs[1], off, payload, seq),
-        outcome(_pure.Framer(bufs[2]).frame, off, payload, seq),
-        outcome(native.Framer(bufs[3]).frame, off, payload, seq),
-    ]
-    assert results[1:] == results[:1] * 3
-    assert bufs[1:] == bufs[:1] * 3
+    four_ways_agree("frame_into", "frame", size, off, payload, seq)
 
 
 @pytest.mark.parametrize(
@@ -372,16 +378,7 @@ def test_frame_into_errors_and_odd_arguments_match_reference(
 def test_frame_batch_errors_and_partial_writes_match_reference(
     size: int, off: int, payloads: list[Any], first_seq: int
 ) -> None:
-    native = need_native()
-    bufs = [bytearray(b"\x77" * size) for _ in range(4)]
-    results = [
-        outcome(_pure.frame_batch_into, bufs[0], off, payloads, first_seq),
-        outcome(native.frame_batch_into, bufs[1], off, payloads, first_seq),
-        outcome(_pure.Framer(bufs[2]).frame_batch, off, payloads, first_seq),
-        outcome(native.Framer(bufs[3]).frame_batch, off, payloads, first_seq),
-    ]
-    assert results[1:] == results[:1] * 3
-    assert bufs[1:] == bufs[:1] * 3
+    four_ways_agree("frame_batch_into", "frame_batch", size, off, payloads, first_seq)
 
 
 class _HugeLen(bytes):
