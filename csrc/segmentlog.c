@@ -219,6 +219,8 @@ const char *sl_strerror(int code) {
         return "no_space";
     case SL_ERR_SEQ:
         return "seq_overflow";
+    case SL_ERR_CLOSED:
+        return "cursor_closed";
     default:
         return "unknown";
     }

@@ -9,7 +9,8 @@
  *     without a copy; offsets and lengths are uint64_t;
  *   - functions return plain integer codes: 0 (SL_OK) or a negative SL_ERR_*, named by
  *     sl_strerror(); framing returns the new offset (>= 0) or a negative SL_ERR_*;
- *   - nothing is allocated, nothing is kept: the caller owns every buffer.
+ *   - nothing is allocated: the caller owns every buffer, and the one piece of state
+ *     kept between calls (sl_cursor, csrc/cursor.c) is a struct the caller allocates.
  * Policy (rotation, recovery, retention) lives in Python; this file never touches a
  * file descriptor.
  */
@@ -55,6 +56,7 @@ extern "C" {
 #define SL_ERR_ALIGN (-3)     /* the offset is not a multiple of SL_FRAME_ALIGN */
 #define SL_ERR_NO_SPACE (-4)  /* the frames do not fit between the offset and the capacity */
 #define SL_ERR_SEQ (-5)       /* a sequence number of the batch would exceed 2^64 - 1 */
+#define SL_ERR_CLOSED (-6)    /* the cursor is closed, or the frame would pass its window */
 
 /* sl_scan flags. */
 #define SL_OPT_LIMIT_BYTES 1u /* max_bytes applies (otherwise payload bytes are unlimited) */
@@ -117,6 +119,32 @@ int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
  * trusted: every aligned offset is tried. */
 int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
               uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq);
+
+/* The append cursor (csrc/cursor.c): where the next frame of the active segment goes.
+ * The caller allocates it zeroed (closed), and reads off and next_seq only while it is
+ * closed; lock belongs to the sl_cursor_* functions. */
+typedef struct sl_cursor {
+    char *base;        /* the active segment's map */
+    uint64_t cap;      /* its size */
+    uint64_t off;      /* where the next frame goes */
+    uint64_t next_seq; /* the next frame's sequence number */
+    uint64_t window;   /* frames must end at or below this; 0: closed */
+    int32_t lock;      /* 0 free, 1 held */
+} sl_cursor;
+
+/* Frame one record at the cursor and advance it; returns its sequence number, or
+ * SL_ERR_CLOSED (closed, or it would pass the window), SL_ERR_SEQ (a sequence number
+ * above 2^63 - 1) or a code of sl_frame_one; nothing is written then. Safe to call
+ * from any number of threads. */
+int64_t sl_cursor_append(sl_cursor *c, const char *payload, uint64_t len);
+
+/* Point the cursor at base[off, window) (window is capped at cap) and open it. */
+void sl_cursor_open(sl_cursor *c, char *base, uint64_t cap, uint64_t off, uint64_t next_seq,
+                    uint64_t window);
+
+/* Close the cursor: on return no append is in progress and none succeeds until the next
+ * sl_cursor_open; off and next_seq are final and may be read. */
+void sl_cursor_close(sl_cursor *c);
 
 /* The name of a return code ("ok", "too_large", ...); "unknown" for anything else. */
 const char *sl_strerror(int code);

@@ -1,11 +1,12 @@
 """cffi build script of the C core (out-of-line API mode), named in setup.py's cffi_modules.
 
-It compiles csrc/crc32c.c and csrc/segmentlog.c into the extension ``segmentlog._native``
-and declares the narrow ABI of csrc/segmentlog.h to cffi. It never runs at import time:
-setuptools runs it at install, and ``python segmentlog/_build_native.py`` builds the
-extension in place for development. Flags: ``-O2`` always; ``-Wall -Wextra -Werror``
-only when ``SEGMENTLOG_STRICT_BUILD=1`` (the test build), so a user's newer compiler
-with new warnings still installs the package.
+It compiles csrc/crc32c.c, csrc/segmentlog.c and csrc/cursor.c into the extension
+``segmentlog._native`` and declares the narrow ABI of csrc/segmentlog.h to cffi. It
+never runs at import time: setuptools runs it at install, and
+``python -P segmentlog/_build_native.py`` builds the extension in place for development
+(``-P``: the package's own ``inspect`` module must not shadow the standard one). Flags:
+``-O2`` always; ``-Wall -Wextra -Werror`` only when ``SEGMENTLOG_STRICT_BUILD=1`` (the
+test build), so a user's newer compiler with new warnings still installs the package.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cffi import FFI
 # Paths relative to the project root (setuptools runs build scripts from there and
 # rejects absolute source paths); __main__ below changes to the root first.
 CSRC = "csrc"
-SOURCES = [f"{CSRC}/crc32c.c", f"{CSRC}/segmentlog.c"]
+SOURCES = [f"{CSRC}/crc32c.c", f"{CSRC}/segmentlog.c", f"{CSRC}/cursor.c"]
 DEPENDS = [f"{CSRC}/segmentlog.h"]
 
 CDEF = """
@@ -44,6 +45,7 @@ CDEF = """
 #define SL_ERR_ALIGN ...
 #define SL_ERR_NO_SPACE ...
 #define SL_ERR_SEQ ...
+#define SL_ERR_CLOSED ...
 
 #define SL_OPT_LIMIT_BYTES ...
 #define SL_OPT_CONTINUE ...
@@ -70,6 +72,18 @@ int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
             uint64_t *out_off, uint64_t *out_len, sl_scan_result *res);
 int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
               uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq);
+typedef struct sl_cursor {
+    char *base;
+    uint64_t cap;
+    uint64_t off;
+    uint64_t next_seq;
+    uint64_t window;
+    int32_t lock;
+} sl_cursor;
+int64_t sl_cursor_append(sl_cursor *c, const char *payload, uint64_t len);
+void sl_cursor_open(sl_cursor *c, char *base, uint64_t cap, uint64_t off, uint64_t next_seq,
+                    uint64_t window);
+void sl_cursor_close(sl_cursor *c);
 const char *sl_strerror(int code);
 """
 

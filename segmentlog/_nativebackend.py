@@ -32,6 +32,7 @@ from segmentlog._pure import Buffer, ScanResult
 
 __all__ = [
     "NAME",
+    "Cursor",
     "Framer",
     "ScanResult",
     "Scanner",
@@ -57,6 +58,9 @@ _frame_one = lib.sl_frame_one
 _frame_batch = lib.sl_frame_batch
 _sl_scan = lib.sl_scan
 _ERR_ARG = lib.SL_ERR_ARG
+_cursor_append = lib.sl_cursor_append
+_cursor_open = lib.sl_cursor_open
+_cursor_close = lib.sl_cursor_close
 
 
 def crc32c(data: Buffer, crc: int = 0) -> int:
@@ -403,6 +407,36 @@ class Framer:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class Cursor:
+    """Where the next frame of the active segment goes (csrc/cursor.c): SegmentLog.append
+    frames through it without the log's lock (the cursor has its own, held for one frame).
+
+    ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes) returns the new
+    record's sequence number, or a negative code when the cursor refuses: closed, or the
+    frame would pass the window. ``open`` points it at a Framer's buffer; ``close`` stops
+    every append (one in progress finishes first) and returns (offset, next sequence
+    number). The Framer must outlive the opening: close the cursor before releasing it.
+    """
+
+    __slots__ = ("_c", "append")
+
+    def __init__(self) -> None:
+        self._c: Any = ffi.new("sl_cursor *")  # zeroed: closed
+        self.append: Any = functools.partial(_cursor_append, self._c)
+
+    def open(self, framer: Framer, off: int, next_seq: int, window: int) -> bool:
+        """Open over ``[off, window)`` of the framer's buffer; False if that buffer is not
+        one C can write (the cursor stays closed and every append takes the slow path)."""
+        if not framer._native or next_seq >= 1 << 63:
+            return False
+        _cursor_open(self._c, framer._ptr, framer._cap, off, next_seq, window)
+        return True
+
+    def close(self) -> tuple[int, int]:
+        _cursor_close(self._c)
+        return int(self._c.off), int(self._c.next_seq)
 
 
 class Scanner:

@@ -7,6 +7,7 @@ a machine without a compiler still gets every check, just not the speed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +29,7 @@ from segmentlog._format import (
 )
 
 NAME = "pure"
+ERR_CURSOR_CLOSED = -6  # csrc/segmentlog.h SL_ERR_CLOSED
 
 Buffer = bytes | bytearray | memoryview
 
@@ -253,6 +255,42 @@ class Framer:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class Cursor:
+    """Where the next frame of the active segment goes: the native backend's Cursor (see
+    there), with a threading.Lock for the C core's spin lock."""
+
+    __slots__ = ("_framer", "_lock", "_off", "_seq", "_window")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._framer: Framer | None = None
+        self._off = self._seq = self._window = 0
+
+    def append(self, payload: bytes, length: int) -> int:
+        with self._lock:
+            off, seq = self._off, self._seq
+            if self._framer is None or off + frame_size(length) > self._window:
+                return ERR_CURSOR_CLOSED
+            end = self._framer.raw(off, payload, length, seq)
+            if end < 0:
+                return end
+            self._off, self._seq = end, seq + 1
+            return seq
+
+    def open(self, framer: Framer, off: int, next_seq: int, window: int) -> bool:
+        if next_seq >= 1 << 63:
+            return False
+        with self._lock:
+            self._framer, self._off, self._seq = framer, off, next_seq
+            self._window = window
+        return True
+
+    def close(self) -> tuple[int, int]:
+        with self._lock:
+            self._framer = None
+            return self._off, self._seq
 
 
 class Scanner:

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Writers append under one lock: a record is framed (FORMAT.md) straight into the mapped
-active segment and gets the next sequence number. When it does not fit, the writer
+A record is framed (FORMAT.md) straight into the mapped active segment and gets the
+next sequence number: with ``fsync="never"``/``"interval"`` by one C call through the
+append cursor, without the log's lock (see Locks). When it does not fit, the writer
 rotates to the next segment, which a background thread prepared in advance (space
 reserved and zero-filled, or a consumed segment recycled), so rotation costs a header
 write, two fsyncs and a rename once per segment.
@@ -31,7 +32,11 @@ is skipped: its bytes go to the dead-letter file and reading goes on with the ne
 sound record. A damaged record is never returned.
 
 Locks: ``_lock`` guards the writer state and the segment list (appenders, rotation,
-group commit, reclaiming); ``_read_lock`` guards the reader state. The reader takes
+group commit, reclaiming); ``_read_lock`` guards the reader state. Without
+``fsync="always"``, ``append`` frames through the cursor (``impl.Cursor``, csrc/cursor.c,
+its own spin lock held for one frame) while the active window has room, and taking
+``_lock`` closes the cursor and reads its position back (``_WriterLock``): under
+``_lock`` the writer fields are the truth, whoever holds it. The reader takes
 ``_lock`` only briefly to learn how far the active segment is written. Lock order is
 ``_read_lock`` then ``_lock``.
 """
@@ -50,7 +55,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from segmentlog import checkpoint, deadletter
 from segmentlog._backend import impl
@@ -241,7 +246,10 @@ class SegmentLog:
         self.recycle = recycle
         self.max_record_size = segment_size - SEGMENT_HEADER_SIZE - FRAME_HEADER_SIZE
 
-        self._lock = threading.Lock()
+        # With fsync="always" a plain lock; otherwise holding it also closes append's
+        # cursor (_WriterLock), so the writer state below is the truth under it.
+        self._writer_lock = None if fsync == "always" else _WriterLock(self)
+        self._lock: Any = cast(Any, self._writer_lock or threading.Lock())
         self._sync_cond = threading.Condition(self._lock)
         self._space_cond = threading.Condition(self._lock)
         self._prep_cond = threading.Condition(self._lock)
@@ -278,6 +286,8 @@ class SegmentLog:
         self._frame_one: Any = None  # (off, payload, seq) -> new offset
         self._frame_raw: Any = None  # (off, payload, len, seq) -> new offset, < 0 refused
         self._always = fsync == "always"
+        self._fast_append: Any = (  # (payload, len) -> seq, < 0 refused
+            _refuse if self._writer_lock is None else self._writer_lock.cursor.append)
         # New segments are zero-filled off the append path (FORMAT.md, "Writing and
         # preparing segments"): fdatasynced with fsync="always" (cheaper fdatasyncs of
         # records later); left in the page cache with "never" (mapping a window then
@@ -524,8 +534,18 @@ class SegmentLog:
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Append one record; return its sequence number (durable on return with
         ``fsync="always"``)."""
-        # The hot path: every line here costs. A closed or failed log has _write_window
-        # -1, so the one window check also sends it to the slow path, which raises.
+        # The hot path: one C call frames the record through the cursor, without the
+        # lock (_WriterLock). It refuses (< 0) when closed: with fsync="always", while the
+        # lock is held, at the end of the window, for a closed or failed log.
+        if type(payload) is bytes:
+            seq: int = self._fast_append(payload, len(payload))
+            if seq >= 0:
+                return seq
+        return self._append_locked(payload)
+
+    def _append_locked(self, payload: bytes | bytearray | memoryview) -> int:
+        """append under the lock: every case the cursor refuses. A closed or failed log
+        has _write_window -1, so the one window check sends it to the slow path too."""
         if type(payload) is not bytes:
             payload = self._coerce(payload)
         n = len(payload)
@@ -1435,5 +1455,57 @@ class SegmentLog:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"next_seq={self._next_seq}"
+        with self._lock:
+            state = "closed" if self._closed else f"next_seq={self._next_seq}"
         return f"<SegmentLog {self.directory!r} {state}>"
+
+
+def _refuse(payload: bytes, length: int) -> int:
+    """append's fast path with fsync="always": every append queues under the lock."""
+    return -1
+
+
+class _WriterLock:
+    """The log's lock with fsync="never" or "interval": holding it closes append's cursor.
+
+    append frames records through the cursor (impl.Cursor, csrc/cursor.c) without this
+    lock. Taking the lock closes the cursor (an append in progress finishes first) and
+    reads its position back into the log's ``_write_off`` and ``_next_seq``, so under
+    the lock the log's own fields are the truth and nothing else writes the segment.
+    Releasing reopens the cursor over the active window, if there is one (none while
+    closed, failed or between segments: ``_write_window`` <= 0). Conditions on this
+    lock release and re-take it through these same methods.
+    """
+
+    __slots__ = ("_log", "_mutex", "_open", "cursor")
+
+    def __init__(self, owner: SegmentLog) -> None:
+        self._mutex = threading.Lock()
+        self._log = owner
+        self.cursor: Any = impl.Cursor()
+        self._open = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._mutex.acquire(blocking, timeout):
+            return False
+        if self._open:
+            self._open = False
+            owner = self._log
+            owner._write_off, owner._next_seq = self.cursor.close()
+        return True
+
+    def release(self) -> None:
+        owner = self._log
+        if owner._write_window > 0 and owner._active is not None:
+            self._open = self.cursor.open(owner._active.framer, owner._write_off,
+                                          owner._next_seq, owner._write_window)
+        self._mutex.release()
+
+    def locked(self) -> bool:
+        return self._mutex.locked()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
