@@ -288,12 +288,15 @@ class SegmentLog:
         self._always = fsync == "always"
         self._fast_append: Any = (  # (payload, len) -> seq, < 0 refused
             _refuse if self._writer_lock is None else self._writer_lock.cursor.append)
-        # New segments are zero-filled off the append path (FORMAT.md, "Writing and
-        # preparing segments"): fdatasynced with fsync="always" (cheaper fdatasyncs of
-        # records later); left in the page cache with "never" (mapping a window then
-        # finds its pages ready). Not with "interval": its first fdatasync would write
-        # the whole segment of zeros, and the pages it cleans fault again anyway.
+        # New segments are prepared off the append path (FORMAT.md, "Writing and
+        # preparing segments"): zero-filled and fdatasynced with fsync="always" (cheaper
+        # fdatasyncs of records later); zero-filled in the page cache with "never"
+        # (mapping a window then finds its pages ready). With "interval" only reserved,
+        # then read through once ("warm"): its pages wait in the page cache as clean
+        # zero pages, which no fdatasync writes (dirty zeros, the first fdatasync would
+        # write the whole segment): one append 1.6 -> 0.9 us (median of 5 runs).
         self._zero_fill = fsync != "interval"
+        self._warm = fsync == "interval"
         self._frame_many: Any = None  # (off, payloads, first_seq) -> new offset
         # Followers waiting for a group fsync: (the sequence number each waits for, the
         # locked Lock the leader releases); see _wait_durable and _open_gates.
@@ -477,7 +480,8 @@ class SegmentLog:
                 self._spare = False
                 self._prep_recycled = True
             else:
-                reserve_and_zero(prep, self.segment_size, self._zero_fill, self._always)
+                reserve_and_zero(prep, self.segment_size, self._zero_fill, self._always,
+                                 self._warm)
                 self._prep_recycled = False
         self._prepared = False
         recycled = self._prep_recycled
@@ -1065,7 +1069,8 @@ class SegmentLog:
                 self._preparing = True
             ok = False
             try:
-                reserve_and_zero(prep, self.segment_size, self._zero_fill, self._always)
+                reserve_and_zero(prep, self.segment_size, self._zero_fill, self._always,
+                                 self._warm)
                 ok = True
             except OSError as exc:
                 # Not fatal here: rotation will try again and report the error itself.

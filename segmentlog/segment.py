@@ -68,13 +68,16 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = True) -> None:
+def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = True,
+                     warm: bool = False) -> None:
     """Create ``path`` with ``size`` bytes allocated (and, with ``zero_fill``, written as
-    zeros), then (with ``sync``) fdatasync it.
+    zeros), then (with ``sync``) fdatasync it; with ``warm``, read it through once.
 
     Writing the zeros (not only ``posix_fallocate``) turns unwritten extents into written
     ones up front, which makes every later ``fdatasync`` of records cheaper (FORMAT.md,
-    "Preparing segments"). On ENOSPC the partial file is removed and the error raised.
+    "Writing and preparing segments"). Reading the file puts its pages in the page cache
+    as clean zero pages: writing through the map then finds them ready, and no zeros are
+    written back to disk. On ENOSPC the partial file is removed and the error raised.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -92,6 +95,10 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
             written += os.pwrite(fd, _ZERO_CHUNK[:n], written)
         if sync:
             os.fdatasync(fd)
+        if warm:
+            chunk, done = bytearray(len(_ZERO_CHUNK)), 0
+            while done < size and (n := os.preadv(fd, [chunk], done)) > 0:
+                done += n
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

@@ -440,9 +440,20 @@ def test_files_are_private(logdir: str) -> None:
         assert os.stat(os.path.join(logdir, name)).st_mode & 0o077 == 0, name
 
 
-def test_segments_are_preallocated_not_sparse(logdir: str) -> None:
-    write_log(logdir, 50)
-    for path in segment_files(logdir):
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_segments_are_preallocated_not_sparse(logdir: str, fsync: str) -> None:
+    """Each policy prepares segments its own way (zeros + fdatasync, reserved + read
+    through, zeros in the page cache): all are fully reserved and read as zeros past the
+    last record."""
+    with SegmentLog(logdir, segment_size=SMALL, fsync=fsync) as log:
+        for i in range(200):
+            log.append(record(i))
+        end = log.stats()["write_offset"]
+    paths = segment_files(logdir)
+    assert len(paths) > 2
+    for path in paths:
         st = os.stat(path)
         assert st.st_size == SMALL
         assert st.st_blocks * 512 >= st.st_size
+    with open(paths[-1], "rb") as f:
+        assert f.read()[end:] == bytes(SMALL - end)
