@@ -44,6 +44,7 @@ its own spin lock held for one frame) while the active window has room, and taki
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import errno
 import logging
@@ -301,6 +302,7 @@ class SegmentLog:
         # Followers waiting for a group fsync: (the sequence number each waits for, the
         # locked Lock the leader releases); see _wait_durable and _open_gates.
         self._gates: list[tuple[int, threading.Lock]] = []
+        self._chain: collections.deque[threading.Lock] = collections.deque()
         self._durable_committed = 0  # checkpoint known durable (under _lock)
         self._pinned: int | None = None  # segment the reader is walking (under _lock)
         self._waited_last_round = False
@@ -923,6 +925,9 @@ class SegmentLog:
         the followers it made durable, plus one follower of the next round to lead it:
         the others sleep on (measured with 16 appending threads: context switches, not
         Python, were most of the time; FORMAT.md, "Writing and preparing segments").
+        And it wakes them one after the other, not all at once (``_chain``): each woken
+        follower wakes the next, so they take the GIL in turn instead of all waking to
+        find it held and sleeping again on it.
         """
         self._lock.acquire()
         try:
@@ -935,6 +940,7 @@ class SegmentLog:
                     self._gates.append((_NEVER if force else seq, gate))
                     self._lock.release()
                     gate.acquire()  # released when the round in progress ends
+                    self._wake_next()
                     if self._durable_seq >= seq and not force:
                         return  # _lock is not held here: skip the finally's release
                     self._lock.acquire()
@@ -1000,19 +1006,35 @@ class SegmentLog:
         self._open_gates(target)
 
     def _open_gates(self, durable: int = _NEVER) -> None:
-        """Wake the followers whose records are durable up to ``durable`` (by default,
-        every follower: an error, or close), and one of the others to lead the next
-        round (lock held)."""
-        gates, later = self._gates, []
-        for seq, gate in gates:
+        """Wake the followers whose records are durable up to ``durable``, then one of
+        the others to lead the next round, in turn through ``_chain`` (lock held). By
+        default (an error, or close) every follower, at once."""
+        woken: list[threading.Lock] = []
+        later: list[tuple[int, threading.Lock]] = []
+        for seq, gate in self._gates:
             if seq <= durable:
-                gate.release()
+                woken.append(gate)
             else:
                 later.append((seq, gate))
         if later:
-            later.pop(0)[1].release()
+            woken.append(later.pop(0)[1])  # last: by then the others have appended again
         self._gates = later
+        self._chain.extend(woken)
+        if durable == _NEVER:
+            while self._chain:
+                self._wake_next()
+        else:
+            self._wake_next()
         self._sync_cond.notify_all()
+
+    def _wake_next(self) -> None:
+        """Release the next gate of ``_chain``, if any (with or without the lock: a deque
+        pops atomically, and each gate is in it once)."""
+        try:
+            gate = self._chain.popleft()
+        except IndexError:
+            return
+        gate.release()
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.fsync_interval):
