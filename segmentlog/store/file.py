@@ -153,7 +153,12 @@ class FileStore(BackingStore):
         try:
             self._dead_seqs = self._known_dead_seqs()
             self._forget_dead_below(int(self._log.stats()["committed_seq"]))
-            self._metrics = StoreMetrics(registry, self.TYPE, name)
+            # writes_total is the log's count of appended records, read at scrape time:
+            # write() then pays for no counter of its own (~0.15 us of ~2.5 us).
+            first_seq = int(self._log.stats()["next_seq"])
+            self._metrics = StoreMetrics(
+                registry, self.TYPE, name,
+                written=lambda: int(self._log.stats()["next_seq"]) - first_seq)
         except BaseException:
             self._log.close()  # e.g. a foreign collector owns the names: release the lock
             raise
@@ -241,7 +246,6 @@ class FileStore(BackingStore):
             self._log.append(payload)
         except (RecordTooLargeError, LogFullError, DurabilityError) as exc:
             raise self._translate(exc) from exc
-        self._metrics.wrote()
 
     def write_many(self, events: Sequence[Event]) -> None:
         payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
@@ -251,7 +255,6 @@ class FileStore(BackingStore):
             self._log.append_batch(payloads)
         except (RecordTooLargeError, LogFullError, DurabilityError) as exc:
             raise self._translate(exc) from exc
-        self._metrics.wrote(len(payloads))
 
     def _translate(self, exc: Exception) -> Exception:
         """The log's error in the store's terms: full is BackingStoreFull, a failed disk

@@ -39,6 +39,7 @@ passes no registry (``None``), as the original did.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.registry import Collector
@@ -117,16 +118,22 @@ class StoreMetrics:
     """One store's view of the shared metrics: the series with its ``store`` label.
 
     Custom stores may use it too: ``StoreMetrics(registry, "mytype")``.
+
+    ``written``: a callable that tells how many events the store has written since it
+    was opened, read at scrape time, for a store that counts them anyway (the file store:
+    its log's sequence numbers); ``wrote()`` is then not called and writes count nothing.
     """
 
     def __init__(
-        self, registry: CollectorRegistry | None, store_type: str, name: str | None = None
+        self, registry: CollectorRegistry | None, store_type: str, name: str | None = None,
+        written: Callable[[], int] | None = None,
     ) -> None:
         registry = REGISTRY if registry is None else registry
         self._written = 0
         self._count_lock = threading.Lock()
+        count = self._count if written is None else written
         shared, label = claim(registry, _RegistryMetrics, name or store_type,
-                              lambda metrics, label: metrics.writes.attach(label, self._count))
+                              lambda metrics, label: metrics.writes.attach(label, count))
         self._shared = shared
         #: The ``store`` label value of this store's series.
         self.label = label
