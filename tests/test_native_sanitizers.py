@@ -1,4 +1,5 @@
-"""The C core under AddressSanitizer and UndefinedBehaviorSanitizer.
+"""The C core under AddressSanitizer and UndefinedBehaviorSanitizer, and its one piece of
+shared state (the append cursor) under ThreadSanitizer.
 
 csrc/fuzz_scan.c is compiled with csrc/crc32c.c and csrc/segmentlog.c, with
 -fsanitize=address,undefined and warnings as errors, and run over seeded random and
@@ -7,6 +8,11 @@ truncation; plain random bytes), with the live and with the portable CRC code, a
 a few crafted input files. Any out-of-bounds read, undefined behaviour or broken
 invariant ends the run non-zero. A first test proves the sanitizer build really reports
 an overread here, so a silent, uninstrumented build cannot pass.
+
+csrc/stress_cursor.c is compiled with -fsanitize=thread: four threads append through one
+cursor while another closes and reopens it; every record that got a sequence number
+must be in the buffer once, in order, intact, and TSan must see no data race (a probe
+first shows that this TSan build does report a race).
 
 Skips (with the reason) only when there is no C compiler or it cannot build and run
 sanitized programs.
@@ -152,3 +158,55 @@ def test_fuzz_scan_crafted_inputs_under_asan_ubsan(fuzz_scan: Path, tmp_path: Pa
         [str(fuzz_scan), *paths], capture_output=True, text=True, timeout=60, env=RUN_ENV
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+
+
+TSAN = ["-fsanitize=thread", "-g", "-O1"]
+TSAN_ENV = {**os.environ, "TSAN_OPTIONS": "exitcode=66:halt_on_error=1"}
+
+
+def _tsan_build(cc: str, sources: list[Path], out: Path, extra: list[str]) -> str:
+    """Build with ThreadSanitizer; '' on success, else the compiler's complaint."""
+    cmd = [cc, *extra, *TSAN, f"-I{CSRC}", *map(str, sources), "-lpthread", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return "" if proc.returncode == 0 else f"{' '.join(cmd)}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def tsan_cc(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A compiler whose ThreadSanitizer build reports a plain data race, or a skip."""
+    cc = _compiler()
+    probe = tmp_path_factory.mktemp("tsan_probe")
+    src = probe / "race.c"
+    src.write_text(
+        "#include <pthread.h>\n"
+        "static int shared;\n"
+        "static void *bump(void *arg) { (void)arg; for (int i = 0; i < 100000; i++) shared++;"
+        " return 0; }\n"
+        "int main(void) { pthread_t a, b; pthread_create(&a, 0, bump, 0);"
+        " pthread_create(&b, 0, bump, 0); pthread_join(a, 0); pthread_join(b, 0);"
+        " return shared == 0; }\n"
+    )
+    problem = _tsan_build(cc, [src], probe / "race", [])
+    if problem:
+        pytest.skip(f"{cc} cannot build with -fsanitize=thread: {problem[-500:]}")
+    run = subprocess.run([str(probe / "race")], capture_output=True, text=True, timeout=60,
+                         env=TSAN_ENV)
+    if "ThreadSanitizer" not in run.stderr and run.returncode != 66:
+        pytest.skip(f"ThreadSanitizer does not run here: exit {run.returncode} "
+                    f"{run.stderr[-500:]}")
+    assert run.returncode == 66 and "data race" in run.stderr, run.stderr[-2000:]
+    return cc
+
+
+def test_append_cursor_under_threads_and_toggling_has_no_race(
+    tsan_cc: str, tmp_path: Path
+) -> None:
+    exe = tmp_path / "stress_cursor"
+    sources = [CSRC / "stress_cursor.c", CSRC / "cursor.c", CSRC / "segmentlog.c",
+               CSRC / "crc32c.c"]
+    problem = _tsan_build(tsan_cc, sources, exe, WARN)
+    assert not problem, problem
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120,
+                          env=TSAN_ENV)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    assert "all checks passed" in proc.stdout
