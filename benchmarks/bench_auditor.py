@@ -37,7 +37,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from bench_publisher import _delete, run_no_confirm, run_windowed  # noqa: E402
+from bench_publisher import (  # noqa: E402
+    QUEUE_ARGUMENTS,
+    _delete,
+    run_no_confirm,
+    run_windowed,
+)
 from tcpproxy import TcpProxy  # noqa: E402
 
 from segmentlog.audit import DRAIN_WINDOW, Auditor  # noqa: E402
@@ -82,7 +87,8 @@ def bench_record(url: str, n: int) -> dict[str, Any]:
     clock = time.perf_counter_ns
     try:
         with Auditor(OBSERVER, connection_url=url, queue_name=queue,
-                     queue_size=max(50_000, n)) as auditor:
+                     queue_size=max(50_000, n),
+                     publisher_options={"queue_arguments": QUEUE_ARGUMENTS}) as auditor:
             auditor.record(models[0])
             assert auditor.flush(30)
             record = auditor.record
@@ -121,13 +127,15 @@ def bench_drain(url: str, n: int, store_batch: int, window: int) -> dict[str, An
                "B_BACKING_STORE": store}
         proxy.refuse()
         fill_start = time.perf_counter()
-        first = Auditor(OBSERVER, env_prefix="B", environ=env, connect_wait=0)
+        first = Auditor(OBSERVER, env_prefix="B", environ=env, connect_wait=0,
+                        publisher_options={"queue_arguments": QUEUE_ARGUMENTS})
         for e in events:
             first.record(e)
         first.close(timeout=60)  # broker down + durable store: persisted, not waited for
         fill = time.perf_counter() - fill_start
         auditor = Auditor(OBSERVER, env_prefix="B", environ=env, connect_wait=0,
-                          publisher_options={"window": window})
+                          publisher_options={"window": window,
+                                             "queue_arguments": QUEUE_ARGUMENTS})
         try:
             registry = auditor.registry
             labels = auditor.metrics.labels
@@ -168,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                          "drain_batch_size regardless)")
     ap.add_argument("--window", type=int, default=DRAIN_WINDOW,
                     help="the auditor's publisher window (default: Auditor's DRAIN_WINDOW)")
+    ap.add_argument("--queue-arguments", type=json.loads, default={},
+                    help='JSON x- arguments of every queue (bench_publisher.py)')
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    QUEUE_ARGUMENTS.update(args.queue_arguments)
 
     def log(text: str) -> None:
         if not args.json:

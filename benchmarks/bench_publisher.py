@@ -1,7 +1,8 @@
 """Publisher throughput against a real RabbitMQ: windowed confirms vs the two baselines.
 
 Usage: python benchmarks/bench_publisher.py [--url URL] [--messages 100000]
-       [--each-messages 10000] [--batch 10000] [--windows 1,10,100,...] [--json]
+       [--each-messages 10000] [--batch 10000] [--windows 1,10,100,...]
+       [--queue-arguments '{"x-queue-version": 2}'] [--json]
 
 Every run publishes persistent messages (delivery_mode 2, ~514-byte CADF-like JSON)
 into its own fresh durable queue, which is deleted afterwards. Rates are messages per
@@ -15,6 +16,9 @@ second *stored by the broker*:
 - window=W: segmentlog.amqp.Publisher(window=W), ``publish_batch`` in batches of
   ``--batch``; the clock stops when every batch is confirmed. Windows below 100 use
   ``--each-messages`` messages (they run at confirm-each speed).
+
+Every queue of a run, the baselines' included, is declared with ``--queue-arguments``
+(default none: the broker's default queue type), so the ratios compare like with like.
 
 Ratios are computed within this one run, so a busy machine slows all of them alike.
 The issue's target: the default window at >= 0.8x no-confirm and >= 7x confirm-each.
@@ -44,6 +48,8 @@ from segmentlog.amqp import Publisher
 DEFAULT_URL = os.environ.get("SEGMENTLOG_TEST_RABBITMQ_URL",
                              "amqp://guest:guest@127.0.0.1:5672/%2F")
 BODY_SIZE = 514
+#: Arguments of every queue this run declares (--queue-arguments).
+QUEUE_ARGUMENTS: dict[str, object] = {}
 
 
 def make_messages(n: int) -> list[tuple[str, bytes]]:
@@ -96,7 +102,7 @@ def _cpu_seconds(pid: int | None) -> float | None:
 def _declare(url: str) -> str:
     name = f"segmentlog-bench-{uuid.uuid4().hex[:10]}"
     conn = pika.BlockingConnection(pika.URLParameters(url))
-    conn.channel().queue_declare(name, durable=True)
+    conn.channel().queue_declare(name, durable=True, arguments=dict(QUEUE_ARGUMENTS))
     conn.close()
     return name
 
@@ -154,7 +160,7 @@ def run_windowed(url: str, messages: list[tuple[str, bytes]], window: int,
                  batch: int) -> float:
     name = _declare(url)
     try:
-        with Publisher(url, name, window=window) as pub:
+        with Publisher(url, name, window=window, queue_arguments=QUEUE_ARGUMENTS) as pub:
             pub.connect()
             start = time.perf_counter()
             for i in range(0, len(messages), batch):
@@ -176,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--each-messages", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--windows", default="1,10,100,250,500,1000,2000,5000")
+    ap.add_argument("--queue-arguments", type=json.loads, default={},
+                    help='JSON x- arguments of every queue, e.g. \'{"x-queue-version": 2}\'')
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    QUEUE_ARGUMENTS.update(args.queue_arguments)
     windows = [int(w) for w in args.windows.split(",") if w]
     big = make_messages(args.messages)
     small = big[:args.each_messages]
@@ -203,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return rate
 
     log(f"RabbitMQ publisher benchmark: {BODY_SIZE}-byte JSON bodies, persistent, durable "
-        f"queue, batch={args.batch}")
+        f"queue{' ' + json.dumps(QUEUE_ARGUMENTS) if QUEUE_ARGUMENTS else ''}, "
+        f"batch={args.batch}")
     nc1 = timed("no-confirm (before)", lambda: run_no_confirm(args.url, big), len(big))
     each = timed("confirm-each", lambda: run_confirm_each(args.url, small), len(small))
     rates: dict[int, float] = {}

@@ -19,8 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import pika
+import pika.exceptions
 import pytest
-from amqptools import delete_queue
+from amqptools import consume_all, delete_queue
 from audit_child import (
     OBSERVER,
     check_delivery,
@@ -555,6 +557,12 @@ def test_write_ahead_rejects_bad_events_before_the_store(
         ({"AUDIT_QUEUE_NAME": "q",
           "AUDIT_BACKING_STORE": '{"type":"memory","params":{"max_event":5}}'},
          "max_event"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": "{x-queue-version: 2}"},
+         "invalid JSON in AUDIT_QUEUE_ARGUMENTS"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": "[2]"},
+         "AUDIT_QUEUE_ARGUMENTS must be a JSON object"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"queue-version": 2}'},
+         "'queue-version' is not an x- argument"),
     ],
 )
 def test_bad_configuration_raises_config_error_naming_the_variable(
@@ -617,6 +625,26 @@ def test_env_configuration_delivers(rabbitmq_url: str, queue: str) -> None:
         recorded = _record_all(auditor, make_events(10))
         assert auditor.flush(30)
     assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_env_queue_arguments_reach_the_queue_declaration(rabbitmq_url: str, queue: str) -> None:
+    """${PREFIX}_QUEUE_ARGUMENTS declares a version 2 classic queue (the broker then
+    refuses it as version 1), and every event is delivered."""
+    parts = urlsplit(rabbitmq_url)
+    environ = {"SVC_AUDIT_QUEUE_NAME": queue, "SVC_AUDIT_HOSTNAME": parts.hostname or "",
+               "SVC_AUDIT_PORT": str(parts.port or 5672),
+               "SVC_AUDIT_QUEUE_ARGUMENTS": '{"x-queue-version": 2}'}
+    with Auditor(OBSERVER, env_prefix="SVC_AUDIT", environ=environ) as auditor:
+        recorded = _record_all(auditor, make_events(10))
+        assert auditor.flush(30)
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-version"):
+            conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-version": 1})
+    finally:
+        conn.close()
+    got = [(mid, body) for mid, _, body in consume_all(rabbitmq_url, queue, 5.0, passive=True)]
+    assert check_delivery(got, recorded) == 0
 
 
 # ------------------------------------------------------------------ several auditors

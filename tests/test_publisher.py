@@ -211,6 +211,42 @@ def test_quorum_queue_run_delivers_every_message(rabbitmq_url: str, queue: str) 
     ledger.check_queue(rabbitmq_url, queue, messages)
 
 
+def test_queue_arguments_declare_a_version_2_classic_queue(rabbitmq_url: str, queue: str) -> None:
+    """queue_arguments reach the declaration: the queue is a version 2 classic queue
+    (the broker refuses to re-declare it as version 1) and every message is in it."""
+    messages = _messages(1000)
+    with Publisher(rabbitmq_url, queue, queue_arguments={"x-queue-version": 2}) as pub:
+        pub.connect()
+        ledger = Ledger()
+        ledger.deliver_all(pub, messages)
+        assert all(r.delivered for r in ledger.results)
+    conn = _blocking(rabbitmq_url)
+    try:
+        conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-version": 2})
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-version"):
+            conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-version": 1})
+    finally:
+        conn.close()
+    ledger.check_queue(rabbitmq_url, queue, messages)
+
+
+def test_queue_arguments_that_differ_from_the_existing_queue_are_reported(
+        rabbitmq_url: str, queue: str) -> None:
+    """The queue exists without arguments: the declaration is refused, connect() says
+    why (the broker's own words name the argument), and nothing is published."""
+    conn = _blocking(rabbitmq_url)
+    try:
+        conn.channel().queue_declare(queue, durable=True)
+    finally:
+        conn.close()
+    with Publisher(rabbitmq_url, queue, queue_arguments={"x-queue-version": 2},
+                   backoff_max=0.2) as pub:
+        with pytest.raises(BrokerUnavailableError, match="inequivalent arg 'x-queue-version'"):
+            pub.connect(timeout=2.0)
+        assert not pub.is_available()
+    assert not _drain_queue(rabbitmq_url, queue)
+
+
 def test_empty_batch_returns_an_empty_delivered_result(rabbitmq_url: str, queue: str) -> None:
     with Publisher(rabbitmq_url, queue) as pub:
         pub.connect()
@@ -231,6 +267,11 @@ def test_malformed_messages_raise_config_error(rabbitmq_url: str, queue: str) ->
     ({"heartbeat": 0}, "heartbeat=0"),
     ({"connect_timeout": 0}, "connect_timeout=0"),
     ({"max_attempts": 0}, "max_attempts=0"),
+    ({"queue_arguments": [("x-queue-version", 2)]}, "queue_arguments must be a mapping"),
+    ({"queue_arguments": {"queue-version": 2}}, "'queue-version' is not an x- argument"),
+    ({"queue_arguments": {"x-max-length": [1]}}, "must be a string, number or boolean"),
+    ({"queue_arguments": {"x-queue-type": "classic"}, "quorum": True},
+     "quorum=True contradicts queue_arguments x-queue-type='classic'"),
 ])
 def test_bad_settings_raise_config_error_naming_the_setting(
         kwargs: dict[str, Any], match: str) -> None:
