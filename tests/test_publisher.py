@@ -193,38 +193,28 @@ def test_queue_is_declared_durable_and_survives_redeclare(rabbitmq_url: str, que
         conn.close()
 
 
-def test_quorum_queue_run_delivers_every_message(rabbitmq_url: str, queue: str) -> None:
+@pytest.mark.parametrize(("options", "declared", "refused"), [
+    ({"quorum": True}, {"x-queue-type": "quorum"}, {"x-queue-type": "classic"}),
+    ({"queue_arguments": {"x-queue-version": 2}}, {"x-queue-version": 2},
+     {"x-queue-version": 1}),
+], ids=["quorum", "classic_v2"])
+def test_queue_declared_as_asked_delivers_every_message(
+        rabbitmq_url: str, queue: str, options: dict[str, Any], declared: dict[str, Any],
+        refused: dict[str, Any]) -> None:
+    """quorum / queue_arguments reach the declaration: the broker accepts the queue
+    re-declared with those arguments, refuses it with others, and every message is in
+    it."""
     messages = _messages(1000)
-    with Publisher(rabbitmq_url, queue, quorum=True) as pub:
+    with Publisher(rabbitmq_url, queue, **options) as pub:
         pub.connect()
         ledger = Ledger()
         ledger.deliver_all(pub, messages)
         assert all(r.delivered for r in ledger.results)
     conn = _blocking(rabbitmq_url)
     try:
-        conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
-            conn.channel().queue_declare(queue, durable=True,
-                                         arguments={"x-queue-type": "classic"})
-    finally:
-        conn.close()
-    ledger.check_queue(rabbitmq_url, queue, messages)
-
-
-def test_queue_arguments_declare_a_version_2_classic_queue(rabbitmq_url: str, queue: str) -> None:
-    """queue_arguments reach the declaration: the queue is a version 2 classic queue
-    (the broker refuses to re-declare it as version 1) and every message is in it."""
-    messages = _messages(1000)
-    with Publisher(rabbitmq_url, queue, queue_arguments={"x-queue-version": 2}) as pub:
-        pub.connect()
-        ledger = Ledger()
-        ledger.deliver_all(pub, messages)
-        assert all(r.delivered for r in ledger.results)
-    conn = _blocking(rabbitmq_url)
-    try:
-        conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-version": 2})
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-version"):
-            conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-version": 1})
+        conn.channel().queue_declare(queue, durable=True, arguments=declared)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match=next(iter(refused))):
+            conn.channel().queue_declare(queue, durable=True, arguments=refused)
     finally:
         conn.close()
     ledger.check_queue(rabbitmq_url, queue, messages)
