@@ -295,7 +295,7 @@ class SegmentLog:
         # (mapping a window then finds its pages ready). With "interval" only reserved,
         # then read through once ("warm"): its pages wait in the page cache as clean
         # zero pages, which no fdatasync writes (dirty zeros, the first fdatasync would
-        # write the whole segment): one append 1.6 -> 0.9 us (median of 5 runs).
+        # write the whole segment): one at a time 0.47-0.61 -> 0.76-1.31 M appends/s.
         self._zero_fill = fsync != "interval"
         self._warm = fsync == "interval"
         self._frame_many: Any = None  # (off, payloads, first_seq) -> new offset
@@ -1482,8 +1482,15 @@ class SegmentLog:
         self.close()
 
     def __repr__(self) -> str:
-        with self._lock:
-            state = "closed" if self._closed else f"next_seq={self._next_seq}"
+        # Never blocks (a repr inside a locked region must not deadlock): without the
+        # lock, next_seq may lag the cursor by the appends since it was last taken.
+        if self._lock.acquire(blocking=False):
+            try:
+                state = "closed" if self._closed else f"next_seq={self._next_seq}"
+            finally:
+                self._lock.release()
+        else:
+            state = "closed" if self._closed else f"next_seq>={self._next_seq}"
         return f"<SegmentLog {self.directory!r} {state}>"
 
 

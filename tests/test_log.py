@@ -399,8 +399,9 @@ def test_bad_settings_raise_config_error_naming_the_setting(
     assert isinstance(info.value, ValueError)
 
 
-def test_use_after_close_raises_and_double_close_is_fine(logdir: str) -> None:
-    log = SegmentLog(logdir, segment_size=SMALL)
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_use_after_close_raises_and_double_close_is_fine(logdir: str, fsync: str) -> None:
+    log = SegmentLog(logdir, segment_size=SMALL, fsync=fsync)
     log.append(b"x")
     batch = log.read_batch()
     log.close()
@@ -409,6 +410,16 @@ def test_use_after_close_raises_and_double_close_is_fine(logdir: str) -> None:
                  lambda: log.commit(batch), log.sync, log.rewind):
         with pytest.raises(LogClosedError):
             call()
+
+
+def test_repr_tells_the_next_sequence_number_and_never_blocks(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        for _ in range(5):
+            log.append(b"x")  # through the cursor: the log's own field lags until locked
+        assert repr(log) == f"<SegmentLog {logdir!r} next_seq=5>"
+        with log._lock:  # held (here by this thread): repr must not wait for it
+            assert "next_seq>=" in repr(log)
+    assert repr(log).endswith(" closed>")
 
 
 def test_second_open_in_the_same_process_is_locked(logdir: str) -> None:
