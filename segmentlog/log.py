@@ -259,6 +259,7 @@ class SegmentLog:
         self._failed: DurabilityError | None = None
         self._fsync_fn = os.fdatasync  # replaced by fault-injection tests only
         self._fsync_dir_fn = fsync_dir  # likewise
+        self._unlink_fn = os.unlink  # likewise (consumed segments, outside the lock)
 
         # writer state (under _lock)
         self._segments: list[int] = []  # bases of the segment files, ascending
@@ -313,6 +314,10 @@ class SegmentLog:
         self._prepared = False  # next.prep exists and is ready
         self._preparing = False  # the preparer is writing next.prep
         self._spare = False  # spare.prep (a consumed segment kept for reuse) exists
+        # Consumed segments renamed to *.tmp, being unlinked outside the lock (an unlink
+        # of a 64 MiB segment took ~19 ms here: no appender should wait for it). They
+        # still count against max_total_size until they are gone.
+        self._deleting = 0
         self._prep_recycled = False  # next.prep is a recycled segment (not zeros)
         self._counters = {"torn_tail_bytes": 0, "damaged_regions": 0, "fsyncs": 0,
                           "rotations": 0, "recycled": 0}
@@ -878,8 +883,11 @@ class SegmentLog:
         if self._capacity is None:
             return
         deadline = None
-        while len(self._segments) + needed > self._capacity:
+        while len(self._segments) + self._deleting + needed > self._capacity:
             if self._reclaim_for_writer():
+                continue
+            if self._deleting:
+                self._space_cond.wait()  # the consumer is unlinking: space is coming
                 continue
             if not self.block_when_full:
                 raise LogFullError(
@@ -891,7 +899,7 @@ class SegmentLog:
                 deadline = deadline or time.monotonic() + self.full_timeout
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._space_cond.wait(left):
-                    if len(self._segments) + needed <= self._capacity:
+                    if len(self._segments) + self._deleting + needed <= self._capacity:
                         break
                     raise LogFullError(
                         f"log {self.directory} stayed full for {self.full_timeout} s "
@@ -1085,7 +1093,7 @@ class SegmentLog:
                     os.rename(os.path.join(self.directory, SPARE_NAME), prep)
                     self._spare, self._prepared, self._prep_recycled = False, True, True
                     continue
-                files = len(self._segments) + self._spare
+                files = len(self._segments) + self._spare + self._deleting
                 if self._capacity is not None and files >= self._capacity:
                     continue
                 self._preparing = True
@@ -1325,17 +1333,30 @@ class SegmentLog:
                 self._durable_committed = self._checkpoint_seq
         if self._view is not None and self._view.base in dead:
             self._open_view(self._segment_after(dead[-1]))
+        doomed = []
         for base in dead:
             with self._lock:
                 if base in self._segments:  # the writer may have recycled it meanwhile
-                    self._dispose(base)
+                    doomed += self._dispose(base, defer=True)
         fsync_dir(self.directory)
+        for path in doomed:
+            try:
+                self._unlink_fn(path)  # a crash before this leaves a *.tmp, removed on open
+            except OSError as exc:
+                log.warning("segmentlog %s: could not delete consumed segment %s: %s",
+                            self.directory, path, exc)
+            finally:
+                with self._lock:
+                    self._deleting -= 1
+                    self._space_cond.notify_all()
         with self._lock:
             self._space_cond.notify_all()
 
-    def _dispose(self, base: int) -> None:
+    def _dispose(self, base: int, defer: bool = False) -> list[str]:
         """Recycle or delete consumed segment ``base`` (lock held; the caller fsyncs the
-        directory)."""
+        directory). With ``defer``, a segment to delete is only renamed to ``*.tmp``
+        and counted in ``_deleting``; the caller unlinks the returned path after
+        releasing the lock, then decrements ``_deleting``."""
         path = os.path.join(self.directory, segment_name(base))
         if self.recycle and not self._closed and not (self._prepared or self._preparing):
             # A consumed segment becomes the next one: its blocks are already written and
@@ -1348,9 +1369,15 @@ class SegmentLog:
             os.rename(path, os.path.join(self.directory, SPARE_NAME))
             self._spare = True
             self._counters["recycled"] += 1
+        elif defer:
+            os.rename(path, path + TMP_SUFFIX)
+            self._deleting += 1
+            self._segments.remove(base)
+            return [path + TMP_SUFFIX]
         else:
             os.unlink(path)
         self._segments.remove(base)
+        return []
 
     def _reclaim_for_writer(self) -> bool:
         """Out of space at rotation: free segments the consumer already committed durably
@@ -1386,7 +1413,8 @@ class SegmentLog:
                 "durable_seq": self._durable_seq,
                 "segments": segments,
                 "segment_size": self.segment_size,
-                "disk_bytes": (segments + prepared + self._spare) * self.segment_size,
+                "disk_bytes": (segments + prepared + self._spare + self._deleting)
+                * self.segment_size,
                 "max_total_size": self.max_total_size,
                 "write_offset": self._write_off,
                 **self._counters,

@@ -30,7 +30,7 @@ from segmentlog import (
     RecordTooLargeError,
     SegmentLog,
 )
-from segmentlog._format import parse_segment_name
+from segmentlog._format import parse_segment_name, segment_name
 
 SEGMENT = 16384
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,6 +240,80 @@ def test_commit_on_a_full_disk_reclaims_space_so_appends_resume(small_fs: str) -
             log.append(rec)
         assert read_all(log) == more
         assert_segments_sound(directory, SEGMENT)
+
+
+def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
+    logdir: str,
+) -> None:
+    """With recycle=False a commit deletes consumed segments: each is renamed to *.tmp
+    under the lock and unlinked after it, so appenders never wait for the unlink. Until
+    it is gone it still counts against max_total_size: an append that needs its space
+    waits for it (with block_when_full=False too) rather than failing as full."""
+    seg = 8192
+    log = SegmentLog(logdir, segment_size=seg, max_total_size=4 * seg, fsync="never",
+                     recycle=False)
+    unlinking, release = threading.Event(), threading.Event()
+    real = log._unlink_fn
+
+    def slow_unlink(path: str) -> None:
+        assert path.endswith(".tmp") and os.path.exists(path)
+        assert parse_segment_name(os.path.basename(path)[:-4]) is not None
+        unlinking.set()
+        release.wait(30)
+        real(path)
+
+    log._unlink_fn = slow_unlink
+    acked = []
+    with pytest.raises(LogFullError):
+        while True:
+            acked.append(log.append(record(len(acked))))
+    batch = log.read_batch(max_records=len(acked))
+    committer = threading.Thread(target=log.commit, args=(batch,))
+    committer.start()
+    assert unlinking.wait(30)
+    # The segment being unlinked is not a segment any more, but still takes its space.
+    names = os.listdir(logdir)
+    assert any(n.endswith(".seg.tmp") for n in names)
+    assert log.stats()["disk_bytes"] <= 4 * seg
+    outcome: list[object] = []
+
+    def appender() -> None:
+        try:
+            for i in range(len(acked), len(acked) + 12):  # needs a rotation or two
+                log.append(record(i))
+            outcome.append("appended")
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    writer = threading.Thread(target=appender)
+    writer.start()
+    writer.join(0.3)
+    assert outcome == [], outcome  # waiting for the space being freed: neither full nor over
+    release.set()
+    committer.join(30)
+    writer.join(30)
+    assert outcome == ["appended"]
+    assert not any(n.endswith(".tmp") for n in os.listdir(logdir))
+    assert read_all(log) == [record(i) for i in range(len(acked), len(acked) + 12)]
+    log.close()
+
+
+def test_a_segment_left_half_deleted_by_a_crash_is_removed_on_open(logdir: str) -> None:
+    """A commit renamed a consumed segment to *.tmp and the process died before the
+    unlink: the next open deletes it and reads on from the checkpoint."""
+    with SegmentLog(logdir, segment_size=SEGMENT, fsync="always") as log:
+        log.append_batch([record(i) for i in range(40)])
+        log.commit(log.read_batch(max_records=20))
+    # Records 0-19 are consumed: their first segment is gone. Put it back as the
+    # rename left it (its bytes: a live segment's, as good as any).
+    segments = sorted(n for n in os.listdir(logdir) if parse_segment_name(n) is not None)
+    assert parse_segment_name(segments[0]) not in (None, 0)
+    doomed = os.path.join(logdir, segment_name(0))
+    with open(os.path.join(logdir, segments[0]), "rb") as src, open(doomed + ".tmp", "wb") as f:
+        f.write(src.read())
+    with SegmentLog(logdir, segment_size=SEGMENT, fsync="never") as log:
+        assert not os.path.exists(doomed + ".tmp")
+        assert read_all(log) == [record(i) for i in range(20, 40)]
 
 
 # ---------------------------------------------------------------------------- fsync failure
