@@ -307,8 +307,9 @@ def list_directory(directory: str) -> Listing:
         elif name in (PREPARED_NAME, SPARE_NAME):
             prepared.append(name)
         elif name in (CHECKPOINT_NAME, LOCK_NAME, DEADLETTER_NAME) or name.endswith(TMP_SUFFIX):
-            # *.tmp: a checkpoint (or dead-letter file) being replaced; transient, removed
-            # by the next open, never holds records.
+            # *.tmp: a checkpoint (or dead-letter file) being replaced, or a consumed
+            # segment being deleted; transient, removed by the next open, never holds
+            # records that are still to be read.
             continue
         elif QUARANTINE_SUFFIX in name and parse_segment_name(
                 name.split(QUARANTINE_SUFFIX, 1)[0]) is not None:
