@@ -6,14 +6,14 @@ A record is framed (FORMAT.md) straight into the mapped active segment and gets 
 next sequence number: with ``fsync="never"``/``"interval"`` by one C call through the
 append cursor, without the log's lock (see Locks). When it does not fit, the writer
 rotates to the next segment, which a background thread prepared in advance (space
-reserved and zero-filled, or a consumed segment recycled), so rotation costs a header
-write, two fsyncs and a rename once per segment.
+reserved, then zero-filled or read through into the page cache, or a consumed segment
+recycled), so rotation costs a header write, two fsyncs and a rename once per segment.
 
 Durability (``fsync``):
 * ``"always"``: ``append`` returns once the record is on disk. Appenders share fsyncs
   (group commit): an append only queues its record; one waiting appender becomes the
   leader, frames and pwrites the queue (one C call, one syscall), syncs with the lock
-  released, and wakes every appender it covered.
+  released, and wakes the appenders it covered, one after the other.
 * ``"interval"``: a background thread syncs every ``fsync_interval`` seconds.
 * ``"never"``: the page cache only; ``sync()`` and ``close()`` are the only fsyncs.
 An fsync error is never retried or ignored: the log refuses every later write with
