@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -218,6 +219,27 @@ def test_events_come_back_in_write_order_and_commit_removes_them(make: Maker) ->
     assert seqs(got) == list(range(25))
     assert got[3] == ev(3)  # the whole event survives the round trip
     assert store.read_batch() == ([], None)
+
+
+def test_encoded_read_is_the_same_batch_as_json_bytes_and_ids(make: Maker) -> None:
+    """read_encoded_up_to (what the Auditor's drain reads): the batch read_batch_up_to
+    gives, each event as JSON bytes that parse back to it, with its id; reading again
+    without commit gives the same, the commit removes exactly those."""
+    store = make(batch_size=3)
+    events = [dict(ev(i), id=f"id-{i}") for i in range(7)]
+    events[2]["id"] = 17  # not a string: no id for the drain to use
+    store.write_many(events)
+    bodies, ids, _ = store.read_encoded_up_to(5)
+    again, ids_again, commit = store.read_encoded_up_to(5)
+    assert (again, ids_again) == (bodies, ids)
+    assert [orjson.loads(b) for b in bodies] == events[:5]
+    assert ids == ["id-0", "id-1", None, "id-3", "id-4"]
+    assert commit is not None
+    commit()
+    rest, commit = store.read_batch_up_to(10)
+    assert rest == events[5:] and commit is not None
+    commit()
+    assert store.read_encoded_up_to(5) == ([], [], None)
 
 
 def test_batches_hold_at_most_batch_size_events(make: Maker) -> None:

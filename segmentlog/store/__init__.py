@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 :class:`BackingStore` (base.py) is the interface and its rules (``read_batch(max_events)``,
-``read_batch_up_to`` for drainers, ``pending()``); each built-in store is
+``read_batch_up_to`` and ``read_encoded_up_to`` for drainers, ``pending()``); each
+built-in store is
 one module: ``file`` (the segment log, file.py), ``memory`` (memory.py), ``sql``
 (PostgreSQL via psycopg 3, sql.py) and ``sqlite`` (embedded, sqlite.py).
 :func:`create_backing_store` (config.py) builds one from the JSON string of the

@@ -45,8 +45,8 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -63,6 +63,8 @@ from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
 from .config import Params, check_int
 from .memory import _dumps
 from .metrics import StoreMetrics
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -275,6 +277,25 @@ class FileStore(BackingStore):
         self, max_events: int | None = None
     ) -> tuple[list[dict[str, Any]], Commit | None]:
         limit = batch_limit(max_events, self._batch_size, self._what)
+        events, commit = self._read(limit, self._decode)
+        return events, commit
+
+    def read_encoded_up_to(
+        self, max_events: int
+    ) -> tuple[list[bytes], list[str | None], Commit | None]:
+        """The stored bytes themselves (see BackingStore): each record is parsed once, to
+        validate it (a record that does not parse is dead-lettered as by read_batch) and
+        to take its id; the dict is dropped at once. A subclass that overrides
+        read_batch gets the default, so its read_batch stays the one read."""
+        if type(self).read_batch is not FileStore.read_batch:
+            return super().read_encoded_up_to(max_events)
+        limit = batch_limit(max_events, self._batch_size, self._what)
+        pairs, commit = self._read(limit, self._decode_encoded)
+        return [body for body, _ in pairs], [mid for _, mid in pairs], commit
+
+    def _read(self, limit: int, decode: Callable[[Batch], list[_T]]
+              ) -> tuple[list[_T], Commit | None]:
+        """read_batch with ``decode`` turning the log's batch into the items returned."""
         with self._read_lock:
             self._check_open()
             rewind = self._batches.outstanding
@@ -286,7 +307,7 @@ class FileStore(BackingStore):
                     batch = self._log.read_batch(max_records=limit)
                     if not batch:
                         return [], None
-                    events = self._decode(batch)
+                    events = decode(batch)
                     if events:
                         break
                     # Every record was dead-lettered (kept in deadletter-json.jsonl,
@@ -333,6 +354,27 @@ class FileStore(BackingStore):
             first, end = int(stats["committed_seq"]), int(stats["next_seq"])
             dead = sum(1 for s in self._dead_seqs if first <= s < end)
             return max(0, int(stats["pending_records"]) - dead)
+
+    def _decode_encoded(self, batch: Batch) -> list[tuple[bytes, str | None]]:
+        """Like _decode, keeping each record's bytes and id instead of the dict."""
+        out: list[tuple[bytes, str | None]] = []
+        bad: list[tuple[int | None, bytes, str]] = []
+        exact = batch.last_seq - batch.first_seq + 1 == len(batch.records)
+        loads = orjson.loads
+        for i, raw in enumerate(batch.records):
+            try:
+                event = loads(raw)
+            except orjson.JSONDecodeError as exc:
+                bad.append((batch.first_seq + i if exact else None, raw, f"invalid JSON: {exc}"))
+                continue
+            if type(event) is not dict:
+                bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
+                continue
+            mid = event.get("id")
+            out.append((raw, mid if type(mid) is str else None))
+        if bad:
+            self._dead_letter(bad)
+        return out
 
     def _decode(self, batch: Batch) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
