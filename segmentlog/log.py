@@ -297,8 +297,7 @@ class SegmentLog:
         # then read through once ("warm"): its pages wait in the page cache as clean
         # zero pages, which no fdatasync writes (dirty zeros, the first fdatasync would
         # write the whole segment): one at a time 0.47-0.61 -> 0.76-1.31 M appends/s.
-        self._zero_fill = fsync != "interval"
-        self._warm = fsync == "interval"
+        self._warm = fsync == "interval"  # else zero-filled
         self._frame_many: Any = None  # (off, payloads, first_seq) -> new offset
         # Followers waiting for a group fsync: (the sequence number each waits for, the
         # locked Lock the leader releases); see _wait_durable and _open_gates.
@@ -487,8 +486,7 @@ class SegmentLog:
                 self._spare = False
                 self._prep_recycled = True
             else:
-                reserve_and_zero(prep, self.segment_size, self._zero_fill, self._always,
-                                 self._warm)
+                self._reserve(prep)
                 self._prep_recycled = False
         self._prepared = False
         recycled = self._prep_recycled
@@ -514,6 +512,12 @@ class SegmentLog:
         self._counters["rotations"] += 1
         self._wake_prep.set()
         return _Segment(path, base, fd, self.segment_size, recycled)
+
+    def _reserve(self, path: str) -> None:
+        """Create a new segment file at ``path``, prepared as this policy wants (see
+        ``_warm`` in __init__)."""
+        reserve_and_zero(path, self.segment_size, zero_fill=not self._warm,
+                         sync=self._always, warm=self._warm)
 
     def _mark_end(self) -> None:
         """Zero the frame header after the active segment's last record (lock held).
@@ -1099,8 +1103,7 @@ class SegmentLog:
                 self._preparing = True
             ok = False
             try:
-                reserve_and_zero(prep, self.segment_size, self._zero_fill, self._always,
-                                 self._warm)
+                self._reserve(prep)
                 ok = True
             except OSError as exc:
                 # Not fatal here: rotation will try again and report the error itself.
@@ -1358,6 +1361,7 @@ class SegmentLog:
         and counted in ``_deleting``; the caller unlinks the returned path after
         releasing the lock, then decrements ``_deleting``."""
         path = os.path.join(self.directory, segment_name(base))
+        doomed: list[str] = []
         if self.recycle and not self._closed and not (self._prepared or self._preparing):
             # A consumed segment becomes the next one: its blocks are already written and
             # likely cached. Its old records keep their (lower) sequence numbers, so they
@@ -1372,12 +1376,11 @@ class SegmentLog:
         elif defer:
             os.rename(path, path + TMP_SUFFIX)
             self._deleting += 1
-            self._segments.remove(base)
-            return [path + TMP_SUFFIX]
+            doomed.append(path + TMP_SUFFIX)
         else:
             os.unlink(path)
         self._segments.remove(base)
-        return []
+        return doomed
 
     def _reclaim_for_writer(self) -> bool:
         """Out of space at rotation: free segments the consumer already committed durably

@@ -473,9 +473,9 @@ def test_append_batch_stays_contiguous_while_a_rotation_waits_for_the_preparer(
     appenders' records landed in the middle of the batch."""
     real = segmentlog.segment.reserve_and_zero
 
-    def slow_disk(path: str, size: int, *args: object) -> None:
+    def slow_disk(path: str, size: int, *args: object, **kwargs: object) -> None:
         time.sleep(0.03)
-        real(path, size, *args)  # type: ignore[arg-type]
+        real(path, size, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr("segmentlog.log.reserve_and_zero", slow_disk)
     with SegmentLog(logdir, segment_size=8192, fsync="never") as log:

@@ -355,10 +355,22 @@ class FileStore(BackingStore):
             dead = sum(1 for s in self._dead_seqs if first <= s < end)
             return max(0, int(stats["pending_records"]) - dead)
 
+    def _decode(self, batch: Batch) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self._parse(batch, encoded=False)
+        return events
+
     def _decode_encoded(self, batch: Batch) -> list[tuple[bytes, str | None]]:
-        """Like _decode, keeping each record's bytes and id instead of the dict."""
-        out: list[tuple[bytes, str | None]] = []
+        pairs: list[tuple[bytes, str | None]] = self._parse(batch, encoded=True)
+        return pairs
+
+    def _parse(self, batch: Batch, encoded: bool) -> list[Any]:
+        """Parse each record of ``batch``: the events (``encoded``: each record's bytes
+        and id, the dict dropped at once); records that are not JSON objects go to the
+        dead-letter file."""
+        out: list[Any] = []
         bad: list[tuple[int | None, bytes, str]] = []
+        # Sequence numbers are first_seq + i unless the log skipped damage inside the
+        # batch; then they are unknown and the entry says so (seq null).
         exact = batch.last_seq - batch.first_seq + 1 == len(batch.records)
         loads = orjson.loads
         for i, raw in enumerate(batch.records):
@@ -370,31 +382,14 @@ class FileStore(BackingStore):
             if type(event) is not dict:
                 bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
                 continue
-            mid = event.get("id")
-            out.append((raw, mid if type(mid) is str else None))
+            if encoded:
+                mid = event.get("id")
+                out.append((raw, mid if type(mid) is str else None))
+            else:
+                out.append(event)
         if bad:
             self._dead_letter(bad)
         return out
-
-    def _decode(self, batch: Batch) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        bad: list[tuple[int | None, bytes, str]] = []
-        # Sequence numbers are first_seq + i unless the log skipped damage inside the
-        # batch; then they are unknown and the entry says so (seq null).
-        exact = batch.last_seq - batch.first_seq + 1 == len(batch.records)
-        for i, raw in enumerate(batch.records):
-            try:
-                event = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                bad.append((batch.first_seq + i if exact else None, raw, f"invalid JSON: {exc}"))
-                continue
-            if not isinstance(event, dict):
-                bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
-                continue
-            events.append(event)
-        if bad:
-            self._dead_letter(bad)
-        return events
 
     def _dead_letter(self, bad: list[tuple[int | None, bytes, str]]) -> None:
         segments = sorted(
