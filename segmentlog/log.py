@@ -324,7 +324,7 @@ class SegmentLog:
         self._unsynced: list[_Segment] = []  # sealed segments with data not yet synced
         # fsync="never": rotation unmaps and closes a sealed segment at once (no flusher
         # would); the next sync() opens it again by name to sync it (_sync_round).
-        self._unsynced_paths: list[str] = []
+        self._unsynced_bases: list[int] = []
         self._prepared = False  # next.prep exists and is ready
         self._preparing = False  # the preparer is writing next.prep
         self._spare = False  # spare.prep (a consumed segment kept for reuse) exists
@@ -556,7 +556,11 @@ class SegmentLog:
             return
         if self.fsync == "never":
             seg.close()
-            self._unsynced_paths.append(seg.path)
+            self._unsynced_bases.append(seg.base)
+            if len(self._unsynced_bases) > 2 * len(self._segments):
+                # Without sync() calls: forget the consumed ones, keep the list bounded.
+                live = set(self._segments)
+                self._unsynced_bases = [b for b in self._unsynced_bases if b in live]
         else:
             self._unsynced.append(seg)
 
@@ -939,7 +943,7 @@ class SegmentLog:
             if self._closed or self._failed:
                 self._raise_unusable()
             target = self._next_seq - 1
-            unsynced = bool(self._unsynced or self._unsynced_paths)
+            unsynced = bool(self._unsynced or self._unsynced_bases)
         if target > self._durable_seq or unsynced:
             self._wait_durable(target, force=True)
 
@@ -1002,13 +1006,13 @@ class SegmentLog:
         target = self._next_seq - 1
         self._waited_last_round = bool(self._gates)
         sealed, self._unsynced = self._unsynced, []
-        paths, self._unsynced_paths = self._unsynced_paths, []
+        closed, self._unsynced_bases = self._unsynced_bases, []
         active = self._active
         written = self._write_off
         if active is not None and self.fsync == "never":
             # A rotation while the lock is released below closes the active segment's
             # descriptor at once in this mode: sync it through a descriptor of our own.
-            paths.append(active.path)
+            closed.append(active.base)
         error: OSError | None = None
         self._lock.release()
         if self._via_map:
@@ -1026,8 +1030,8 @@ class SegmentLog:
         try:
             for seg in sealed:
                 self._fsync_fn(seg.fd)
-            for path in paths:
-                self._fsync_path(path)
+            for base in closed:
+                self._fsync_closed(base)
             if active is not None and self.fsync != "never":
                 self._fsync_fn(active.fd)
         except OSError as exc:
@@ -1045,7 +1049,7 @@ class SegmentLog:
                 "fix the disk, then reopen the log",
             )
             self._unsynced = sealed + self._unsynced
-            self._unsynced_paths = paths + self._unsynced_paths
+            self._unsynced_bases = closed + self._unsynced_bases
             self._open_gates()
             self._raise_unusable()
         for seg in sealed:
@@ -1054,11 +1058,12 @@ class SegmentLog:
             self._durable_seq = target
         self._open_gates(target)
 
-    def _fsync_path(self, path: str) -> None:
-        """fdatasync the segment file at ``path`` (lock not held); one consumed and
-        deleted meanwhile holds nothing left to keep. (Names are never reused.)"""
+    def _fsync_closed(self, base: int) -> None:
+        """fdatasync the segment file of ``base`` by name (lock not held); one consumed
+        and deleted meanwhile holds nothing left to keep. (Names are never reused.)"""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self.directory, segment_name(base)),
+                         os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         try:

@@ -310,6 +310,20 @@ def test_sync_covers_every_segment_sealed_since_the_last_one(logdir: str, fsync:
         assert set(holding) <= set(synced)
 
 
+def test_never_policy_without_sync_forgets_consumed_segments(logdir: str) -> None:
+    # What a sync() would have to sync stays bounded by the segments still on disk.
+    with SegmentLog(logdir, segment_size=SMALL, fsync="never") as log:
+        for i in range(2000):
+            log.append(record(i, 300))
+            if i % 50 == 49:
+                log.commit(log.read_batch(1000))
+        assert len(log._unsynced_bases) <= 2 * len(segment_files(logdir))
+        synced: list[str] = []
+        _recording_fsync(log, synced)
+        log.sync()
+        assert set(synced) == {os.path.basename(p) for p in segment_files(logdir)}
+
+
 def test_sync_survives_a_rotation_while_its_fsync_runs(logdir: str) -> None:
     # With fsync="never" a rotation closes the active segment's descriptor at once; a
     # sync() whose fsync runs meanwhile must not use (or report a failure of) it.
