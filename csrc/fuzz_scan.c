@@ -4,7 +4,8 @@
  * Theory of operation: LLVMFuzzerTestOneInput() takes one input, copies it into a buffer
  * of exactly its size (so AddressSanitizer sees any read past the end), and drives every
  * entry point over it: sl_scan with assorted offsets and limits, sl_resync from assorted
- * offsets, sl_frame_batch of the input cut into payloads and read back, and sl_crc32c on
+ * offsets, sl_unpack_format of every scan's payloads (parsed back), sl_frame_batch of
+ * the input cut into payloads and read back, and sl_crc32c on
  * both the live and the portable code against a bitwise reference. Each call's answer is
  * checked against invariants that hold for any input (offsets inside the buffer,
  * counts within limits, frames found by resync scan as sound, ...); a violation aborts.
@@ -77,6 +78,47 @@ static int sound_frame(const unsigned char *buf, uint64_t len, uint64_t pos) {
     return crc == rd32(p + 20);
 }
 
+/* sl_unpack_format of a scan's accepted payloads: parsed back, the format names exactly
+ * those offsets and lengths; a buffer too small is refused without a write past it;
+ * offsets out of order are refused. */
+static void check_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n) {
+    uint64_t cap = 2 + 42 * n;
+    char *out = malloc((size_t)cap);
+    CHECK(out);
+    int64_t w = sl_unpack_format(offs, lens, n, out, cap);
+    CHECK(w >= 1 && (uint64_t)w <= cap && out[0] == '<');
+    uint64_t i = 0, pos = n ? offs[0] : 0, num = 0;
+    int have = 0;
+    for (uint64_t p = 1; p < (uint64_t)w; p++) {
+        char c = out[p];
+        if (c >= '0' && c <= '9') {
+            num = num * 10 + (uint64_t)(c - '0');
+            have = 1;
+            continue;
+        }
+        CHECK(have && (c == 'x' || c == 's'));
+        if (c == 's') {
+            CHECK(i < n && pos == offs[i] && num == lens[i]);
+            i++;
+        }
+        pos += num;
+        num = 0;
+        have = 0;
+    }
+    CHECK(i == n && !have);
+    /* One byte short of what it wrote: refused (ASan reports any write past it). */
+    uint64_t small_cap = (uint64_t)w - 1;
+    char *small = malloc((size_t)(small_cap ? small_cap : 1));
+    CHECK(small);
+    CHECK(sl_unpack_format(offs, lens, n, small, small_cap) == SL_ERR_NO_SPACE);
+    if (n >= 2 && offs[0] < offs[1]) {
+        uint64_t swapped_offs[2] = {offs[1], offs[0]}, swapped_lens[2] = {lens[1], lens[0]};
+        CHECK(sl_unpack_format(swapped_offs, swapped_lens, 2, out, cap) == SL_ERR_ARG);
+    }
+    free(small);
+    free(out);
+}
+
 static void check_scan(const unsigned char *buf, uint64_t len, uint64_t off, uint64_t seq,
                        uint64_t max_records, uint64_t max_bytes, unsigned int flags) {
     uint64_t cap = max_records < 4096 ? max_records : 4096;
@@ -101,6 +143,7 @@ static void check_scan(const unsigned char *buf, uint64_t len, uint64_t off, uin
         CHECK(pos <= len);
     }
     CHECK(pos == res.end && total == res.nbytes && res.next_seq == seq + res.count);
+    check_unpack_format(offs, lens, res.count);
     if ((flags & SL_OPT_LIMIT_BYTES) && res.count > 1) CHECK(res.nbytes <= max_bytes);
     /* Validate-only scanning (NULL arrays) gives the same answer. */
     CHECK(sl_scan((const char *)buf, len, off, seq, cap, max_bytes, flags, NULL, NULL, &again) ==

@@ -205,6 +205,44 @@ int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
     }
 }
 
+/* Writes the decimal digits of v at out; returns how many (1..20). */
+static uint64_t put_decimal(char *out, uint64_t v) {
+    char digits[20];
+    uint64_t n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (uint64_t i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    return n;
+}
+
+int64_t sl_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n, char *out,
+                         uint64_t cap) {
+    if ((n && (!offs || !lens)) || !out || cap > (uint64_t)INT64_MAX)
+        return SL_ERR_ARG;
+    if (cap < 1)
+        return SL_ERR_NO_SPACE;
+    uint64_t w = 0;
+    out[w++] = '<';
+    uint64_t pos = n ? offs[0] : 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (offs[i] < pos || lens[i] > UINT64_MAX - offs[i])
+            return SL_ERR_ARG;
+        if (cap - w < 42) /* "<20 digits>x<20 digits>s" */
+            return SL_ERR_NO_SPACE;
+        if (offs[i] > pos) {
+            w += put_decimal(out + w, offs[i] - pos);
+            out[w++] = 'x';
+        }
+        w += put_decimal(out + w, lens[i]);
+        out[w++] = 's';
+        pos = offs[i] + lens[i];
+    }
+    return (int64_t)w;
+}
+
 const char *sl_strerror(int code) {
     switch (code) {
     case SL_OK:

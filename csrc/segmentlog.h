@@ -120,6 +120,15 @@ int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
 int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
               uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq);
 
+/* The format of Python's struct module that unpacks n payloads at once: "<", then
+ * "<gap>x<length>s" for payload i at offs[i] (gap: the bytes since the end of payload
+ * i - 1; the first at offs[0], where unpacking starts). Python then builds every bytes
+ * object of a batch in one struct call instead of one slice each (FORMAT.md, "Reading").
+ * Offsets must ascend and payloads not overlap (else SL_ERR_ARG); a cap of 2 + 42 n
+ * bytes always suffices (else SL_ERR_NO_SPACE). Returns the bytes written (no NUL). */
+int64_t sl_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n, char *out,
+                         uint64_t cap);
+
 /* The append cursor (csrc/cursor.c): where the next frame of the active segment goes.
  * The caller allocates it zeroed (closed), and reads off and next_seq only while it is
  * closed; lock belongs to the sl_cursor_* functions. */

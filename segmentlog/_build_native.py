@@ -72,6 +72,8 @@ int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
             uint64_t *out_off, uint64_t *out_len, sl_scan_result *res);
 int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
               uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq);
+int64_t sl_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n, char *out,
+                         uint64_t cap);
 typedef struct sl_cursor {
     char *base;
     uint64_t cap;

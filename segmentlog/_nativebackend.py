@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import struct
 from array import array
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "frame_batch_into",
     "frame_into",
     "frames_size",
+    "payloads",
     "resync",
     "scan",
 ]
@@ -313,6 +315,34 @@ def _resync_on(ptr: Any, off: int, end: int, min_seq: int, max_seq: int) -> tupl
     if rc < 0:
         raise RuntimeError(f"sl_resync failed: {ffi.string(lib.sl_strerror(rc)).decode()}")
     return (int(out[0]), int(out[1])) if rc else None
+
+
+# Below this many payloads, slicing each costs less than building a struct format.
+_STRUCT_MIN = 8
+_unpack_format = lib.sl_unpack_format
+
+
+def payloads(buf: Any, offsets: Sequence[int], lengths: Sequence[int]) -> Sequence[bytes]:
+    """``_pure.payloads``, with every bytes object of a batch built by one
+    ``struct.unpack_from`` call (csrc: sl_unpack_format): ~160 -> ~90 ns a payload."""
+    n = len(offsets)
+    if n < _STRUCT_MIN or len(lengths) != n:
+        return _pure.payloads(buf, offsets, lengths)
+    if not isinstance(offsets, array):
+        offsets, lengths = array("Q", offsets), array("Q", lengths)
+    cap = 2 + 42 * n
+    out = ffi.new("char[]", cap)
+    with (
+        ffi.from_buffer("uint64_t[]", offsets) as o,
+        ffi.from_buffer("uint64_t[]", lengths) as k,
+    ):
+        size = _unpack_format(o, k, n, out, cap)
+    if size < 0:
+        return _pure.payloads(buf, offsets, lengths)  # raises ValueError, naming them
+    try:
+        return struct.Struct(ffi.buffer(out, size)[:]).unpack_from(buf, offsets[0])
+    except struct.error:
+        return _pure.payloads(buf, offsets, lengths)  # past the end: ValueError
 
 
 class Framer:

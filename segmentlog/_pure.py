@@ -195,6 +195,21 @@ def resync(buf: Buffer, off: int, end: int, min_seq: int, max_seq: int) -> tuple
         pos += FRAME_ALIGN
 
 
+def payloads(buf: Any, offsets: Sequence[int], lengths: Sequence[int]) -> Sequence[bytes]:
+    """The bytes of ``buf[offsets[i] : offsets[i] + lengths[i]]`` for every i, in order
+    (a scan's accepted payloads). Offsets must ascend without overlapping payloads, and
+    every payload lie inside ``buf``; else ValueError, and nothing is returned."""
+    out: list[bytes] = []
+    pos, size = (offsets[0] if len(offsets) else 0), len(buf)
+    for off, n in zip(offsets, lengths, strict=True):
+        if off < pos or off + n > size:
+            raise ValueError(f"payload at {off} of {n} bytes: offsets must ascend without "
+                             f"overlap, inside the buffer of {size} bytes")
+        out.append(bytes(buf[off : off + n]))
+        pos = off + n
+    return out
+
+
 class Framer:
     """Frames records into one buffer (a segment's map), bound once for the hot path.
 

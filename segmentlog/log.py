@@ -1256,7 +1256,7 @@ class SegmentLog:
             self._read_off = w.offsets[0] - FRAME_HEADER_SIZE
             self._read_seq = w.first_seq  # type: ignore[assignment]
             return 0, False
-        out.extend([mm[o : o + n] for o, n in zip(w.offsets, w.lengths, strict=True)])
+        out.extend(impl.payloads(mm, w.offsets, w.lengths))
         if w.damages:
             self._keep_damage(mm, view.base, w.damages)
         if w.stop == "torn" and not active:

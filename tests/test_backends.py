@@ -852,3 +852,71 @@ def test_struct_error_of_reference_is_what_native_raises_for_bad_seq() -> None:
     native = need_native()
     with pytest.raises(struct.error):
         native.frame_into(bytearray(64), 0, b"x", -1)
+
+
+# -- payloads: the bytes objects of a batch -------------------------------------------------
+
+
+@st.composite
+def payload_spans(draw: Any) -> tuple[bytes, list[int], list[int]]:
+    """A buffer and ascending, non-overlapping (offset, length) spans inside it: gaps of
+    0 or more bytes, empty payloads, and counts on both sides of the struct threshold."""
+    spans: list[tuple[int, int]] = []
+    pos = draw(st.integers(0, 40))
+    for _ in range(draw(st.integers(0, 40))):
+        pos += draw(st.sampled_from([0, 0, 1, 7, 24, 300]))
+        n = draw(st.sampled_from([0, 1, 8, 63, 514, 1000]))
+        spans.append((pos, n))
+        pos += n
+    buf = random.Random(pos).randbytes(pos + draw(st.integers(0, 9)))
+    return buf, [o for o, _ in spans], [n for _, n in spans]
+
+
+@PARITY
+@given(payload_spans())
+def test_payloads_parity(case: tuple[bytes, list[int], list[int]]) -> None:
+    buf, offsets, lengths = case
+    native = need_native()
+    want = [buf[o : o + n] for o, n in zip(offsets, lengths, strict=True)]
+    for mod in (_pure, native):
+        for offs, lens in ((offsets, lengths), (array("Q", offsets), array("Q", lengths))):
+            got = mod.payloads(buf, offs, lens)
+            assert list(got) == want
+            assert all(type(p) is bytes for p in got)
+            mm = mmap.mmap(-1, max(len(buf), 1))
+            mm[: len(buf)] = buf
+            assert list(mod.payloads(mm, offs, lens)) == want
+            mm.close()
+
+
+@pytest.mark.parametrize("count", [3, 20])  # both sides of the struct threshold
+def test_payloads_refuse_spans_out_of_order_or_past_the_end(count: int) -> None:
+    native = need_native()
+    buf = bytes(range(256)) * 40
+    offsets = [i * 100 for i in range(count)]
+    lengths = [50] * count
+    bad_cases = [
+        ([*offsets[:-1], offsets[-2] + 10], lengths),  # overlaps the payload before
+        ([*offsets[:-1], len(buf) - 10], lengths),  # runs past the end of the buffer
+        (list(reversed(offsets)), lengths),  # descending
+    ]
+    for mod in (_pure, native):
+        assert list(mod.payloads(buf, offsets, lengths)) == [
+            buf[o : o + 50] for o in offsets]
+        for offs, lens in bad_cases:
+            with pytest.raises(ValueError, match="offsets must ascend"):
+                mod.payloads(buf, offs, lens)
+
+
+def test_unpack_format_known_answer() -> None:
+    native = need_native()
+    ffi, lib = native.ffi, native.lib
+    offs = ffi.new("uint64_t[]", [24, 80, 80, 104])
+    lens = ffi.new("uint64_t[]", [10, 0, 0, 514])
+    out = ffi.new("char[]", 2 + 42 * 4)
+    n = lib.sl_unpack_format(offs, lens, 4, out, 2 + 42 * 4)
+    assert ffi.buffer(out, n)[:] == b"<10s46x0s0s24x514s"
+    assert struct.calcsize(ffi.buffer(out, n)[:]) == 104 + 514 - 24
+    assert lib.sl_unpack_format(offs, lens, 4, out, 5) == lib.SL_ERR_NO_SPACE
+    assert lib.sl_unpack_format(ffi.NULL, lens, 4, out, 100) == lib.SL_ERR_ARG
+    assert lib.sl_unpack_format(offs, lens, 0, out, 2) == 1  # just "<"
