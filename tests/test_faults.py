@@ -409,6 +409,29 @@ def test_fsync_failure_in_append_batch_and_sync(logdir: str) -> None:
         assert read_all(again)[:2] == [b"a", b"b"]
 
 
+def test_fsync_failure_of_a_segment_sealed_before_sync_fails_the_log(logdir: str) -> None:
+    """fsync="never": a sync() after a rotation syncs the sealed segment by name; an
+    error there is an fsync error like any other, though the active segment syncs."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
+    def segments() -> list[str]:
+        return sorted(n for n in os.listdir(logdir) if parse_segment_name(n) is not None)
+
+    while len(segments()) < 2:
+        log.append(record(log.stats()["next_seq"], 500))
+    sealed = segments()[0]
+
+    def fsync(fd: int) -> None:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == sealed:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fdatasync(fd)
+
+    log._fsync_fn = fsync  # type: ignore[assignment]
+    with pytest.raises(DurabilityError):
+        log.sync()
+    assert_refuses_writes(log)
+    log.close()
+
+
 @pytest.mark.parametrize("fsync", ["always", "never"])
 def test_fsync_failure_of_a_new_segment_fails_the_log(logdir: str, fsync: str) -> None:
     """The rotation fsyncs the new segment's header: an error there is an fsync error
