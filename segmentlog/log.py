@@ -1021,8 +1021,9 @@ class SegmentLog:
             # write it, with a TLB shootdown (an interrupt of the appending CPU) per
             # page: ~1 per 8 records, ~1 us per record with fsync="interval" (FORMAT.md).
             # Pages below the write position are never written again; the partial page
-            # at it stays mapped. (The segments stay mapped until closed after this
-            # round, under the lock.)
+            # at it stays mapped. Sealed segments stay mapped until closed after this
+            # round; with "never" a rotation may close the active one meanwhile, and
+            # unmap_below then does nothing (the GIL orders it against that close).
             for seg in sealed:
                 seg.unmap_below(seg.size)
             if active is not None:
