@@ -98,6 +98,7 @@ _LOCATE_CHUNK = 1 << 16
 # per 4 KiB page: scanning a mapped 64 MiB segment ran 2.6x faster here (0.49 against
 # 1.30 GB/s, measured while writing this; writes through the map 2x with POPULATE_WRITE).
 _POPULATE_WINDOW = 4 << 20
+_MAP_STEP = _POPULATE_WINDOW // 4  # the reader maps and unmaps in steps of this or more
 _ZEROS = memoryview(bytes(_POPULATE_WINDOW + (64 << 10)))
 _END_MARK = 8  # zero bytes after the last frame in a recycled segment (a zero marker)
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and we stop asking
@@ -138,23 +139,31 @@ def _populate(mm: Any, start: int, end: int, advice: int) -> bool:
     return True
 
 
-def _drop_below(mm: Any, end: int) -> None:
-    """Unmap the pages of ``mm`` below ``end`` from this process (its resident memory).
+class _Map:
+    """A mapped segment file whose user unmaps the pages it is done with."""
 
-    Safe for shared file mappings: the data stays in the page cache (dirty pages stay
-    dirty and are written back as usual); a later access maps them again.
-    """
-    end -= end % _PAGE
-    if end > 0:
-        with contextlib.suppress(OSError, ValueError):
-            mm.madvise(mmap.MADV_DONTNEED, 0, end)
+    __slots__ = ("dropped", "mm")
+    dropped: int  # pages below this offset are unmapped
+    mm: Any
+
+    def unmap_below(self, end: int, step: int = 0) -> None:
+        """Unmap the pages below ``end`` (``MADV_DONTNEED``) once at least ``step`` bytes
+        more than last time are due. Safe for shared file mappings: the data stays in
+        the page cache (dirty pages stay dirty and are written back as usual); a later
+        access maps them again. They stop counting as this process's memory, and
+        writeback finds no writable mapping of them to write-protect (no TLB
+        shootdown per page, see _sync_round)."""
+        end -= end % _PAGE
+        if end > self.dropped and end - self.dropped >= step:
+            with contextlib.suppress(OSError, ValueError):
+                self.mm.madvise(mmap.MADV_DONTNEED, self.dropped, end - self.dropped)
+            self.dropped = end
 
 
-class _Segment:
+class _Segment(_Map):
     """One mapped segment file (the writer's view, read-write)."""
 
-    __slots__ = ("base", "dropped", "fd", "framer", "mm", "path", "populated", "recycled",
-                 "size")
+    __slots__ = ("base", "fd", "framer", "path", "populated", "recycled", "size")
 
     def __init__(self, path: str, base: int, fd: int, size: int,
                  recycled: bool = False) -> None:
@@ -168,30 +177,21 @@ class _Segment:
         self.populated = 0  # pages below this offset are mapped for writing
         self.dropped = 0  # pages below this offset are unmapped (unmap_below)
 
-    def unmap_below(self, end: int) -> None:
-        """Unmap the pages below ``end`` that the writer is done with (see
-        ``_drop_below``): they stop counting as this process's memory, and writeback
-        finds no writable mapping of them to write-protect (no TLB shootdown per page)."""
-        end -= end % _PAGE
-        if end > self.dropped:
-            with contextlib.suppress(OSError, ValueError):
-                self.mm.madvise(mmap.MADV_DONTNEED, self.dropped, end - self.dropped)
-            self.dropped = end
-
     def close(self) -> None:
         self.framer.release()
         self.mm.close()
         os.close(self.fd)
 
 
-class _ReadView:
+class _ReadView(_Map):
     """The reader's read-only map of one segment."""
 
-    __slots__ = ("base", "mm", "populated", "size")
+    __slots__ = ("base", "populated", "size")
 
     def __init__(self, path: str, base: int) -> None:
         self.base = base
         self.populated = 0  # pages below this offset are mapped (MADV_POPULATE_READ)
+        self.dropped = 0  # pages below this offset are unmapped (unmap_below)
         with open(path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
             # An empty file cannot be mapped; it reads as a segment without records.
@@ -1240,11 +1240,16 @@ class SegmentLog:
     def _read_pinned(self, view: _ReadView, out: list[bytes], want: int,
                      budget: int | None, active: bool, limit: int,
                      last_written: int, next_base: int | None) -> tuple[int, bool]:
-        if view.populated < limit and view.populated >= 0:
-            upto = min(limit, max(self._read_off + _POPULATE_WINDOW, view.populated))
+        # Map a window ahead of the reader in one call, and unmap what lies a window
+        # behind it, each in steps of at least a quarter window: one read_batch(1) used
+        # to make two madvise calls (the second over everything read): 18 -> 14.5 us.
+        # Records written after the last step (a reader keeping up with the writer)
+        # fault in as they are read.
+        upto = min(limit, self._read_off + _POPULATE_WINDOW)
+        if view.populated >= 0 and upto - view.populated >= _MAP_STEP:
             view.populated = upto if _populate(view.mm, view.populated, upto,
                                                _MADV_POPULATE_READ) else -1
-            _drop_below(view.mm, self._read_off - _POPULATE_WINDOW)
+        view.unmap_below(self._read_off - _POPULATE_WINDOW, _MAP_STEP)
         w = walk(
             view.mm, self._read_off, limit, self._read_seq, max_records=want, max_bytes=budget,
             end_seq=next_base, max_seq=last_written if active else (
