@@ -100,8 +100,14 @@ def main() -> int:
     base = tempfile.mkdtemp(prefix="segmentlog-floor-", dir=args.dir)
     try:
         binary = os.path.join(base, "group_commit_floor")
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-pthread", "-o", binary,
-                        os.path.join(HERE, "group_commit_floor.c")], check=True)
+        cc = os.environ.get("CC", "cc")
+        try:
+            subprocess.run([cc, "-O2", "-pthread", "-o", binary,
+                            os.path.join(HERE, "group_commit_floor.c")], check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"bench_group_commit_floor: cannot compile group_commit_floor.c with {cc!r} "
+                  f"({exc}); install a C compiler or set CC", file=sys.stderr)
+            return 2
         data = os.path.join(base, "data")
 
         def fresh(name: str) -> str:
