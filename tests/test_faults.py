@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from logtools import segment_files
 from threadtools import run_threads
 
 import segmentlog.segment
@@ -413,12 +414,9 @@ def test_fsync_failure_of_a_segment_sealed_before_sync_fails_the_log(logdir: str
     """fsync="never": a sync() after a rotation syncs the sealed segment by name; an
     error there is an fsync error like any other, though the active segment syncs."""
     log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
-    def segments() -> list[str]:
-        return sorted(n for n in os.listdir(logdir) if parse_segment_name(n) is not None)
-
-    while len(segments()) < 2:
+    while len(segment_files(logdir)) < 2:
         log.append(record(log.stats()["next_seq"], 500))
-    sealed = segments()[0]
+    sealed = os.path.basename(segment_files(logdir)[0])
 
     def fsync(fd: int) -> None:
         if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == sealed:

@@ -59,12 +59,20 @@ from ..errors import (
     LogFullError,
     RecordTooLargeError,
 )
-from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
+from .base import BackingStore, BatchTracker, Commit, Event, _event_id, batch_limit
 from .config import Params, check_int
 from .memory import _dumps
 from .metrics import StoreMetrics
 
 _T = TypeVar("_T")
+
+
+def _event(raw: bytes, event: dict[str, Any]) -> dict[str, Any]:
+    return event  # read_batch keeps the decoded event
+
+
+def _bytes_and_id(raw: bytes, event: dict[str, Any]) -> tuple[bytes, str | None]:
+    return raw, _event_id(event)  # the drain keeps the stored bytes and the id
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -277,8 +285,7 @@ class FileStore(BackingStore):
         self, max_events: int | None = None
     ) -> tuple[list[dict[str, Any]], Commit | None]:
         limit = batch_limit(max_events, self._batch_size, self._what)
-        events, commit = self._read(limit, self._decode)
-        return events, commit
+        return self._read(limit, _event)
 
     def read_encoded_up_to(
         self, max_events: int
@@ -290,12 +297,12 @@ class FileStore(BackingStore):
         if type(self).read_batch is not FileStore.read_batch:
             return super().read_encoded_up_to(max_events)
         limit = batch_limit(max_events, self._batch_size, self._what)
-        pairs, commit = self._read(limit, self._decode_encoded)
+        pairs, commit = self._read(limit, _bytes_and_id)
         return [body for body, _ in pairs], [mid for _, mid in pairs], commit
 
-    def _read(self, limit: int, decode: Callable[[Batch], list[_T]]
+    def _read(self, limit: int, keep: Callable[[bytes, dict[str, Any]], _T]
               ) -> tuple[list[_T], Commit | None]:
-        """read_batch with ``decode`` turning the log's batch into the items returned."""
+        """read_batch, returning ``keep(record, event)`` for each record that parses."""
         with self._read_lock:
             self._check_open()
             rewind = self._batches.outstanding
@@ -307,7 +314,7 @@ class FileStore(BackingStore):
                     batch = self._log.read_batch(max_records=limit)
                     if not batch:
                         return [], None
-                    events = decode(batch)
+                    events = self._parse(batch, keep)
                     if events:
                         break
                     # Every record was dead-lettered (kept in deadletter-json.jsonl,
@@ -355,19 +362,10 @@ class FileStore(BackingStore):
             dead = sum(1 for s in self._dead_seqs if first <= s < end)
             return max(0, int(stats["pending_records"]) - dead)
 
-    def _decode(self, batch: Batch) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = self._parse(batch, encoded=False)
-        return events
-
-    def _decode_encoded(self, batch: Batch) -> list[tuple[bytes, str | None]]:
-        pairs: list[tuple[bytes, str | None]] = self._parse(batch, encoded=True)
-        return pairs
-
-    def _parse(self, batch: Batch, encoded: bool) -> list[Any]:
-        """Parse each record of ``batch``: the events (``encoded``: each record's bytes
-        and id, the dict dropped at once); records that are not JSON objects go to the
-        dead-letter file."""
-        out: list[Any] = []
+    def _parse(self, batch: Batch, keep: Callable[[bytes, dict[str, Any]], _T]) -> list[_T]:
+        """Parse each record of ``batch`` and return ``keep(record, event)`` for each;
+        records that are not JSON objects go to the dead-letter file."""
+        out: list[_T] = []
         bad: list[tuple[int | None, bytes, str]] = []
         # Sequence numbers are first_seq + i unless the log skipped damage inside the
         # batch; then they are unknown and the entry says so (seq null).
@@ -382,11 +380,7 @@ class FileStore(BackingStore):
             if type(event) is not dict:
                 bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
                 continue
-            if encoded:
-                mid = event.get("id")
-                out.append((raw, mid if type(mid) is str else None))
-            else:
-                out.append(event)
+            out.append(keep(raw, event))
         if bad:
             self._dead_letter(bad)
         return out
