@@ -9,10 +9,12 @@
  *     without a copy; offsets and lengths are uint64_t;
  *   - functions return plain integer codes: 0 (SL_OK) or a negative SL_ERR_*, named by
  *     sl_strerror(); framing returns the new offset (>= 0) or a negative SL_ERR_*;
- *   - nothing is allocated: the caller owns every buffer, and the one piece of state
- *     kept between calls (sl_cursor, csrc/cursor.c) is a struct the caller allocates.
- * Policy (rotation, recovery, retention) lives in Python; this file never touches a
- * file descriptor.
+ *   - the caller owns every buffer; the state kept between calls is the append cursor
+ *     (sl_cursor, csrc/cursor.c), a struct the caller allocates, and the group committer
+ *     (sl_committer, csrc/committer.c), allocated by sl_commit_new because it holds a
+ *     mutex and conditions.
+ * Policy (rotation, recovery, retention) lives in Python. Only the committer touches a
+ * file descriptor: pwrite and fdatasync of the segment Python hands it.
  */
 #ifndef SEGMENTLOG_H
 #define SEGMENTLOG_H
@@ -57,6 +59,8 @@ extern "C" {
 #define SL_ERR_NO_SPACE (-4)  /* the frames do not fit between the offset and the capacity */
 #define SL_ERR_SEQ (-5)       /* a sequence number of the batch would exceed 2^64 - 1 */
 #define SL_ERR_CLOSED (-6)    /* the cursor is closed, or the frame would pass its window */
+#define SL_ERR_IO (-7)        /* the committer's write or fdatasync failed (errno: sl_commit_close) */
+#define SL_COMMIT_LATER 1     /* appended, but the committer closed before a round covered it */
 
 /* sl_scan flags. */
 #define SL_OPT_LIMIT_BYTES 1u /* max_bytes applies (otherwise payload bytes are unlimited) */
@@ -154,6 +158,48 @@ void sl_cursor_open(sl_cursor *c, char *base, uint64_t cap, uint64_t off, uint64
 /* Close the cursor: on return no append is in progress and none succeeds until the next
  * sl_cursor_open; off and next_seq are final and may be read. */
 void sl_cursor_close(sl_cursor *c);
+
+/* The group committer (csrc/committer.c): SegmentLog.append with fsync="always". */
+typedef struct sl_committer sl_committer;
+
+/* What sl_commit_close hands back to Python. */
+typedef struct sl_commit_state {
+    uint64_t off;          /* the file holds the frames of the segment up to here */
+    uint64_t next_seq;     /* the next record's sequence number */
+    uint64_t durable_next; /* every record below this sequence number is durable */
+    uint64_t rounds;       /* fdatasyncs done since sl_commit_new */
+    int error;             /* errno of a failed pwrite/fdatasync (sticky), or 0 */
+} sl_commit_state;
+
+/* A new, closed committer, or NULL (no memory, or no POSIX threads: on Windows the
+ * Python group commit does the work). Free it with sl_commit_free once no thread uses it. */
+sl_committer *sl_commit_new(void);
+void sl_commit_free(sl_committer *c);
+
+/* Open over segment file descriptor fd, whose file holds every frame below offset off;
+ * frames end at or below window (the segment's size), sequence numbers continue at
+ * next_seq, records below durable_next are durable. buf[0, buf_cap) is the group buffer
+ * (the caller's, kept until the next close). segment_id names the segment (never 0):
+ * waiters of another one go back to Python. mark != 0: write up to 8 zero bytes after the
+ * last frame (a recycled segment). A leader waits up to gather_ns for the others. */
+void sl_commit_open(sl_committer *c, int fd, char *buf, uint64_t buf_cap, uint64_t off,
+                    uint64_t window, uint64_t next_seq, uint64_t durable_next,
+                    uint64_t segment_id, int mark, uint64_t gather_ns);
+
+/* Close: refuse new appends, wait for a round in progress, write the group buffer into the
+ * file, and report the state. Waiters stay waiting (see sl_commit_retire). */
+void sl_commit_close(sl_committer *c, sl_commit_state *out);
+
+/* Closed and not reopened over this segment: send every waiter back to Python. */
+void sl_commit_retire(sl_committer *c);
+
+/* Append one record and return once it is durable: SL_OK (*seq set), SL_ERR_CLOSED or
+ * another SL_ERR_* code of framing (nothing written), SL_COMMIT_LATER (*seq set: appended,
+ * Python must make it durable) or SL_ERR_IO (*seq set: appended, the disk failed). */
+int sl_commit_append(sl_committer *c, const char *payload, uint64_t len, uint64_t *seq);
+
+/* Test hook: the next fdatasync of a round fails with errno err instead of running. */
+void sl_commit_fail_next(sl_committer *c, int err);
 
 /* The name of a return code ("ok", "too_large", ...); "unknown" for anything else. */
 const char *sl_strerror(int code);

@@ -1,6 +1,6 @@
 """cffi build script of the C core (out-of-line API mode), named in setup.py's cffi_modules.
 
-It compiles csrc/crc32c.c, csrc/segmentlog.c and csrc/cursor.c into the extension
+It compiles csrc/crc32c.c, csrc/segmentlog.c, csrc/cursor.c and csrc/committer.c into the extension
 ``segmentlog._native`` and declares the narrow ABI of csrc/segmentlog.h to cffi. It
 never runs at import time: setuptools runs it at install, and
 ``python -P segmentlog/_build_native.py`` builds the extension in place for development
@@ -19,7 +19,8 @@ from cffi import FFI
 # Paths relative to the project root (setuptools runs build scripts from there and
 # rejects absolute source paths); __main__ below changes to the root first.
 CSRC = "csrc"
-SOURCES = [f"{CSRC}/crc32c.c", f"{CSRC}/segmentlog.c", f"{CSRC}/cursor.c"]
+SOURCES = [f"{CSRC}/crc32c.c", f"{CSRC}/segmentlog.c", f"{CSRC}/cursor.c",
+           f"{CSRC}/committer.c"]
 DEPENDS = [f"{CSRC}/segmentlog.h"]
 
 CDEF = """
@@ -46,6 +47,8 @@ CDEF = """
 #define SL_ERR_NO_SPACE ...
 #define SL_ERR_SEQ ...
 #define SL_ERR_CLOSED ...
+#define SL_ERR_IO ...
+#define SL_COMMIT_LATER ...
 
 #define SL_OPT_LIMIT_BYTES ...
 #define SL_OPT_CONTINUE ...
@@ -86,6 +89,23 @@ int64_t sl_cursor_append(sl_cursor *c, const char *payload, uint64_t len);
 void sl_cursor_open(sl_cursor *c, char *base, uint64_t cap, uint64_t off, uint64_t next_seq,
                     uint64_t window);
 void sl_cursor_close(sl_cursor *c);
+typedef struct sl_committer sl_committer;
+typedef struct sl_commit_state {
+    uint64_t off;
+    uint64_t next_seq;
+    uint64_t durable_next;
+    uint64_t rounds;
+    int error;
+} sl_commit_state;
+sl_committer *sl_commit_new(void);
+void sl_commit_free(sl_committer *c);
+void sl_commit_open(sl_committer *c, int fd, char *buf, uint64_t buf_cap, uint64_t off,
+                    uint64_t window, uint64_t next_seq, uint64_t durable_next,
+                    uint64_t segment_id, int mark, uint64_t gather_ns);
+void sl_commit_close(sl_committer *c, sl_commit_state *out);
+void sl_commit_retire(sl_committer *c);
+int sl_commit_append(sl_committer *c, const char *payload, uint64_t len, uint64_t *seq);
+void sl_commit_fail_next(sl_committer *c, int err);
 const char *sl_strerror(int code);
 """
 

@@ -14,7 +14,8 @@ core and the reference check the same conditions in the same order.
 Rule 3: the hot paths (Framer.frame: one call per append; scan) bind the buffer once
 (ffi.from_buffer exports it, so release() must come before the map is closed) and pass
 ``bytes`` payloads to C without a copy.
-This module owns no state but the bound pointers; it never does I/O.
+This module owns no state but the bound pointers and the group committer (csrc/committer.c,
+which writes and fdatasyncs the segment descriptor SegmentLog hands it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "frame_batch_into",
     "frame_into",
     "frames_size",
+    "new_committer",
     "payloads",
     "resync",
     "scan",
@@ -63,6 +65,11 @@ _ERR_ARG = lib.SL_ERR_ARG
 _cursor_append = lib.sl_cursor_append
 _cursor_open = lib.sl_cursor_open
 _cursor_close = lib.sl_cursor_close
+_commit_append_c = lib.sl_commit_append
+_commit_open = lib.sl_commit_open
+_commit_close = lib.sl_commit_close
+_COMMIT_LATER = lib.SL_COMMIT_LATER
+_ERR_IO = lib.SL_ERR_IO
 
 
 def crc32c(data: Buffer, crc: int = 0) -> int:
@@ -467,6 +474,68 @@ class Cursor:
     def close(self) -> tuple[int, int]:
         _cursor_close(self._c)
         return int(self._c.off), int(self._c.next_seq)
+
+
+class Committer:
+    """The group committer (csrc/committer.c): SegmentLog.append with fsync="always".
+
+    ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes) returns the new
+    record's sequence number once an fdatasync covered it; -1 when the committer refuses
+    (nothing written: closed, the segment or the group buffer is full, a failed disk);
+    and ``-2 - seq`` when the record was appended as ``seq`` but the committer closed
+    before making it durable, or its disk failed: the caller settles it (SegmentLog waits
+    for it its own way, or raises the recorded error). ``open`` hands it the active
+    segment (descriptor, group buffer, offsets), ``close`` takes the state back as
+    (offset, next_seq, durable_next, rounds, errno), ``retire`` sends every waiter back.
+    The group buffer's Framer must stay bound until the next close.
+    """
+
+    __slots__ = ("_c", "_state", "append")
+
+    def __init__(self, c: Any) -> None:
+        self._c = c
+        self._state: Any = ffi.new("sl_commit_state *")
+        self.append: Any = functools.partial(_commit_append, c)
+
+    def open(self, fd: int, group: Framer, off: int, window: int, next_seq: int,
+             durable_next: int, segment_id: int, mark: bool, gather_ns: int) -> bool:
+        """Open over a segment; False if the group buffer is not one C can write or the
+        sequence numbers left its range (it stays closed: every append takes Python's path)."""
+        if not group._native or next_seq >= 1 << 63:
+            return False
+        _commit_open(self._c, fd, group._ptr, group._cap, off, window, next_seq,
+                     max(durable_next, 0), segment_id, 1 if mark else 0, gather_ns)
+        return True
+
+    def close(self) -> tuple[int, int, int, int, int]:
+        st = self._state
+        _commit_close(self._c, st)
+        return int(st.off), int(st.next_seq), int(st.durable_next), int(st.rounds), int(st.error)
+
+    def retire(self) -> None:
+        lib.sl_commit_retire(self._c)
+
+    def fail_next_fsync(self, err: int) -> None:
+        """Test hook: the next fdatasync of a round fails with ``err`` instead of running."""
+        lib.sl_commit_fail_next(self._c, err)
+
+
+def _commit_append(c: Any, payload: bytes, length: int) -> int:
+    out = ffi.new("uint64_t *")
+    rc = _commit_append_c(c, payload, length, out)
+    if rc == 0:
+        return int(out[0])
+    if rc in (_COMMIT_LATER, _ERR_IO):
+        return -2 - int(out[0])
+    return -1
+
+
+def new_committer() -> Committer | None:
+    """A group committer, or None where C has none (Windows)."""
+    c = lib.sl_commit_new()
+    if c == _NULL:
+        return None
+    return Committer(ffi.gc(c, lib.sl_commit_free))
 
 
 class Scanner:

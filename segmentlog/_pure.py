@@ -308,6 +308,12 @@ class Cursor:
             return self._off, self._seq
 
 
+def new_committer() -> None:
+    """No group committer in pure Python: SegmentLog's own group commit does that work
+    (the native backend's committer only takes the GIL off its wait)."""
+    return None
+
+
 class Scanner:
     """Scans one buffer (a segment's map), bound once; see Framer."""
 

@@ -11,9 +11,14 @@ recycled), so rotation costs a header write, two fsyncs and a rename once per se
 
 Durability (``fsync``):
 * ``"always"``: ``append`` returns once the record is on disk. Appenders share fsyncs
-  (group commit): an append only queues its record; one waiting appender becomes the
-  leader, frames and pwrites the queue (one C call, one syscall), syncs with the lock
-  released, and wakes the appenders it covered, one after the other.
+  (group commit). With the C core, ``append`` is one call into the group committer
+  (csrc/committer.c): it frames the record into the group buffer and waits, with the
+  GIL released; the first waiter that finds no round running leads one (waits briefly
+  for the others, pwrites the buffer, fdatasyncs) and wakes them all. Everything else
+  (batches, rotation, the pure-Python backend) takes the Python group commit: an append
+  queues its record under the lock; one waiting appender becomes the leader, frames and
+  pwrites the queue (one C call, one syscall), syncs with the lock released, and wakes
+  the appenders it covered, one after the other.
 * ``"interval"``: a background thread syncs every ``fsync_interval`` seconds.
 * ``"never"``: the page cache only; ``sync()`` and ``close()`` are the only fsyncs.
 An fsync error is never retried or ignored: the log refuses every later write with
@@ -32,11 +37,14 @@ is skipped: its bytes go to the dead-letter file and reading goes on with the ne
 sound record. A damaged record is never returned.
 
 Locks: ``_lock`` guards the writer state and the segment list (appenders, rotation,
-group commit, reclaiming); ``_read_lock`` guards the reader state. Without
-``fsync="always"``, ``append`` frames through the cursor (``impl.Cursor``, csrc/cursor.c,
-its own spin lock held for one frame) while the active window has room, and taking
-``_lock`` closes the cursor and reads its position back (``_WriterLock``): under
-``_lock`` the writer fields are the truth, whoever holds it. The reader takes
+group commit, reclaiming); ``_read_lock`` guards the reader state. ``append`` frames
+without it while the active window has room: through the cursor (``impl.Cursor``,
+csrc/cursor.c, its own spin lock held for one frame) or, with ``fsync="always"``, the
+group committer (its own mutex). Taking ``_lock`` closes that fast path and reads its
+position back (``_WriterLock``; the committer first ends its round and writes its
+buffer): under ``_lock`` the writer fields are the truth, whoever holds it. The
+committer opens only while every older segment is durable (no sealed segment waits for
+a sync, no Python round runs), so its rounds may declare durable all it wrote. The reader takes
 ``_lock`` only briefly to learn how far the active segment is written. Lock order is
 ``_read_lock`` then ``_lock``.
 """
@@ -107,6 +115,10 @@ _MADV_POPULATE_WRITE = 23
 # milliseconds on ext4); a commit not yet written is re-delivered after a crash, never lost.
 _CHECKPOINT_INTERVAL = 0.05
 _GATHER_ROUNDS = 4  # at most this many yields before a group fsync (see _sync_round)
+# The group committer (csrc/committer.c): its group buffer, and the longest its round's
+# leader waits for the appenders the previous round woke (FORMAT.md, "Group commit").
+_COMMIT_BUFFER = 1 << 20
+_COMMIT_GATHER_NS = 100_000
 _NEVER = 1 << 64  # above every sequence number: a follower no round covers (sync())
 
 
@@ -259,9 +271,16 @@ class SegmentLog:
         self.recycle = recycle
         self.max_record_size = segment_size - SEGMENT_HEADER_SIZE - FRAME_HEADER_SIZE
 
-        # With fsync="always" a plain lock; otherwise holding it also closes append's
-        # cursor (_WriterLock), so the writer state below is the truth under it.
-        self._writer_lock = None if fsync == "always" else _WriterLock(self)
+        # Holding the lock closes append's fast path (_WriterLock): the cursor, or with
+        # fsync="always" the group committer (None in pure Python: a plain lock), so the
+        # writer state below is the truth under it.
+        self._always = fsync == "always"
+        self._committer: Any = impl.new_committer() if self._always else None
+        self._cursor: Any = None if self._always else impl.Cursor()
+        self._commit_rounds = 0  # the committer's fdatasyncs already in _counters
+        self._commit_waiters = False  # it was open since it last sent its waiters back
+        self._writer_lock = (_WriterLock(self) if self._cursor or self._committer
+                             else None)
         self._lock: Any = cast(Any, self._writer_lock or threading.Lock())
         self._sync_cond = threading.Condition(self._lock)
         self._space_cond = threading.Condition(self._lock)
@@ -269,7 +288,7 @@ class SegmentLog:
         self._read_lock = threading.Lock()
         self._closed = False
         self._failed: DurabilityError | None = None
-        self._fsync_fn = os.fdatasync  # replaced by fault-injection tests only
+        self._fsync_default = self._fsync_hook = os.fdatasync  # see _fsync_fn
         self._fsync_dir_fn = fsync_dir  # likewise
         self._unlink_fn = os.unlink  # likewise (consumed segments, outside the lock)
 
@@ -299,9 +318,9 @@ class SegmentLog:
         self._group_start = 0
         self._frame_one: Any = None  # (off, payload, seq) -> new offset
         self._frame_raw: Any = None  # (off, payload, len, seq) -> new offset, < 0 refused
-        self._always = fsync == "always"
         self._fast_append: Any = (  # (payload, len) -> seq, < 0 refused
-            _refuse if self._writer_lock is None else self._writer_lock.cursor.append)
+            self._committed_append if self._committer
+            else _refuse if self._cursor is None else self._cursor.append)
         # New segments are prepared off the append path (FORMAT.md, "Writing and
         # preparing segments"): zero-filled and fdatasynced with fsync="always" (cheaper
         # fdatasyncs of records later); zero-filled in the page cache with "never"
@@ -566,12 +585,37 @@ class SegmentLog:
 
     # ------------------------------------------------------------------ writing
 
+    @property
+    def _fsync_fn(self) -> Any:
+        """fdatasync of the log's segments; fault-injection tests replace it. While it is
+        replaced the group committer stays closed: its fdatasyncs would bypass it."""
+        return self._fsync_hook
+
+    @_fsync_fn.setter
+    def _fsync_fn(self, fn: Any) -> None:
+        with self._lock:  # closes the committer; releasing reopens it only for the default
+            self._fsync_hook = fn
+
+    def _committed_append(self, payload: bytes, length: int) -> int:
+        """append's fast path with fsync="always": the group committer (csrc/committer.c)
+        frames the record and returns once an fdatasync covered it, with the GIL released
+        throughout. It refuses (-1, nothing written) while closed: the caller takes the
+        locked path. A record it appended but could not see durable (closed over another
+        segment meanwhile, or the disk failed) is settled here."""
+        seq: int = self._committer.append(payload, length)
+        if seq >= -1:
+            return seq
+        seq = -2 - seq
+        self._wait_durable(seq)  # raises DurabilityError if the committer's disk failed
+        return seq
+
     def append(self, payload: bytes | bytearray | memoryview) -> int:
         """Append one record; return its sequence number (durable on return with
         ``fsync="always"``)."""
-        # The hot path: one C call frames the record through the cursor, without the
-        # lock (_WriterLock). It refuses (< 0) when closed: with fsync="always", while the
-        # lock is held, at the end of the window, for a closed or failed log.
+        # The hot path: one C call frames the record through the cursor (with
+        # fsync="always", the group committer), without the lock (_WriterLock). It
+        # refuses (< 0) when closed: while the lock is held, at the end of the window or
+        # segment, for a closed or failed log.
         if type(payload) is bytes:
             seq: int = self._fast_append(payload, len(payload))
             if seq >= 0:
@@ -979,6 +1023,12 @@ class SegmentLog:
                     continue
                 force = False
                 self._sync_round()
+            if self._gates and not self._syncing:
+                # Durable without a round of ours (the committer's rounds made it so, read
+                # back when the lock was taken): this may be the follower a round woke to
+                # lead the next one. Wake the followers that are durable too, and one to
+                # lead for the rest, or they would sleep with no round to wake them.
+                self._open_gates(self._durable_seq)
         except BaseException:
             self._lock.release()
             raise
@@ -1042,13 +1092,7 @@ class SegmentLog:
             self._syncing = False
             self._counters["fsyncs"] += 1
         if error is not None:
-            self._write_window = -1
-            self._failed = DurabilityError(
-                error.errno,
-                f"fsync of log {self.directory} failed ({error.strerror}); records since the "
-                "last successful sync may be lost, so the log accepts no more writes: "
-                "fix the disk, then reopen the log",
-            )
+            self._fail_fsync(error.errno or errno.EIO)
             self._unsynced = sealed + self._unsynced
             self._unsynced_bases = closed + self._unsynced_bases
             self._open_gates()
@@ -1058,6 +1102,60 @@ class SegmentLog:
         if target > self._durable_seq:
             self._durable_seq = target
         self._open_gates(target)
+
+    def _fail_fsync(self, err: int) -> None:
+        """An fsync failed: refuse every later write (lock held)."""
+        self._write_window = -1
+        self._failed = DurabilityError(
+            err,
+            f"fsync of log {self.directory} failed ({os.strerror(err)}); records since the "
+            "last successful sync may be lost, so the log accepts no more writes: "
+            "fix the disk, then reopen the log",
+        )
+
+    def _fast_close(self) -> None:
+        """The lock was just taken: close the fast path, take its state back."""
+        committer = self._committer
+        if committer is None:
+            self._write_off, self._next_seq = self._cursor.close()
+            return
+        off, self._next_seq, durable_next, rounds, err = committer.close()
+        self._commit_waiters = True
+        self._write_off = self._group_start = off
+        if durable_next - 1 > self._durable_seq:
+            self._durable_seq = durable_next - 1
+        self._counters["fsyncs"] += rounds - self._commit_rounds
+        self._commit_rounds = rounds
+        if err and self._failed is None:
+            self._fail_fsync(err)
+
+    def _fast_open(self) -> bool:
+        """The lock is about to be released: open the fast path, if it may run."""
+        seg = self._active
+        if self._committer is None:
+            if self._write_window > 0 and seg is not None:
+                return bool(self._cursor.open(seg.framer, self._write_off, self._next_seq,
+                                              self._write_window))
+            return False
+        # The committer may declare durable every record up to the last it wrote, so it
+        # runs only while every older record is durable or in its segment's file: no
+        # sealed segment waits for a sync and no round of ours is syncing one.
+        opened = False
+        if (self._write_window > 0 and seg is not None and not self._syncing
+                and not self._unsynced and self._fsync_hook is self._fsync_default):
+            try:
+                self._flush_group()  # records queued by the locked path reach the file
+            except DurabilityError:
+                pass  # recorded in _failed: stay closed
+            else:
+                opened = bool(self._committer.open(
+                    seg.fd, self._group_for(self._write_off + _COMMIT_BUFFER),
+                    self._write_off, seg.size, self._next_seq, self._durable_seq + 1,
+                    seg.base + 1, seg.recycled, _COMMIT_GATHER_NS))
+        if not opened and self._commit_waiters:
+            self._committer.retire()  # its waiters settle their records in Python
+            self._commit_waiters = False
+        return opened
 
     def _fsync_closed(self, base: int) -> None:
         """fdatasync the segment file of ``base`` by name (lock not held); one consumed
@@ -1591,23 +1689,23 @@ def _refuse(payload: bytes, length: int) -> int:
 
 
 class _WriterLock:
-    """The log's lock with fsync="never" or "interval": holding it closes append's cursor.
+    """The log's lock when append has a fast path: holding it closes that path.
 
-    append frames records through the cursor (impl.Cursor, csrc/cursor.c) without this
-    lock. Taking the lock closes the cursor (an append in progress finishes first) and
-    reads its position back into the log's ``_write_off`` and ``_next_seq``, so under
-    the lock the log's own fields are the truth and nothing else writes the segment.
-    Releasing reopens the cursor over the active window, if there is one (none while
-    closed, failed or between segments: ``_write_window`` <= 0). Conditions on this
-    lock release and re-take it through these same methods.
+    append frames records through the cursor (impl.Cursor, csrc/cursor.c) or, with
+    fsync="always", the group committer (csrc/committer.c) without this lock. Taking the
+    lock closes the fast path (an append in progress finishes first; a committer's round
+    in progress ends and its group is written) and reads its position back into the log's
+    fields (``_fast_close``), so under the lock the log's own fields are the truth and
+    nothing else writes the segment. Releasing reopens it over the active segment when it
+    may run (``_fast_open``: none while closed, failed or between segments). Conditions
+    on this lock release and re-take it through these same methods.
     """
 
-    __slots__ = ("_log", "_mutex", "_open", "cursor")
+    __slots__ = ("_log", "_mutex", "_open")
 
     def __init__(self, owner: SegmentLog) -> None:
         self._mutex = threading.Lock()
         self._log = owner
-        self.cursor: Any = impl.Cursor()
         self._open = False
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -1615,15 +1713,11 @@ class _WriterLock:
             return False
         if self._open:
             self._open = False
-            owner = self._log
-            owner._write_off, owner._next_seq = self.cursor.close()
+            self._log._fast_close()
         return True
 
     def release(self) -> None:
-        owner = self._log
-        if owner._write_window > 0 and owner._active is not None:
-            self._open = self.cursor.open(owner._active.framer, owner._write_off,
-                                          owner._next_seq, owner._write_window)
+        self._open = self._log._fast_open()
         self._mutex.release()
 
     def locked(self) -> bool:

@@ -396,6 +396,98 @@ def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: s
         assert back[seq] == rec
 
 
+def _committer(log: SegmentLog) -> object:
+    """The log's group committer (csrc/committer.c), opened by one locked append; skip
+    where there is none (the pure-Python backend: its own group commit is tested above)."""
+    if log._committer is None:
+        pytest.skip("no C group committer with this backend")
+    log.append(b"opens it")  # the first append takes the locked path, then it opens
+    return log._committer
+
+
+def test_committer_fsync_failure_fails_the_append_and_every_later_write(logdir: str) -> None:
+    """The group committer fdatasyncs in C, past the _fsync_fn hook: its own test hook
+    fails the next one. The append it was for raises, the log refuses every later write,
+    and what was durable before is all there after a reopen."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="always")
+    committer = _committer(log)
+    durable = [b"opens it"] + [record(i, 100) for i in range(5)]
+    for rec in durable[1:]:
+        log.append(rec)
+    committer.fail_next_fsync(errno.EIO)  # type: ignore[attr-defined]
+    with pytest.raises(DurabilityError) as info:
+        log.append(b"not durable")
+    assert info.value.errno == errno.EIO and logdir in str(info.value)
+    assert "reopen" in str(info.value)
+    assert log.stats()["durable_seq"] == len(durable) - 1
+    assert_refuses_writes(log)
+    log.close()
+    with SegmentLog(logdir, segment_size=SEGMENT) as again:
+        rest = read_all(again)
+        assert rest[:6] == durable and rest[6:] in ([], [b"not durable"])
+
+
+def test_committer_fsync_failure_under_concurrent_appenders_reaches_every_waiter(
+    logdir: str,
+) -> None:
+    """Twelve appenders in the committer's rounds, one fdatasync fails mid-run: each
+    appender either got its record acknowledged before the failure or raises the
+    DurabilityError; no waiter sleeps on, no acknowledgement passes the last good sync."""
+    log = SegmentLog(logdir, segment_size=1 << 20, fsync="always")
+    committer = _committer(log)
+    acked: list[tuple[int, bytes]] = []
+    failed: list[BaseException] = []
+    start = threading.Barrier(12)
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            for n in range(200):
+                rec = record(i * 1000 + n, 100)
+                acked.append((log.append(rec), rec))
+                if i == 0 and n == 20:
+                    committer.fail_next_fsync(errno.EIO)  # type: ignore[attr-defined]
+        except DurabilityError as exc:
+            failed.append(exc)
+
+    run_threads(work, 12)  # a waiter never woken would hang here
+    assert len(failed) == 12, "every appender must meet the failure"
+    assert all(exc.errno == errno.EIO for exc in failed)  # type: ignore[attr-defined]
+    durable = log.stats()["durable_seq"]
+    assert len(acked) >= 21 and max(seq for seq, _ in acked) <= durable, (
+        "a record was acknowledged past the last successful sync")
+    log.close()
+    with SegmentLog(logdir, segment_size=1 << 20) as again:
+        back = read_all(again)
+    for seq, rec in acked:
+        assert back[seq] == rec
+
+
+def test_replacing_the_fsync_hook_closes_the_committer(logdir: str) -> None:
+    """The fault tests above replace _fsync_fn; the committer's fdatasyncs would bypass
+    it, so it stays closed while the hook is not the default (every fsync then goes
+    through the hook) and opens again once it is."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="always")
+    _committer(log)
+    seen: list[int] = []
+    real = log._fsync_fn
+
+    def counting(fd: int) -> None:
+        seen.append(fd)
+        real(fd)
+
+    log._fsync_fn = counting  # type: ignore[assignment]
+    for i in range(5):
+        log.append(record(i, 50))
+    assert len(seen) == 5, "an fsync bypassed the hook"
+    log._fsync_fn = real  # type: ignore[assignment]
+    rounds = log.stats()["fsyncs"]
+    for i in range(5):
+        log.append(record(i, 50))
+    assert log.stats()["fsyncs"] == rounds + 5 and len(seen) == 5
+    log.close()
+
+
 def test_fsync_failure_in_append_batch_and_sync(logdir: str) -> None:
     log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
     log.append_batch([b"a", b"b"])

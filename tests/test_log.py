@@ -125,14 +125,16 @@ def test_append_batch_is_one_durability_point(logdir: str) -> None:
         assert log.stats()["fsyncs"] - before == 1
 
 
-@pytest.mark.parametrize("fsync", ["never", "interval"])
+@pytest.mark.parametrize("fsync", ["never", "interval", "always"])
 def test_lock_free_appends_race_batches_readers_and_rotations_losing_nothing(
     logdir: str, fsync: str
 ) -> None:
-    """append frames through the cursor without the log's lock (_WriterLock); batches,
-    window advances, rotations, sync(), stats() and a committing reader all close and
-    reopen it meanwhile. Every sequence number handed out holds exactly the payload it
-    was returned for, none is skipped or doubled, and a reopen finds them all."""
+    """append frames through the cursor (with "always", the group committer) without the
+    log's lock (_WriterLock); batches, window advances, rotations, sync(), stats() and a
+    committing reader all close and reopen it meanwhile (with "always", committer waiters
+    then finish in Python, or in its next rounds). Every sequence number handed out holds
+    exactly the payload it was returned for, none is skipped or doubled, every one is
+    durable when its append returns, and a reopen finds them all."""
     threads, per_thread = 6, 400
     errors: list[BaseException] = []
     given: dict[int, bytes] = {}
@@ -158,7 +160,10 @@ def test_lock_free_appends_race_batches_readers_and_rotations_losing_nothing(
                         last = log.append_batch(ps)
                         given.update(zip(range(last - 4, last + 1), ps, strict=True))
                     else:
-                        given[log.append(p)] = p
+                        seq = log.append(p)
+                        given[seq] = p
+                        if fsync == "always" and log.stats()["durable_seq"] < seq:
+                            errors.append(AssertionError(f"{seq} returned, not durable"))
                     if n % 97 == 0:
                         log.sync()
                         log.stats()
