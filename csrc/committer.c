@@ -22,10 +22,12 @@
  * they go back to Python (SL_COMMIT_LATER) with their sequence number, and Python makes
  * them durable its own way. Python opens it only while every older segment is durable,
  * so a round here may declare durable every record up to the last it wrote. A failed
- * write or fdatasync is sticky: every appender of that round and after gets SL_ERR_IO,
- * and Python, learning of it at the next close, fails the log.
+ * write or fdatasync is sticky: every appender of that round goes back to Python the
+ * same way, later ones are refused, and Python, learning of it at the next close (which
+ * the settling appender's wait takes), fails the log.
  */
 #define _POSIX_C_SOURCE 200809L /* pwrite, fdatasync, clock_gettime under -std=c11 */
+#define _DEFAULT_SOURCE         /* syscall (the futex) */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -44,8 +46,8 @@ void sl_commit_open(sl_committer *c, int fd, char *buf, uint64_t buf_cap, uint64
 }
 void sl_commit_close(sl_committer *c, sl_commit_state *out) { (void)c, (void)out; }
 void sl_commit_retire(sl_committer *c) { (void)c; }
-int sl_commit_append(sl_committer *c, const char *payload, uint64_t len, uint64_t *seq) {
-    (void)c, (void)payload, (void)len, (void)seq;
+int64_t sl_commit_append(sl_committer *c, const char *payload, uint64_t len) {
+    (void)c, (void)payload, (void)len;
     return SL_ERR_CLOSED;
 }
 void sl_commit_fail_next(sl_committer *c, int err) { (void)c, (void)err; }
@@ -56,30 +58,43 @@ void sl_commit_fail_next(sl_committer *c, int err) { (void)c, (void)err; }
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+/* Fields a waiter reads without the mutex (marked "atomic") are written under the mutex
+ * with a release store and read with an acquire load. */
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 struct sl_committer {
     pthread_mutex_t mu;
-    pthread_cond_t done;   /* a round ended, or the committer opened/closed/retired */
-    pthread_cond_t filled; /* the gathering leader: as many records as last round are in */
-    char *buf;             /* the group buffer (the caller's) */
+    pthread_cond_t filled;  /* the gathering leader: as many records as last round are in */
+#if !defined(__linux__)
+    pthread_cond_t woken;   /* stands in for the futex on `wake` */
+#endif
+    char *buf;              /* the group buffer (the caller's) */
     uint64_t buf_cap;
-    uint64_t start;        /* file offset of buf[0]: the file holds everything before */
-    uint64_t off;          /* file offset of the next frame */
-    uint64_t window;       /* frames end at or below this: the segment's size */
-    int open;              /* appends accepted; rounds may start */
+    uint64_t start;         /* file offset of buf[0]: the file holds everything before */
+    uint64_t off;           /* file offset of the next frame */
+    uint64_t window;        /* frames end at or below this: the segment's size */
     uint64_t next_seq;
-    uint64_t durable_next; /* every record below this sequence number is durable */
-    uint64_t segment_id;   /* which segment is open (its base + 1); 0: retired */
-    uint64_t gather_ns;    /* the longest a leader waits for the others */
-    uint64_t rounds;       /* fdatasyncs done since sl_commit_new */
-    uint64_t last_round;   /* records the previous round covered */
+    uint64_t durable_next;  /* atomic: every record below this sequence number is durable */
+    uint64_t segment_id;    /* atomic: the open segment (its base + 1); 0: retired */
+    uint64_t gather_ns;     /* the longest a leader waits for the others */
+    uint64_t rounds;        /* fdatasyncs done since sl_commit_new */
+    uint64_t last_round;    /* records the previous round covered */
+    uint64_t want_seq;      /* the gathering leader waits until next_seq reaches this */
+    uint32_t wake;          /* atomic: bumped (and waiters woken) whenever what they wait
+                             * for may have changed: a round ended, an open, a retire */
+    int error;              /* atomic: errno of a failed pwrite/fdatasync; sticky */
+    int open;               /* appends accepted; rounds may start */
     int fd;
-    int mark;              /* zero bytes owed after the last frame (a recycled segment) */
-    int syncing;           /* a leader is writing or fdatasyncing */
-    int gathering;         /* a leader waits on `filled` for want_seq */
-    uint64_t want_seq;
-    int error;             /* errno of a failed pwrite/fdatasync; sticky */
-    int fail_next;         /* test hook: the next fdatasync fails with this errno */
+    int mark;               /* zero bytes owed after the last frame (a recycled segment) */
+    int syncing;            /* a leader is writing or fdatasyncing */
+    int gathering;          /* a leader waits on `filled` for want_seq */
+    int fail_next;          /* test hook: the next fdatasync fails with this errno */
 };
 
 sl_committer *sl_commit_new(void) {
@@ -89,18 +104,44 @@ sl_committer *sl_commit_new(void) {
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->done, NULL);
     pthread_cond_init(&c->filled, &attr);
+#if !defined(__linux__)
+    pthread_cond_init(&c->woken, NULL);
+#endif
     pthread_condattr_destroy(&attr);
     return c;
 }
 
 void sl_commit_free(sl_committer *c) {
     if (c == NULL) return;
+#if !defined(__linux__)
+    pthread_cond_destroy(&c->woken);
+#endif
     pthread_cond_destroy(&c->filled);
-    pthread_cond_destroy(&c->done);
     pthread_mutex_destroy(&c->mu);
     free(c);
+}
+
+/* Wake every waiter (mutex held). They return without the mutex when their record is
+ * durable: after a round's end, the covered appenders do not queue up on the mutex. */
+static void wake_all(sl_committer *c) {
+    STORE(&c->wake, c->wake + 1);
+#if defined(__linux__)
+    syscall(SYS_futex, &c->wake, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#else
+    pthread_cond_broadcast(&c->woken);
+#endif
+}
+
+/* Sleep until `wake` differs from seen (mutex not held; may return early). */
+static void wait_for_wake(sl_committer *c, uint32_t seen) {
+#if defined(__linux__)
+    syscall(SYS_futex, &c->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+#else
+    pthread_mutex_lock(&c->mu);
+    while (LOAD(&c->wake) == seen) pthread_cond_wait(&c->woken, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+#endif
 }
 
 void sl_commit_open(sl_committer *c, int fd, char *buf, uint64_t buf_cap, uint64_t off,
@@ -114,11 +155,11 @@ void sl_commit_open(sl_committer *c, int fd, char *buf, uint64_t buf_cap, uint64
     c->window = window;
     c->open = 1;
     c->next_seq = next_seq;
-    if (durable_next > c->durable_next) c->durable_next = durable_next;
-    c->segment_id = segment_id;
+    if (durable_next > c->durable_next) STORE(&c->durable_next, durable_next);
+    STORE(&c->segment_id, segment_id);
     c->mark = mark;
     c->gather_ns = gather_ns;
-    pthread_cond_broadcast(&c->done); /* waiters re-check: durable, or a new segment */
+    wake_all(c); /* waiters re-check: durable, to lead, or a new segment */
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -136,11 +177,11 @@ static void write_group(sl_committer *c) {
         ssize_t w = pwrite(c->fd, c->buf + done, (size_t)(n - done), (off_t)(c->start + done));
         if (w < 0) {
             if (errno == EINTR) continue;
-            c->error = errno ? errno : EIO;
+            STORE(&c->error, errno ? errno : EIO);
             return;
         }
         if (w == 0) { /* preallocated space never runs out; treat it as the disk failing */
-            c->error = EIO;
+            STORE(&c->error, EIO);
             return;
         }
         done += (uint64_t)w;
@@ -152,7 +193,12 @@ void sl_commit_close(sl_committer *c, sl_commit_state *out) {
     pthread_mutex_lock(&c->mu);
     c->open = 0; /* refuse new appends; a leader that is gathering stops waiting */
     pthread_cond_signal(&c->filled);
-    while (c->syncing) pthread_cond_wait(&c->done, &c->mu);
+    while (c->syncing) { /* a round in progress: its leader wakes everyone at its end */
+        uint32_t seen = c->wake;
+        pthread_mutex_unlock(&c->mu);
+        wait_for_wake(c, seen);
+        pthread_mutex_lock(&c->mu);
+    }
     write_group(c);
     out->off = c->start; /* == off, unless the write failed */
     out->next_seq = c->next_seq;
@@ -165,8 +211,8 @@ void sl_commit_close(sl_committer *c, sl_commit_state *out) {
 void sl_commit_retire(sl_committer *c) {
     pthread_mutex_lock(&c->mu);
     c->open = 0;
-    c->segment_id = 0; /* every waiter goes back to Python */
-    pthread_cond_broadcast(&c->done);
+    STORE(&c->segment_id, 0); /* every waiter goes back to Python */
+    wake_all(c);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -213,22 +259,22 @@ static void lead_round(sl_committer *c) {
     }
     c->syncing = 0;
     if (err) {
-        c->error = err;
+        STORE(&c->error, err);
     } else if (covers > c->durable_next) {
         c->last_round = covers - from;
-        c->durable_next = covers;
+        STORE(&c->durable_next, covers);
     }
-    pthread_cond_broadcast(&c->done);
+    wake_all(c);
 }
 
-int sl_commit_append(sl_committer *c, const char *payload, uint64_t len, uint64_t *seq_out) {
-    if (c == NULL || seq_out == NULL) return SL_ERR_ARG;
+int64_t sl_commit_append(sl_committer *c, const char *payload, uint64_t len) {
+    if (c == NULL) return SL_ERR_ARG;
     pthread_mutex_lock(&c->mu);
     uint64_t seq = c->next_seq, size = SL_FRAME_SIZE(len);
     uint64_t used = c->off - c->start;
     /* Refused, nothing written: closed, failed, past the segment, or past the buffer
      * (8 bytes kept for the zero marker). Python's path sorts out which. */
-    if (!c->open || c->error || len > SL_MAX_PAYLOAD || seq > (uint64_t)INT64_MAX ||
+    if (!c->open || c->error || len > SL_MAX_PAYLOAD || seq > SL_COMMIT_MAX_SEQ ||
         c->off > c->window || size > c->window - c->off || used + 8 > c->buf_cap ||
         size > c->buf_cap - used - 8) {
         pthread_mutex_unlock(&c->mu);
@@ -237,35 +283,32 @@ int sl_commit_append(sl_committer *c, const char *payload, uint64_t len, uint64_
     int64_t end = sl_frame_one(c->buf, c->buf_cap, used, payload, len, seq);
     if (end < 0) {
         pthread_mutex_unlock(&c->mu);
-        return (int)end;
+        return end;
     }
     c->off += size;
     c->next_seq = seq + 1;
-    *seq_out = seq;
     uint64_t segment = c->segment_id;
     if (c->gathering && c->next_seq >= c->want_seq) pthread_cond_signal(&c->filled);
-    int rc;
-    for (;;) {
-        if (c->durable_next > seq) {
-            rc = SL_OK;
-            break;
-        }
-        if (c->error) {
-            rc = SL_ERR_IO;
-            break;
-        }
-        if (c->segment_id != segment) { /* rotated or retired: Python finishes the job */
-            rc = SL_COMMIT_LATER;
-            break;
-        }
-        if (!c->syncing && c->open) {
+    for (;;) { /* mutex held */
+        if (!c->syncing && c->open && c->durable_next <= seq && !c->error &&
+            c->segment_id == segment) {
             lead_round(c);
             continue;
         }
-        pthread_cond_wait(&c->done, &c->mu); /* a round, or Python holds the log's lock */
+        uint32_t seen = c->wake; /* read after the checks: a change after them bumps it */
+        pthread_mutex_unlock(&c->mu);
+        for (;;) { /* mutex not held */
+            if (LOAD(&c->durable_next) > seq) return (int64_t)seq;
+            if (LOAD(&c->error) || LOAD(&c->segment_id) != segment) {
+                /* The disk failed, or rotated/retired: Python settles it (raises the
+                 * error, or makes the record durable its own way). */
+                return SL_COMMIT_SETTLE - (int64_t)seq;
+            }
+            if (LOAD(&c->wake) != seen) break; /* a round ended without us: lead? */
+            wait_for_wake(c, seen);
+        }
+        pthread_mutex_lock(&c->mu);
     }
-    pthread_mutex_unlock(&c->mu);
-    return rc;
 }
 
 #endif

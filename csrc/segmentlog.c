@@ -259,10 +259,6 @@ const char *sl_strerror(int code) {
         return "seq_overflow";
     case SL_ERR_CLOSED:
         return "cursor_closed";
-    case SL_ERR_IO:
-        return "io_error";
-    case SL_COMMIT_LATER:
-        return "commit_later";
     default:
         return "unknown";
     }

@@ -59,8 +59,13 @@ extern "C" {
 #define SL_ERR_NO_SPACE (-4)  /* the frames do not fit between the offset and the capacity */
 #define SL_ERR_SEQ (-5)       /* a sequence number of the batch would exceed 2^64 - 1 */
 #define SL_ERR_CLOSED (-6)    /* the cursor is closed, or the frame would pass its window */
-#define SL_ERR_IO (-7)        /* the committer's write or fdatasync failed (errno: sl_commit_close) */
-#define SL_COMMIT_LATER 1     /* appended, but the committer closed before a round covered it */
+
+/* sl_commit_append returns SL_COMMIT_SETTLE - seq for a record it appended as seq but could
+ * not see durable (closed over another segment, retired, or its disk failed): Python
+ * settles it. Sequence numbers above SL_COMMIT_MAX_SEQ are refused, so that stays an
+ * int64_t and below every SL_ERR_* code. */
+#define SL_COMMIT_SETTLE (-16)
+#define SL_COMMIT_MAX_SEQ 0x7FFFFFFFFFFFFFEFull /* INT64_MAX - 16 */
 
 /* sl_scan flags. */
 #define SL_OPT_LIMIT_BYTES 1u /* max_bytes applies (otherwise payload bytes are unlimited) */
@@ -193,10 +198,12 @@ void sl_commit_close(sl_committer *c, sl_commit_state *out);
 /* Closed and not reopened over this segment: send every waiter back to Python. */
 void sl_commit_retire(sl_committer *c);
 
-/* Append one record and return once it is durable: SL_OK (*seq set), SL_ERR_CLOSED or
- * another SL_ERR_* code of framing (nothing written), SL_COMMIT_LATER (*seq set: appended,
- * Python must make it durable) or SL_ERR_IO (*seq set: appended, the disk failed). */
-int sl_commit_append(sl_committer *c, const char *payload, uint64_t len, uint64_t *seq);
+/* Append one record and return its sequence number once it is durable; SL_ERR_CLOSED
+ * (closed, failed, the segment or the group buffer full, a sequence number above
+ * SL_COMMIT_MAX_SEQ) or another SL_ERR_* code of framing: nothing written;
+ * SL_COMMIT_SETTLE - seq: appended as seq, Python must make it durable or raise the
+ * committer's error (sl_commit_close reports it). */
+int64_t sl_commit_append(sl_committer *c, const char *payload, uint64_t len);
 
 /* Test hook: the next fdatasync of a round fails with errno err instead of running. */
 void sl_commit_fail_next(sl_committer *c, int err);

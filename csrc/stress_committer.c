@@ -4,12 +4,12 @@
  * Four threads append distinct records through one committer over FILE while a fifth
  * plays SegmentLog's Python lock: it closes the committer over and over and then either
  * reopens it at once, or first "syncs in Python" (fdatasync, then reopens declaring
- * everything durable), or retires it (every waiter goes back with SL_COMMIT_LATER) and
+ * everything durable), or retires it (every waiter goes back: SL_COMMIT_SETTLE - seq) and
  * reopens it as a new segment id. A group buffer of 16 KiB makes appends meet a full
  * buffer too. At the end the file must hold exactly the records that got a sequence
  * number, once each, in order, with sound checksums (sl_scan); every append must have
- * returned SL_OK or SL_COMMIT_LATER (or been refused, nothing written); and an injected
- * fdatasync failure must reach its appender as SL_ERR_IO, stay sticky, and be reported
+ * returned its sequence number or SL_COMMIT_SETTLE - seq (or been refused, nothing written);
+ * and an injected fdatasync failure must send its appender back to settle, stay sticky, and be reported
  * by close. ThreadSanitizer reports any data race; exit 0 and "all checks passed" otherwise.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -33,7 +33,7 @@ static sl_committer *committer;
 static int fd;
 static char group[GROUP];
 static int64_t got[THREADS][PER_THREAD]; /* sequence number of each append */
-static int status[THREADS][PER_THREAD];
+static int settled[THREADS][PER_THREAD]; /* came back as SL_COMMIT_SETTLE - seq */
 static volatile int stop_toggling;
 
 static void payload(int t, int i, char *out, uint64_t *len) {
@@ -44,18 +44,18 @@ static void payload(int t, int i, char *out, uint64_t *len) {
 static void *appender(void *arg) {
     int t = (int)(intptr_t)arg;
     char p[96];
-    uint64_t len, seq = 0;
+    uint64_t len;
     for (int i = 0; i < PER_THREAD; i++) {
         payload(t, i, p, &len);
-        int rc;
-        while ((rc = sl_commit_append(committer, p, len, &seq)) == SL_ERR_CLOSED)
+        int64_t rc;
+        while ((rc = sl_commit_append(committer, p, len)) == SL_ERR_CLOSED)
             sched_yield(); /* closed or buffer full: SegmentLog would take its locked path */
-        if (rc != SL_OK && rc != SL_COMMIT_LATER) {
-            fprintf(stderr, "append returned %d (%s)\n", rc, sl_strerror(rc));
+        if (rc < 0 && rc > SL_COMMIT_SETTLE) {
+            fprintf(stderr, "append returned %lld (%s)\n", (long long)rc, sl_strerror((int)rc));
             exit(2);
         }
-        got[t][i] = (int64_t)seq;
-        status[t][i] = rc;
+        got[t][i] = rc >= 0 ? rc : SL_COMMIT_SETTLE - rc;
+        settled[t][i] = rc < 0;
     }
     return NULL;
 }
@@ -92,16 +92,17 @@ static void *toggler(void *arg) {
 }
 
 static int check_failure(void) {
-    uint64_t seq = 0;
     sl_commit_fail_next(committer, EIO);
-    int rc = sl_commit_append(committer, "doomed", 6, &seq);
-    if (rc != SL_ERR_IO) {
-        fprintf(stderr, "an injected fdatasync failure returned %d, not SL_ERR_IO\n", rc);
+    int64_t rc = sl_commit_append(committer, "doomed", 6);
+    if (rc != SL_COMMIT_SETTLE - (int64_t)(THREADS * PER_THREAD)) {
+        fprintf(stderr, "an injected fdatasync failure returned %lld, not settle\n",
+                (long long)rc);
         return 1;
     }
-    rc = sl_commit_append(committer, "after", 5, &seq);
+    rc = sl_commit_append(committer, "after", 5);
     if (rc != SL_ERR_CLOSED) {
-        fprintf(stderr, "an append after the failure returned %d, not SL_ERR_CLOSED\n", rc);
+        fprintf(stderr, "an append after the failure returned %lld, not SL_ERR_CLOSED\n",
+                (long long)rc);
         return 1;
     }
     sl_commit_state st;
@@ -150,7 +151,7 @@ int main(int argc, char **argv) {
             }
             who_t[s] = t;
             who_i[s] = i;
-            later += status[t][i] == SL_COMMIT_LATER;
+            later += settled[t][i];
         }
     sl_scan_result res;
     if (sl_scan(buf, CAP, 0, 0, n + 1, 0, 0, offs, lens, &res) != SL_OK) return 1;

@@ -33,6 +33,7 @@ from segmentlog._native import ffi, lib
 from segmentlog._pure import Buffer, ScanResult
 
 __all__ = [
+    "COMMIT_SETTLE",
     "NAME",
     "Cursor",
     "Framer",
@@ -65,11 +66,10 @@ _ERR_ARG = lib.SL_ERR_ARG
 _cursor_append = lib.sl_cursor_append
 _cursor_open = lib.sl_cursor_open
 _cursor_close = lib.sl_cursor_close
-_commit_append_c = lib.sl_commit_append
 _commit_open = lib.sl_commit_open
 _commit_close = lib.sl_commit_close
-_COMMIT_LATER = lib.SL_COMMIT_LATER
-_ERR_IO = lib.SL_ERR_IO
+COMMIT_SETTLE: int = lib.SL_COMMIT_SETTLE
+_COMMIT_MAX_SEQ: int = lib.SL_COMMIT_MAX_SEQ
 
 
 def crc32c(data: Buffer, crc: int = 0) -> int:
@@ -479,15 +479,16 @@ class Cursor:
 class Committer:
     """The group committer (csrc/committer.c): SegmentLog.append with fsync="always".
 
-    ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes) returns the new
-    record's sequence number once an fdatasync covered it; -1 when the committer refuses
-    (nothing written: closed, the segment or the group buffer is full, a failed disk);
-    and ``-2 - seq`` when the record was appended as ``seq`` but the committer closed
-    before making it durable, or its disk failed: the caller settles it (SegmentLog waits
-    for it its own way, or raises the recorded error). ``open`` hands it the active
-    segment (descriptor, group buffer, offsets), ``close`` takes the state back as
-    (offset, next_seq, durable_next, rounds, errno), ``retire`` sends every waiter back.
-    The group buffer's Framer must stay bound until the next close.
+    ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes; one C call) returns
+    the new record's sequence number once an fdatasync covered it; a code in
+    ``(COMMIT_SETTLE, 0)`` when the committer refuses (nothing written: closed, the
+    segment or the group buffer full, a failed disk); and ``COMMIT_SETTLE - seq`` when the
+    record was appended as ``seq`` but the committer could not see it durable (closed over
+    another segment, retired, or its disk failed): the caller settles it (SegmentLog waits
+    for it its own way, or raises the recorded error). ``open`` hands it the active segment
+    (descriptor, group buffer, offsets), ``close`` takes the state back as (offset,
+    next_seq, durable_next, rounds, errno), ``retire`` sends every waiter back. The group
+    buffer's Framer must stay bound until the next close.
     """
 
     __slots__ = ("_c", "_state", "append")
@@ -495,13 +496,13 @@ class Committer:
     def __init__(self, c: Any) -> None:
         self._c = c
         self._state: Any = ffi.new("sl_commit_state *")
-        self.append: Any = functools.partial(_commit_append, c)
+        self.append: Any = functools.partial(lib.sl_commit_append, c)
 
     def open(self, fd: int, group: Framer, off: int, window: int, next_seq: int,
              durable_next: int, segment_id: int, mark: bool, gather_ns: int) -> bool:
         """Open over a segment; False if the group buffer is not one C can write or the
         sequence numbers left its range (it stays closed: every append takes Python's path)."""
-        if not group._native or next_seq >= 1 << 63:
+        if not group._native or next_seq > _COMMIT_MAX_SEQ:
             return False
         _commit_open(self._c, fd, group._ptr, group._cap, off, window, next_seq,
                      max(durable_next, 0), segment_id, 1 if mark else 0, gather_ns)
@@ -518,16 +519,6 @@ class Committer:
     def fail_next_fsync(self, err: int) -> None:
         """Test hook: the next fdatasync of a round fails with ``err`` instead of running."""
         lib.sl_commit_fail_next(self._c, err)
-
-
-def _commit_append(c: Any, payload: bytes, length: int) -> int:
-    out = ffi.new("uint64_t *")
-    rc = _commit_append_c(c, payload, length, out)
-    if rc == 0:
-        return int(out[0])
-    if rc in (_COMMIT_LATER, _ERR_IO):
-        return -2 - int(out[0])
-    return -1
 
 
 def new_committer() -> Committer | None:

@@ -30,6 +30,7 @@ from segmentlog._format import (
 
 NAME = "pure"
 ERR_CURSOR_CLOSED = -6  # csrc/segmentlog.h SL_ERR_CLOSED
+COMMIT_SETTLE = -16  # csrc/segmentlog.h SL_COMMIT_SETTLE (no committer here: never returned)
 
 Buffer = bytes | bytearray | memoryview
 

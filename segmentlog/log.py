@@ -119,6 +119,7 @@ _GATHER_ROUNDS = 4  # at most this many yields before a group fsync (see _sync_r
 # leader waits for the appenders the previous round woke (FORMAT.md, "Group commit").
 _COMMIT_BUFFER = 1 << 20
 _COMMIT_GATHER_NS = 100_000
+_SETTLE = impl.COMMIT_SETTLE  # append's fast path: SETTLE - seq, appended as seq (_settle)
 _NEVER = 1 << 64  # above every sequence number: a follower no round covers (sync())
 
 
@@ -319,7 +320,7 @@ class SegmentLog:
         self._frame_one: Any = None  # (off, payload, seq) -> new offset
         self._frame_raw: Any = None  # (off, payload, len, seq) -> new offset, < 0 refused
         self._fast_append: Any = (  # (payload, len) -> seq, < 0 refused
-            self._committed_append if self._committer
+            self._committer.append if self._committer
             else _refuse if self._cursor is None else self._cursor.append)
         # New segments are prepared off the append path (FORMAT.md, "Writing and
         # preparing segments"): zero-filled and fdatasynced with fsync="always" (cheaper
@@ -596,17 +597,11 @@ class SegmentLog:
         with self._lock:  # closes the committer; releasing reopens it only for the default
             self._fsync_hook = fn
 
-    def _committed_append(self, payload: bytes, length: int) -> int:
-        """append's fast path with fsync="always": the group committer (csrc/committer.c)
-        frames the record and returns once an fdatasync covered it, with the GIL released
-        throughout. It refuses (-1, nothing written) while closed: the caller takes the
-        locked path. A record it appended but could not see durable (closed over another
-        segment meanwhile, or the disk failed) is settled here."""
-        seq: int = self._committer.append(payload, length)
-        if seq >= -1:
-            return seq
-        seq = -2 - seq
-        self._wait_durable(seq)  # raises DurabilityError if the committer's disk failed
+    def _settle(self, seq: int) -> int:
+        """A record the group committer appended as ``seq`` but could not see durable
+        (closed over another segment meanwhile, retired, or its disk failed): wait for it
+        here, or raise the DurabilityError its failure left."""
+        self._wait_durable(seq)
         return seq
 
     def append(self, payload: bytes | bytearray | memoryview) -> int:
@@ -620,6 +615,8 @@ class SegmentLog:
             seq: int = self._fast_append(payload, len(payload))
             if seq >= 0:
                 return seq
+            if seq <= _SETTLE:  # the committer appended it, not durable yet (_settle)
+                return self._settle(_SETTLE - seq)
         return self._append_locked(payload)
 
     def _append_locked(self, payload: bytes | bytearray | memoryview) -> int:

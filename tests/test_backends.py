@@ -920,3 +920,79 @@ def test_unpack_format_known_answer() -> None:
     assert lib.sl_unpack_format(offs, lens, 4, out, 5) == lib.SL_ERR_NO_SPACE
     assert lib.sl_unpack_format(ffi.NULL, lens, 4, out, 100) == lib.SL_ERR_ARG
     assert lib.sl_unpack_format(offs, lens, 0, out, 2) == 1  # just "<"
+
+
+# ---------------------------------------------------------------------- group committer
+
+
+@pytest.fixture()
+def segment_file(tmp_path: Any) -> Iterator[int]:
+    """A descriptor of a 64 KiB file of 0xFF bytes (old bytes, as in a recycled segment)."""
+    fd = os.open(tmp_path / "segment", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"\xff" * 65536)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def test_committer_writes_frames_and_zero_mark_and_reports_its_state(segment_file: int) -> None:
+    """Known answer: two durable appends through the committer leave exactly the frames the
+    reference writes, then 8 zero bytes (the marker a recycled segment needs), in the
+    file at the offset given; close reports where the file ends, the next and the durable
+    sequence numbers, one fdatasync per append (alone, no gathering) and no error."""
+    native = need_native()
+    committer = native.new_committer()
+    assert committer is not None  # POSIX: there is one
+    group = native.Framer(bytearray(4096))
+    assert committer.open(segment_file, group, 32, 65536, 7, 7, 1, True, 100_000)
+    assert committer.append(b"first", 5) == 7
+    assert committer.append(b"", 0) == 8
+    expected = bytearray(64)
+    end = _pure.frame_into(expected, 0, b"first", 7)
+    end = _pure.frame_into(expected, end, b"", 8)
+    assert committer.close() == (32 + end, 9, 9, 2, 0)
+    on_disk = os.pread(segment_file, end + 16, 32)
+    assert on_disk == bytes(expected[:end]) + bytes(8) + b"\xff" * 8
+    assert committer.append(b"closed", 6) == native.lib.SL_ERR_CLOSED  # nothing written
+    assert os.pread(segment_file, 8, 32 + end) == bytes(8)
+    group.release()
+
+
+def test_committer_refuses_what_does_not_fit_and_sequence_numbers_past_its_range(
+    segment_file: int,
+) -> None:
+    native = need_native()
+    committer = native.new_committer()
+    group = native.Framer(bytearray(256))
+    closed = native.lib.SL_ERR_CLOSED
+    assert committer.open(segment_file, group, 0, 128, 0, 0, 1, False, 0)
+    assert committer.append(b"x" * 105, 105) == closed  # a 136-byte frame: past 128
+    assert committer.append(b"x" * 80, 80) == 0  # 104 bytes: fits
+    assert committer.append(b"y", 1) == closed  # 104 + 32 > 128
+    assert committer.close() == (104, 1, 1, 1, 0)
+    assert committer.open(segment_file, group, 0, 65536, 1, 1, 1, False, 0)
+    assert committer.append(b"z" * 300, 300) == closed  # past the 256-byte group buffer
+    committer.close()
+    top = native.lib.SL_COMMIT_MAX_SEQ
+    assert committer.open(segment_file, group, 0, 65536, top, top, 2, False, 0)
+    assert committer.append(b"last", 4) == top  # the last one its return value carries
+    assert committer.append(b"past", 4) == closed
+    assert committer.close()[1:3] == (top + 1, top + 1)
+    assert not committer.open(segment_file, group, 0, 65536, top + 1, top + 1, 3, False, 0)
+    group.release()
+
+
+def test_committer_fsync_failure_settles_the_append_and_is_sticky(segment_file: int) -> None:
+    native = need_native()
+    committer = native.new_committer()
+    group = native.Framer(bytearray(4096))
+    settle = native.COMMIT_SETTLE
+    assert committer.open(segment_file, group, 0, 65536, 0, 0, 1, False, 0)
+    assert committer.append(b"ok", 2) == 0
+    committer.fail_next_fsync(5)  # EIO
+    assert committer.append(b"lost?", 5) == settle - 1  # appended as 1, not durable
+    assert committer.append(b"after", 5) == native.lib.SL_ERR_CLOSED  # refused
+    off, next_seq, durable_next, rounds, err = committer.close()
+    assert (off, next_seq, durable_next, rounds, err) == (64, 2, 1, 2, 5)  # both in the file
+    group.release()
