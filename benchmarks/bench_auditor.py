@@ -1,7 +1,9 @@
 """Auditor benchmark against a real RabbitMQ: record() cost, backlog drain, recovery.
 
 Usage: python benchmarks/bench_auditor.py [--url URL] [--records 200000]
-       [--backlog 100000] [--store-batch 1000] [--window N] [--json]
+       [--backlog 100000] [--store-batch 1000] [--window N]
+       [--queue-arguments JSON] [--queue-version-policy] [--json]
+(the queue options as in bench_publisher.py)
 
 1. record() cost: an Auditor (memory store) with the broker up; ``perf_counter_ns``
    around each call, for prebuilt Event models and for plain CADF mappings (the
@@ -43,6 +45,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from bench_publisher import (  # noqa: E402
     QUEUE_ARGUMENTS,
     _delete,
+    queue_version_policy,
     run_no_confirm,
     run_windowed,
 )
@@ -187,8 +190,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="the auditor's publisher window (default: Auditor's DRAIN_WINDOW)")
     ap.add_argument("--queue-arguments", type=json.loads, default={},
                     help='JSON x- arguments of every queue (bench_publisher.py)')
+    ap.add_argument("--queue-version-policy", action="store_true",
+                    help="make every bench queue a version 2 classic queue through a broker "
+                         "policy (as an operator would on RabbitMQ 3.10-3.12), cleared after; "
+                         "needs rabbitmqctl")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    with queue_version_policy(args.queue_version_policy):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     QUEUE_ARGUMENTS.update(args.queue_arguments)
 
     def log(text: str) -> None:

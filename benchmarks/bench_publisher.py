@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_publisher.py [--url URL] [--messages 100000]
        [--each-messages 10000] [--batch 10000] [--windows 1,10,100,...]
-       [--queue-arguments '{"x-queue-version": 2}'] [--json]
+       [--queue-arguments '{"x-queue-version": 2}'] [--queue-version-policy] [--json]
 
 Every run publishes persistent messages (delivery_mode 2, ~514-byte CADF-like JSON)
 into its own fresh durable queue, which is deleted afterwards. Rates are messages per
@@ -19,6 +19,9 @@ second *stored by the broker*:
 
 Every queue of a run, the baselines' included, is declared with ``--queue-arguments``
 (default none: the broker's default queue type), so the ratios compare like with like.
+``--queue-version-policy`` makes them version 2 classic queues through a broker policy
+instead (RabbitMQ 3.10-3.12 defaults to version 1; 3.13 on, to 2), set for the run and
+cleared after.
 
 Ratios are computed within this one run, so a busy machine slows all of them alike.
 The issue's target: the default window at >= 0.8x no-confirm and >= 7x confirm-each.
@@ -31,13 +34,16 @@ broker: which side runs out first is the explanation of every rate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pika
 
@@ -51,6 +57,31 @@ BODY_SIZE = 514
 #: Arguments of every queue this run declares (--queue-arguments).
 QUEUE_ARGUMENTS: dict[str, object] = {}
 
+
+#: The broker policy of --queue-version-policy (every queue this bench declares matches).
+POLICY = ("segmentlog-bench-cqv2", "^segmentlog-bench-", '{"queue-version":2}')
+
+
+@contextlib.contextmanager
+def queue_version_policy(on: bool) -> Iterator[None]:
+    """--queue-version-policy: the bench's queues become version 2 classic queues through a
+    broker policy, the way an operator would on RabbitMQ 3.10-3.12 (no declaration
+    argument, so nothing conflicts with other declarations); cleared afterwards, always."""
+    if not on:
+        yield
+        return
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise SystemExit("--queue-version-policy needs rabbitmqctl (the broker's CLI) on this "
+                         "machine; or pass --queue-arguments '{\"x-queue-version\": 2}'")
+    name, pattern, definition = POLICY
+    subprocess.run([ctl, "set_policy", name, pattern, definition, "--apply-to", "queues"],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run([ctl, "clear_policy", name], check=False, capture_output=True,
+                       timeout=60)
 
 def make_messages(n: int) -> list[tuple[str, bytes]]:
     run = uuid.uuid4().hex[:12]
@@ -184,8 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", default="1,10,100,250,500,1000,2000,5000")
     ap.add_argument("--queue-arguments", type=json.loads, default={},
                     help='JSON x- arguments of every queue, e.g. \'{"x-queue-version": 2}\'')
+    ap.add_argument("--queue-version-policy", action="store_true",
+                    help="make every bench queue a version 2 classic queue through a broker "
+                         "policy (as an operator would on RabbitMQ 3.10-3.12), cleared after; "
+                         "needs rabbitmqctl")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    with queue_version_policy(args.queue_version_policy):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     QUEUE_ARGUMENTS.update(args.queue_arguments)
     windows = [int(w) for w in args.windows.split(",") if w]
     big = make_messages(args.messages)
