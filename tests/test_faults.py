@@ -364,13 +364,12 @@ def test_fsync_failure_fails_the_append_and_every_later_write(logdir: str) -> No
         assert again.append(b"next") == len(rest)
 
 
-def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: str) -> None:
-    """Appenders waiting on group rounds (some covered by the failing round, some queued
-    for a later one) must each either return durable before the failure or raise the
-    DurabilityError: no waiter is left asleep, none is told a record is durable that
-    the failed fsync did not cover."""
-    log = SegmentLog(logdir, segment_size=1 << 20, fsync="always")
-    log._fsync_fn = failing_fsync(after=40)  # type: ignore[assignment]
+def _every_waiter_meets_the_failure(log: SegmentLog, logdir: str,
+                                    after_ack: Callable[[int, int], None]) -> None:
+    """Twelve appenders; an fsync fails mid-run (``after_ack(thread, n)`` may inject it).
+    Each appender either got its record acknowledged before the failure or raises the
+    DurabilityError: no waiter is left asleep, none is told a record is durable that the
+    failed fsync did not cover, and every acknowledged record is intact after a reopen."""
     acked: list[tuple[int, bytes]] = []
     failed: list[BaseException] = []
     start = threading.Barrier(12)
@@ -381,11 +380,13 @@ def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: s
             for n in range(200):
                 rec = record(i * 1000 + n, 100)
                 acked.append((log.append(rec), rec))
+                after_ack(i, n)
         except DurabilityError as exc:
             failed.append(exc)
 
     run_threads(work, 12)  # a waiter never woken would hang here
     assert len(failed) == 12, "every appender must meet the failure"
+    assert all(exc.errno == errno.EIO for exc in failed)  # type: ignore[attr-defined]
     durable = log.stats()["durable_seq"]
     assert acked and max(seq for seq, _ in acked) <= durable, (
         "a record was acknowledged past the last successful sync")
@@ -394,6 +395,14 @@ def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: s
         back = read_all(again)
     for seq, rec in acked:  # every acknowledged record, intact, at its sequence number
         assert back[seq] == rec
+
+
+def test_fsync_failure_under_concurrent_appenders_reaches_every_waiter(logdir: str) -> None:
+    """The Python group commit (the fault hook keeps the committer closed): appenders
+    covered by the failing round and appenders queued for a later one."""
+    log = SegmentLog(logdir, segment_size=1 << 20, fsync="always")
+    log._fsync_fn = failing_fsync(after=40)  # type: ignore[assignment]
+    _every_waiter_meets_the_failure(log, logdir, lambda i, n: None)
 
 
 def _committer(log: SegmentLog) -> object:
@@ -430,37 +439,15 @@ def test_committer_fsync_failure_fails_the_append_and_every_later_write(logdir: 
 def test_committer_fsync_failure_under_concurrent_appenders_reaches_every_waiter(
     logdir: str,
 ) -> None:
-    """Twelve appenders in the committer's rounds, one fdatasync fails mid-run: each
-    appender either got its record acknowledged before the failure or raises the
-    DurabilityError; no waiter sleeps on, no acknowledgement passes the last good sync."""
+    """The same in the committer's rounds: one of its fdatasyncs fails mid-run."""
     log = SegmentLog(logdir, segment_size=1 << 20, fsync="always")
     committer = _committer(log)
-    acked: list[tuple[int, bytes]] = []
-    failed: list[BaseException] = []
-    start = threading.Barrier(12)
 
-    def work(i: int) -> None:
-        start.wait()
-        try:
-            for n in range(200):
-                rec = record(i * 1000 + n, 100)
-                acked.append((log.append(rec), rec))
-                if i == 0 and n == 20:
-                    committer.fail_next_fsync(errno.EIO)  # type: ignore[attr-defined]
-        except DurabilityError as exc:
-            failed.append(exc)
+    def inject(i: int, n: int) -> None:
+        if i == 0 and n == 20:
+            committer.fail_next_fsync(errno.EIO)  # type: ignore[attr-defined]
 
-    run_threads(work, 12)  # a waiter never woken would hang here
-    assert len(failed) == 12, "every appender must meet the failure"
-    assert all(exc.errno == errno.EIO for exc in failed)  # type: ignore[attr-defined]
-    durable = log.stats()["durable_seq"]
-    assert len(acked) >= 21 and max(seq for seq, _ in acked) <= durable, (
-        "a record was acknowledged past the last successful sync")
-    log.close()
-    with SegmentLog(logdir, segment_size=1 << 20) as again:
-        back = read_all(again)
-    for seq, rec in acked:
-        assert back[seq] == rec
+    _every_waiter_meets_the_failure(log, logdir, inject)
 
 
 def test_replacing_the_fsync_hook_closes_the_committer(logdir: str) -> None:
