@@ -1714,8 +1714,10 @@ class _WriterLock:
         return True
 
     def release(self) -> None:
-        self._open = self._log._fast_open()
-        self._mutex.release()
+        try:
+            self._open = self._log._fast_open()
+        finally:  # never leave the lock held (an error opening leaves the path closed)
+            self._mutex.release()
 
     def locked(self) -> bool:
         return self._mutex.locked()
