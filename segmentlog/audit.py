@@ -75,7 +75,8 @@ them again (its own work per event ~10.7 -> ~3 us). The broker's queue decides t
 rest. Against a version 1 classic queue (the default of RabbitMQ before 3.13, and of
 the local 3.10 broker) the drain reached 0.66-0.69x the no-confirm rate; against a
 version 2 classic queue (``${PREFIX}_QUEUE_ARGUMENTS`` = ``{"x-queue-version": 2}``, or
-the broker's ``classic_queue.default_version = 2``), 0.83-0.99x, in the same benchmark
+the broker's ``classic_queue.default_version = 2``, or a ``queue-version`` policy),
+0.67-0.99x over the runs so far, in the same benchmark
 (benchmarks/README.md): the broker's CPU per confirmed message there is what it is per
 unconfirmed one.
 
