@@ -59,8 +59,20 @@ void sl_commit_fail_next(sl_committer *c, int err) { (void)c, (void)err; }
 #include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
+#define SYNC_DATA fdatasync        /* the data and what reading it needs, not the mtime */
+#define GATHER_CLOCK CLOCK_MONOTONIC
+#else
+#define SYNC_DATA fsync            /* POSIX systems without fdatasync (macOS) */
+#define GATHER_CLOCK CLOCK_REALTIME /* without pthread_condattr_setclock */
+#endif
+/* Waiters sleep on a futex on Linux, on a condition elsewhere (or with
+ * -DSL_COMMIT_NO_FUTEX, which tests/test_native_sanitizers.py builds too). */
+#if defined(__linux__) && !defined(SL_COMMIT_NO_FUTEX)
+#define USE_FUTEX 1
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#else
+#define USE_FUTEX 0
 #endif
 
 /* Fields a waiter reads without the mutex (marked "atomic") are written under the mutex
@@ -71,7 +83,7 @@ void sl_commit_fail_next(sl_committer *c, int err) { (void)c, (void)err; }
 struct sl_committer {
     pthread_mutex_t mu;
     pthread_cond_t filled;  /* the gathering leader: as many records as last round are in */
-#if !defined(__linux__)
+#if !USE_FUTEX
     pthread_cond_t woken;   /* stands in for the futex on `wake` */
 #endif
     char *buf;              /* the group buffer (the caller's) */
@@ -102,10 +114,12 @@ sl_committer *sl_commit_new(void) {
     if (c == NULL) return NULL;
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+#if defined(__linux__)
+    pthread_condattr_setclock(&attr, GATHER_CLOCK);
+#endif
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->filled, &attr);
-#if !defined(__linux__)
+#if !USE_FUTEX
     pthread_cond_init(&c->woken, NULL);
 #endif
     pthread_condattr_destroy(&attr);
@@ -114,7 +128,7 @@ sl_committer *sl_commit_new(void) {
 
 void sl_commit_free(sl_committer *c) {
     if (c == NULL) return;
-#if !defined(__linux__)
+#if !USE_FUTEX
     pthread_cond_destroy(&c->woken);
 #endif
     pthread_cond_destroy(&c->filled);
@@ -126,7 +140,7 @@ void sl_commit_free(sl_committer *c) {
  * durable: after a round's end, the covered appenders do not queue up on the mutex. */
 static void wake_all(sl_committer *c) {
     STORE(&c->wake, c->wake + 1);
-#if defined(__linux__)
+#if USE_FUTEX
     syscall(SYS_futex, &c->wake, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
 #else
     pthread_cond_broadcast(&c->woken);
@@ -135,7 +149,7 @@ static void wake_all(sl_committer *c) {
 
 /* Sleep until `wake` differs from seen (mutex not held; may return early). */
 static void wait_for_wake(sl_committer *c, uint32_t seen) {
-#if defined(__linux__)
+#if USE_FUTEX
     syscall(SYS_futex, &c->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
 #else
     pthread_mutex_lock(&c->mu);
@@ -230,7 +244,7 @@ static void lead_round(sl_committer *c) {
          * many records are in (or gather_ns passed), so this fdatasync covers them too
          * instead of leaving most of them for the next one. */
         struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
+        clock_gettime(GATHER_CLOCK, &until);
         until.tv_nsec += (long)c->gather_ns;
         while (until.tv_nsec >= 1000000000L) {
             until.tv_nsec -= 1000000000L;
@@ -251,7 +265,7 @@ static void lead_round(sl_committer *c) {
         int fd = c->fd, fail = c->fail_next;
         c->fail_next = 0;
         pthread_mutex_unlock(&c->mu);
-        int rc = fail ? -1 : fdatasync(fd);
+        int rc = fail ? -1 : SYNC_DATA(fd);
         if (fail) errno = fail;
         err = rc ? (errno ? errno : EIO) : 0;
         pthread_mutex_lock(&c->mu);
