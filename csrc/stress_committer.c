@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "segmentlog.h"
+#include "stress_check.h"
 
 #define THREADS 4
 #define PER_THREAD 1500
@@ -135,42 +136,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     char *buf = calloc(1, CAP);
-    int *who_t = malloc(sizeof(int) * n), *who_i = malloc(sizeof(int) * n);
-    uint64_t *offs = malloc(sizeof(uint64_t) * (n + 1)), *lens = malloc(sizeof(uint64_t) * (n + 1));
-    if (!buf || !who_t || !who_i || !offs || !lens) return 3;
+    if (!buf) return 3;
     if (pread(fd, buf, CAP, 0) != (ssize_t)CAP) return 3;
-    for (uint64_t s = 0; s < n; s++) who_t[s] = -1;
+    int rc = check_records(buf, CAP, n, end, &got[0][0], THREADS, PER_THREAD, payload);
+    if (rc) return rc;
     uint64_t later = 0;
     for (int t = 0; t < THREADS; t++)
-        for (int i = 0; i < PER_THREAD; i++) {
-            int64_t s = got[t][i];
-            if (s < 0 || (uint64_t)s >= n || who_t[s] != -1) {
-                fprintf(stderr, "sequence number %lld handed out twice or past %llu\n",
-                        (long long)s, (unsigned long long)n);
-                return 1;
-            }
-            who_t[s] = t;
-            who_i[s] = i;
-            later += settled[t][i];
-        }
-    sl_scan_result res;
-    if (sl_scan(buf, CAP, 0, 0, n + 1, 0, 0, offs, lens, &res) != SL_OK) return 1;
-    if (res.count != n || res.end != end || res.status != SL_SCAN_ZERO) {
-        fprintf(stderr, "scan: %llu frames to %llu (status %d); expected %llu to %llu\n",
-                (unsigned long long)res.count, (unsigned long long)res.end, res.status,
-                (unsigned long long)n, (unsigned long long)end);
-        return 1;
-    }
-    for (uint64_t s = 0; s < n; s++) {
-        char p[96];
-        uint64_t len;
-        payload(who_t[s], who_i[s], p, &len);
-        if (lens[s] != len || memcmp(buf + offs[s], p, len) != 0) {
-            fprintf(stderr, "record %llu is not the payload appended with it\n",
-                    (unsigned long long)s);
-            return 1;
-        }
-    }
+        for (int i = 0; i < PER_THREAD; i++) later += (uint64_t)settled[t][i];
     sl_commit_open(committer, fd, group, GROUP, st.off, CAP, st.next_seq, st.durable_next, 99,
                    0, 0);
     if (check_failure()) return 1;
@@ -179,9 +151,5 @@ int main(int argc, char **argv) {
     sl_commit_free(committer);
     close(fd);
     free(buf);
-    free(who_t);
-    free(who_i);
-    free(offs);
-    free(lens);
     return 0;
 }

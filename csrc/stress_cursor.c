@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "segmentlog.h"
+#include "stress_check.h"
 
 #define THREADS 4
 #define PER_THREAD 20000
@@ -66,54 +67,10 @@ int main(void) {
     sl_cursor_close(&cursor);
     uint64_t n = cursor.next_seq, end = cursor.off;
 
-    /* Which record holds each sequence number. */
-    int *who_t = malloc(sizeof(int) * (n ? n : 1)), *who_i = malloc(sizeof(int) * (n ? n : 1));
-    uint64_t *offs = malloc(sizeof(uint64_t) * (n + 1)), *lens = malloc(sizeof(uint64_t) * (n + 1));
-    if (!who_t || !who_i || !offs || !lens) return 3;
-    for (uint64_t s = 0; s < n; s++) who_t[s] = -1;
-    uint64_t accepted = 0;
-    for (int t = 0; t < THREADS; t++)
-        for (int i = 0; i < PER_THREAD; i++) {
-            int64_t s = got[t][i];
-            if (s < 0) continue;
-            if ((uint64_t)s >= n || who_t[s] != -1) {
-                fprintf(stderr, "sequence number %lld handed out twice or past %llu\n",
-                        (long long)s, (unsigned long long)n);
-                return 1;
-            }
-            who_t[s] = t;
-            who_i[s] = i;
-            accepted++;
-        }
-    if (accepted != n) {
-        fprintf(stderr, "%llu appends accepted, next_seq %llu\n", (unsigned long long)accepted,
-                (unsigned long long)n);
-        return 1;
-    }
-    sl_scan_result res;
-    if (sl_scan(buf, CAP, 0, 0, n + 1, 0, 0, offs, lens, &res) != SL_OK) return 1;
-    if (res.count != n || res.end != end || res.status != SL_SCAN_ZERO) {
-        fprintf(stderr, "scan: %llu frames to %llu (status %d); expected %llu to %llu\n",
-                (unsigned long long)res.count, (unsigned long long)res.end, res.status,
-                (unsigned long long)n, (unsigned long long)end);
-        return 1;
-    }
-    for (uint64_t s = 0; s < n; s++) {
-        char p[64];
-        uint64_t len;
-        payload(who_t[s], who_i[s], p, &len);
-        if (lens[s] != len || memcmp(buf + offs[s], p, len) != 0) {
-            fprintf(stderr, "record %llu is not the payload appended with it\n",
-                    (unsigned long long)s);
-            return 1;
-        }
-    }
+    int rc = check_records(buf, CAP, n, end, &got[0][0], THREADS, PER_THREAD, payload);
+    if (rc) return rc;
     printf("%llu of %d appends accepted while the cursor was toggled; all checks passed\n",
            (unsigned long long)n, THREADS * PER_THREAD);
-    free(who_t);
-    free(who_i);
-    free(offs);
-    free(lens);
     free(buf);
     return 0;
 }
