@@ -58,7 +58,7 @@ extern "C" {
 #define SL_ERR_ALIGN (-3)     /* the offset is not a multiple of SL_FRAME_ALIGN */
 #define SL_ERR_NO_SPACE (-4)  /* the frames do not fit between the offset and the capacity */
 #define SL_ERR_SEQ (-5)       /* a sequence number of the batch would exceed 2^64 - 1 */
-#define SL_ERR_CLOSED (-6)    /* the cursor is closed, or the frame would pass its window */
+#define SL_ERR_CLOSED (-6)    /* cursor or committer closed, or the frame would pass its window */
 
 /* sl_commit_append returns SL_COMMIT_SETTLE - seq for a record it appended as seq but could
  * not see durable (closed over another segment, retired, or its disk failed): Python

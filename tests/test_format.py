@@ -95,6 +95,16 @@ def test_c_header_scan_statuses_equal_python_statuses() -> None:
     assert sorted(py_statuses.values()) == sorted(_format.SCAN_STATUS_NAMES)
 
 
+def test_pure_backend_copies_of_c_return_codes_equal_the_header() -> None:
+    # The pure backend answers with the C core's codes (its cursor refuses with
+    # SL_ERR_CLOSED; SegmentLog.append reads COMMIT_SETTLE from whichever backend is live).
+    defines = header_defines()
+    assert defines["SL_ERR_CLOSED"] == _pure.ERR_CURSOR_CLOSED
+    assert defines["SL_COMMIT_SETTLE"] == _pure.COMMIT_SETTLE
+    assert max(v for k, v in defines.items() if k.startswith("SL_ERR_")) < 0
+    assert min(v for k, v in defines.items() if k.startswith("SL_ERR_")) > _pure.COMMIT_SETTLE
+
+
 def test_compiled_c_core_carries_the_header_constants() -> None:
     try:
         from segmentlog._native import lib
