@@ -57,6 +57,7 @@ from pika.adapters.select_connection import IOLoop
 from prometheus_client import CollectorRegistry
 
 from segmentlog.amqp.confirms import ConfirmTracker, MessageStatus, PublishResult
+from segmentlog.amqp.frames import PublishFrames
 from segmentlog.amqp.metrics import PublisherMetrics
 from segmentlog.errors import BrokerUnavailableError, ConfigError, LogClosedError, PublishError
 
@@ -100,6 +101,10 @@ def _coalesce_output(conn: Any) -> None:
         joined = b"".join(buffers)
         buffers.clear()
         buffers.append(joined)
+
+
+#: Messages per socket write in ``_pump`` (see there).
+_PUMP_SLICE = 100
 
 
 def backoff_delay(attempt: int, initial: float, cap: float, rand: float) -> float:
@@ -309,6 +314,11 @@ class Publisher:
         self._watchdog_timer: Any = None
         self._last_rx_bytes = -1
         self._last_rx_time = 0.0
+        self._pump_pending = False
+        self._frames: PublishFrames | None = None
+        self._emit: Callable[[Sequence[bytes]], None] | None = None
+        #: False sends through ``channel.basic_publish`` (the fallback, tested as such).
+        self._fast_frames = True
 
     # ------------------------------------------------------------ public API
     def connect(self, timeout: float | None = None) -> None:
@@ -644,6 +654,10 @@ class Publisher:
             return
         self._channel = channel
         self._tracker = ConfirmTracker()
+        self._frames = PublishFrames(channel.channel_number, self.queue_name,
+                                     channel.connection.params.frame_max)
+        emit = getattr(channel.connection, "_output_marshaled_frames", None)
+        self._emit = emit if self._fast_frames and callable(emit) else None
         tracker = self._tracker
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(
@@ -845,7 +859,14 @@ class Publisher:
         self._pump()
 
     def _pump(self) -> None:
-        """Publish while the window has room (Rule 1), then see whether the batch is done."""
+        """Publish while the window has room (Rule 1), then see whether the batch is done.
+
+        At most ``_PUMP_SLICE`` messages go out per call, each slice one socket write; if
+        the window has room for more, the rest follows from the loop's next turn, after
+        pika wrote the slice. One ack often frees hundreds of places, and encoding them
+        all before the first byte leaves would keep the broker idle meanwhile (measured:
+        100 k messages, window 1000, 7.5 k -> 8.4 k msg/s).
+        """
         job = self._job
         if job is None:
             return
@@ -855,38 +876,60 @@ class Publisher:
         channel = self._channel
         tracker = self._tracker
         room = self.window - tracker.inflight - tracker.orphans
-        if channel is not None and not job.waiting and not self._blocked and room > 0:
-            to_send = job.to_send
-            messages = job.messages
-            publish = channel.basic_publish
-            queue = self.queue_name
-            props = pika.BasicProperties
-            sent = 0
-            now = time.monotonic()
+        to_send = job.to_send
+        if (channel is not None and not job.waiting and not self._blocked and room > 0
+                and to_send):
+            take = min(room, _PUMP_SLICE, len(to_send))
+            indices = [to_send[i] for i in range(take)]
             try:
-                while room > 0 and to_send:
-                    index = to_send[0]
-                    mid, body = messages[index]
-                    publish("", queue, body,
-                            props(delivery_mode=2, content_type="application/json",
-                                  message_id=mid),
-                            mandatory=True)
-                    # Recorded after the write call: a publish that raised never reached
-                    # the broker, so it must not consume a delivery tag (Rule 3 of the
-                    # tracker).
-                    tracker.publish(index, now)
-                    to_send.popleft()
-                    room -= 1
-                    sent += 1
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                self.metrics.published.inc(sent)
+                self._send(channel, job.messages, indices)
+            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
                 self._abort(f"publish failed: {self._describe(exc)}")
                 return
-            self.metrics.published.inc(sent)
+            # Recorded after the write: a publish that raised never reached the broker,
+            # so it must not consume a delivery tag (Rule 3 of the tracker).
+            now = time.monotonic()
+            publish = tracker.publish
+            for index in indices:
+                publish(index, now)
+                to_send.popleft()
+            self.metrics.published.inc(take)
             self.metrics.inflight.set(tracker.inflight)
-            if sent > 1:
-                _coalesce_output(self._conn)
+            if room > take and to_send and not self._pump_pending:
+                self._pump_pending = True
+                self._ioloop.call_later(0, self._safe(self._pump_again))
         self._maybe_finish()
+
+    def _pump_again(self) -> None:
+        self._pump_pending = False
+        self._pump()
+
+    def _send(self, channel: Any, messages: Sequence[tuple[str, bytes]],
+              indices: list[int]) -> None:
+        """Write the publishes of ``messages[i] for i in indices``, all or none.
+
+        Fast path: the frames encoded by :class:`PublishFrames` (byte for byte pika's),
+        handed to pika's connection as one buffer through the method its own
+        ``basic_publish`` ends in (``_output_marshaled_frames``, which also keeps the
+        connection's byte counters). If a pika release drops that method, every
+        message goes through ``channel.basic_publish`` instead (~9x the CPU).
+        """
+        if not channel.is_open:
+            raise pika.exceptions.ChannelWrongStateError("the channel is not open")
+        frames, emit = self._frames, self._emit
+        if frames is not None and emit is not None:
+            encode = frames.encode
+            emit([b"".join([encode(*messages[i]) for i in indices])])
+            return
+        props = pika.BasicProperties
+        for i in indices:
+            mid, body = messages[i]
+            channel.basic_publish("", self.queue_name, body,
+                                  props(delivery_mode=2, content_type="application/json",
+                                        message_id=mid),
+                                  mandatory=True)
+        if len(indices) > 1:
+            _coalesce_output(self._conn)
 
     @_guard
     def _on_ack_nack(self, tracker: ConfirmTracker, frame: Any) -> None:
