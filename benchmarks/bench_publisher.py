@@ -16,6 +16,12 @@ second *stored by the broker*:
 - window=W: segmentlog.amqp.Publisher(window=W), ``publish_batch`` in batches of
   ``--batch``; the clock stops when every batch is confirmed. Windows below 100 use
   ``--each-messages`` messages (they run at confirm-each speed).
+- raw no-confirm / raw window=W (the default window): the broker's own ceiling, a client
+  that costs nothing per message (benchmarks/raw_amqp.py: frames encoded before the
+  clock starts, written to a plain socket). The no-confirm baseline above is what a
+  user of pika gets; this is what the broker takes. How far the Publisher is from the
+  raw window row is the client's share; how far the raw window row is from raw
+  no-confirm is what confirms cost the broker.
 
 Every queue of a run, the baselines' included, is declared with ``--queue-arguments``
 (default none: the broker's default queue type), so the ratios compare like with like.
@@ -48,6 +54,8 @@ from collections.abc import Callable, Iterator
 import pika
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import raw_amqp
 
 from segmentlog.amqp import Publisher
 
@@ -169,6 +177,22 @@ def run_no_confirm(url: str, messages: list[tuple[str, bytes]]) -> float:
         _delete(url, name)
 
 
+def run_raw(url: str, messages: list[tuple[str, bytes]], window: int | None) -> float:
+    name = _declare(url)
+    try:
+        def stored() -> None:
+            conn = pika.BlockingConnection(pika.URLParameters(url))
+            try:
+                probe = conn.channel()
+                while _count(probe, name) < len(messages):
+                    time.sleep(0.002)
+            finally:
+                conn.close()
+        return raw_amqp.publish(url, name, messages, window=window, done=stored)
+    finally:
+        _delete(url, name)
+
+
 def run_confirm_each(url: str, messages: list[tuple[str, bytes]]) -> float:
     name = _declare(url)
     try:
@@ -255,17 +279,20 @@ def _run(args: argparse.Namespace) -> int:
         f"queue{' ' + json.dumps(QUEUE_ARGUMENTS) if QUEUE_ARGUMENTS else ''}, "
         f"batch={args.batch}")
     nc1 = timed("no-confirm (before)", lambda: run_no_confirm(args.url, big), len(big))
+    raw_nc = timed("raw no-confirm", lambda: run_raw(args.url, big, None), len(big))
     each = timed("confirm-each", lambda: run_confirm_each(args.url, small), len(small))
     rates: dict[int, float] = {}
     for w in windows:
         msgs = big if w >= 100 else small
         rates[w] = timed(f"window={w}", lambda m=msgs, w=w: run_windowed(  # type: ignore[misc]
             args.url, m, w, args.batch), len(msgs))
+    default_w = int(inspect.signature(Publisher).parameters["window"].default)
+    raw_w = timed(f"raw window={default_w}", lambda: run_raw(args.url, big, default_w),
+                  len(big))
     nc2 = timed("no-confirm (after)", lambda: run_no_confirm(args.url, big), len(big))
     no_confirm = (nc1 + nc2) / 2
     curve = {w: {"rate": r, "vs_no_confirm": r / no_confirm, "vs_confirm_each": r / each}
              for w, r in rates.items()}
-    default_w = int(inspect.signature(Publisher).parameters["window"].default)
     target_w = default_w if default_w in rates else max(rates)
     target = curve[target_w]
     ok = target["vs_no_confirm"] >= 0.8 and target["vs_confirm_each"] >= 7.0
@@ -275,6 +302,7 @@ def _run(args: argparse.Namespace) -> int:
             "body_bytes": BODY_SIZE, "no_confirm_rate": no_confirm,
             "no_confirm_runs": [nc1, nc2], "confirm_each_rate": each,
             "windows": curve, "target_window": target_w, "target_met": ok,
+            "raw_no_confirm_rate": raw_nc, "raw_window_rate": raw_w, "raw_window": default_w,
             "cpu_us_per_message": {k: {"client": c, "broker": b} for k, (c, b) in cpu.items()},
         }, indent=2))
     else:
@@ -284,6 +312,13 @@ def _run(args: argparse.Namespace) -> int:
         for w, c in curve.items():
             print(f"{w:>8} {c['rate']:>9.0f} {c['vs_no_confirm']:>13.2f} "
                   f"{c['vs_confirm_each']:>15.1f}")
+        print(f"\nthe broker's ceiling (raw socket, frames encoded in advance): no-confirm "
+              f"{raw_nc:.0f} msg/s, window={default_w} {raw_w:.0f} msg/s "
+              f"({raw_w / raw_nc:.2f}x: what confirms cost the broker)")
+        if target_w in rates:
+            print(f"Publisher window={target_w}: {rates[target_w] / raw_nc:.2f}x the raw "
+                  f"no-confirm ceiling, {rates[target_w] / raw_w:.2f}x the raw window="
+                  f"{default_w} (the client's share)")
         print(f"\ntarget (window={target_w}: >= 0.8x no-confirm and >= 7x confirm-each): "
               f"{'met' if ok else 'NOT met'}")
     return 0
