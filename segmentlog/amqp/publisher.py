@@ -14,7 +14,9 @@ lose the connection every idle minute. Why not ``BlockingConnection``: its confi
 mode waits for each message's own confirm (~10x slower than a window).
 
 Rule 1: a batch runs with at most ``window`` messages unanswered on the channel. Each
-ack/nack frame (``multiple`` or not) frees room and the loop publishes more.
+ack/nack frame (``multiple`` or not) frees room and the loop publishes more, 100
+messages per socket write, their frames encoded by :mod:`segmentlog.amqp.frames` (the
+bytes pika would send, at a ninth of its CPU; ``_pump`` and ``_send``).
 Rule 2: ``publish_batch`` never raises because the broker failed *during* the batch:
 it returns a :class:`PublishResult` whose ``confirmed_prefix`` says how far the
 caller may commit. Messages whose answer never came are LOST (maybe stored, maybe
@@ -188,13 +190,12 @@ class Publisher:
         Declared durable (``x-queue-type: quorum`` when ``quorum``) on every connect;
         messages go through the default exchange with ``mandatory=True``.
     queue_arguments:
-        Extra ``x-`` arguments of that declaration, e.g. ``{"x-queue-version": 2}``: a
-        classic queue of version 2 (RabbitMQ 3.10-3.12; the default from 3.13) took
-        confirmed publishes here at 0.87-1.02x the rate it took unconfirmed ones (window
-        100-5000), where version 1 took them at 0.63-0.78x (benchmarks/README.md). A
-        queue that already exists must have been declared with the same arguments (the
-        broker refuses the declaration otherwise, and the publisher reports it as
-        unavailable).
+        Extra ``x-`` arguments of that declaration, e.g. ``{"x-queue-version": 2}`` (a
+        classic queue of version 2: RabbitMQ 3.10-3.12; the default from 3.13; it takes
+        more messages a second than version 1 here, benchmarks/README.md). A queue that
+        already exists must have been declared with the same arguments (the broker
+        refuses the declaration otherwise, and the publisher reports it as
+        unavailable); a ``queue-version`` policy needs no argument (README, "Auditor").
     window:
         Most messages unanswered at once (Rule 1). 1 = wait for each confirm.
     heartbeat, liveness_timeout:
