@@ -68,7 +68,7 @@ def test_any_publish_matches_pika(channel: int, queue: str, mid: str, body: byte
 
 def test_too_long_strings_are_refused_with_the_limit() -> None:
     frames = PublishFrames(1, "q", 4096)
-    with pytest.raises(ValueError, match="message_id is 256 bytes.*at most 255"):
+    with pytest.raises(ValueError, match=r"message_id is 256 bytes.*at most 255"):
         frames.encode("x" * 256, b"")
     with pytest.raises(ValueError, match="message_id is 256 bytes"):
         frames.encode("é" * 128, b"")  # 128 characters, 256 bytes
