@@ -907,7 +907,12 @@ class Publisher:
 
     def _send(self, channel: Any, messages: Sequence[tuple[str, bytes]],
               indices: list[int]) -> None:
-        """Write the publishes of ``messages[i] for i in indices``, all or none.
+        """Write the publishes of ``messages[i] for i in indices``.
+
+        If it raises, the caller aborts the connection without recording any of them:
+        the fast path wrote nothing; the fallback may have written a few, which the
+        broker then numbered, but the tags die with the channel, and messages the
+        tracker never saw stay UNSENT, so they are retried like LOST ones.
 
         Fast path: the frames encoded by :class:`PublishFrames` (byte for byte pika's),
         handed to pika's connection as one buffer through the method its own
