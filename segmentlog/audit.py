@@ -360,6 +360,9 @@ class RecordingAuditor(AuditorBase):
 
 
 _Item = tuple[str, bytes, float]  # (event id, body, monotonic time of record())
+#: An item of the record() queue: the body may still be the constant Event itself, which
+#: _take serialises on the way to ``_pending``.
+_Queued = tuple[str, "bytes | Event", float]
 
 
 class Auditor(AuditorBase):
@@ -503,7 +506,7 @@ class Auditor(AuditorBase):
             raise
 
         # Shared between record() and the delivery thread.
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Queued] = deque()
         self._lock = threading.Lock()  # record() vs close(): nothing appended after close
         self._closed = False
         self._wake = threading.Event()
@@ -562,16 +565,22 @@ class Auditor(AuditorBase):
         it blocks). Raises InvalidEventError for an event that is not valid CADF,
         LogClosedError after close(), BackingStoreFull / BackingStoreError after
         ``full_timeout`` of a full / failing buffer."""
-        if isinstance(event, Event):
-            mid = event.id
-            data = event.wire_dict(self._observer_dict)
+        item: _Queued
+        if isinstance(event, Event) and event.constant and not self._write_ahead:
+            # Nothing in it can change: the delivery thread serialises it (_take), to
+            # the bytes this thread would make (Rule 3 of segmentlog.cadf).
+            item = (event.id, event, time.monotonic())
         else:
-            data = check_event_mapping(event, self._observer_dict)
-            mid = data["id"]
-        if self._write_ahead:
-            self._record_write_ahead(mid, data)
-            return
-        item = (mid, dump_event(data), time.monotonic())
+            if isinstance(event, Event):
+                mid = event.id
+                data = event.wire_dict(self._observer_dict)
+            else:
+                data = check_event_mapping(event, self._observer_dict)
+                mid = data["id"]
+            if self._write_ahead:
+                self._record_write_ahead(mid, data)
+                return
+            item = (mid, dump_event(data), time.monotonic())
         if len(self._queue) + len(self._pending) >= self._queue_size:
             self._wait_for_room()
         with self._lock:
@@ -833,11 +842,23 @@ class Auditor(AuditorBase):
         self._idle = False
 
     def _take(self, limit: int) -> None:
+        """Move up to ``limit`` events from the queue to ``_pending``, serialising the
+        ones record() left as constant models."""
         queue = self._queue
         pending = self._pending
+        observer = self._observer_dict
         moved = 0
         while moved < limit and queue:
-            pending.append(queue.popleft())
+            mid, body, t = queue.popleft()
+            if isinstance(body, Event):
+                try:
+                    body = dump_event(body.wire_dict(observer))
+                except Exception as exc:  # a constant model always serialises; a bug
+                    self.metrics.failed.inc()
+                    LOG.error("auditor %r: event %r cannot be serialised (%s); dropped",
+                              self.queue_name, mid, exc)
+                    continue
+            pending.append((mid, body, t))
             moved += 1
 
     def _notify_room(self) -> None:

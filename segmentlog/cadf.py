@@ -23,9 +23,12 @@ Rule 2: what is not valid CADF raises :class:`~segmentlog.errors.InvalidEventErr
         naming the field (``target.typeURI``) and what was expected, before anything is
         buffered. Keys this module does not know are kept as they are (CADF allows
         extensions), but they must be JSON-serialisable.
-Rule 3: serialisation is orjson, once: the bytes made at record time are the bytes
-        published, so an event mutated by the caller after ``record()`` is delivered
-        as it was recorded.
+Rule 3: serialisation is orjson, once, and an event mutated by the caller after
+        ``record()`` is delivered as it was recorded: a mapping, or a model whose
+        attachments hold containers, is serialised inside ``record()``; a model that
+        cannot change (:attr:`Event.constant`: frozen fields, attachments of plain
+        values only) may be serialised later, by the Auditor's delivery thread, to
+        the same bytes.
 
 This module never does I/O; it only builds, checks and serialises events.
 """
@@ -163,6 +166,16 @@ def _tuple_of(value: object, kind: type, name: str) -> tuple[Any, ...]:
         if not isinstance(item, kind):
             raise _fail(f"{name}[{i}]", f"a {kind.__name__}", item)
     return items
+
+
+#: Attachment contents that cannot change after the event is built.
+_IMMUTABLE_CONTENT = frozenset((str, int, float, bool, type(None)))
+
+
+def _constant_attachments(attachments: Sequence[Attachment]) -> bool:
+    """Whether every attachment's content is a str, number, bool or None (no container
+    the caller could change)."""
+    return all(type(a.content) in _IMMUTABLE_CONTENT for a in attachments)
 
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:
@@ -382,6 +395,11 @@ class Event:
     event_time: str = ""
     event_type: str = "activity"
     type_uri: str = CADF_EVENT_TYPE_URI
+    #: True when nothing reachable from the event can change after it is built (Rule 3):
+    #: every field is checked and frozen, and no attachment (of the event or of its
+    #: resources) holds a container. The Auditor may then serialise it on its delivery
+    #: thread instead of inside ``record()``: the bytes are the same either way.
+    constant: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _req_str(self.action, "action")
@@ -411,6 +429,13 @@ class Event:
             _check_time(moment, "eventTime")
         _req_str(self.event_type, "eventType")
         _req_str(self.type_uri, "typeURI")
+        observer = self.observer
+        object.__setattr__(self, "constant", (
+            _constant_attachments(self.attachments)
+            and _constant_attachments(self.initiator.attachments)
+            and _constant_attachments(self.target.attachments)
+            and (not isinstance(observer, Resource)
+                 or _constant_attachments(observer.attachments))))
 
     @classmethod
     def from_request(

@@ -9,6 +9,7 @@ broker restart, SIGKILL) live in test_audit_faults.py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -40,7 +41,7 @@ from segmentlog.audit import (
     RecordingAuditor,
     connection_from_env,
 )
-from segmentlog.cadf import CADF_EVENT_TYPE_URI, Event, Observer
+from segmentlog.cadf import CADF_EVENT_TYPE_URI, Attachment, Event, Observer
 from segmentlog.errors import (
     BackingStoreFull,
     ConfigError,
@@ -91,6 +92,8 @@ def _mapping(i: int) -> dict[str, Any]:
 def test_normal_operation_delivers_every_event_once_in_order_as_recorded(
         rabbitmq_url: str, queue: str) -> None:
     events = make_events(3000)
+    # constant models: the delivery thread serialises them, to the bytes compared below
+    assert all(e.constant for e in events)
     with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
         recorded = _record_all(auditor, events)
         assert auditor.flush(30)
@@ -121,6 +124,48 @@ def test_mappings_get_id_time_and_observer_and_are_published_as_recorded(
     second = orjson.loads(messages[1][1])
     assert (messages[1][0], second["action"], second["eventTime"]) == (
         "fixed-id-2", "read", "2025-01-31T12:00:00Z")
+
+
+def test_a_model_whose_attachment_changes_after_record_is_published_as_recorded(
+        rabbitmq_url: str, queue: str) -> None:
+    content: dict[str, Any] = {"quota": 1, "items": ["a"]}
+    event = make_events(1)[0]
+    event = dataclasses.replace(event, attachments=(
+        Attachment(type_uri="mime:application/json", content=content),))
+    assert not event.constant  # record() must serialise it itself (Rule 3 of cadf)
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
+        expected = wire(event)
+        auditor.record(event)
+        content["quota"] = 2  # after record(): must not reach the broker
+        content["items"].append("b")
+        assert auditor.flush(30)
+    assert check_delivery(consume(rabbitmq_url, queue), [(event.id, expected)]) == 0
+
+
+class _Unserialisable(Event):
+    """A constant model whose serialisation fails: cannot happen with the real model
+    (every field is checked when built); stands for a bug in it."""
+
+    def wire_dict(self, observer: Any = None) -> dict[str, Any]:
+        raise RuntimeError("broken model")
+
+
+def test_a_constant_model_that_fails_to_serialise_is_counted_and_the_rest_delivered(
+        rabbitmq_url: str, queue: str, caplog: pytest.LogCaptureFixture) -> None:
+    good = make_events(2)
+    bad = _Unserialisable(action="read", outcome="success", initiator=good[0].initiator,
+                          target=good[0].target)
+    assert bad.constant
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
+        auditor.record(good[0])
+        auditor.record(bad)
+        auditor.record(good[1])
+        assert auditor.flush(30)
+        assert _value(auditor, "audittools_failed_submissions_total") == 1
+        assert _value(auditor, "audittools_successful_submissions_total") == 2
+    assert check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in good]) == 0
+    assert any("cannot be serialised" in r.getMessage() and bad.id in r.getMessage()
+               for r in caplog.records)
 
 
 def test_close_delivers_everything_recorded_before_it(rabbitmq_url: str, queue: str) -> None:

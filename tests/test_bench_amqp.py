@@ -90,6 +90,7 @@ def test_bench_auditor_reports_record_drain_and_recovery(rabbitmq_url: str) -> N
     result = _bench("bench_auditor.py", rabbitmq_url, "--records", "2000", "--backlog", "2000")
     assert result["record"]["model"]["median_us"] > 0
     assert result["record"]["serialise_only"]["median_us"] > 0
+    assert result["record"]["model_with_container"]["median_us"] > 0
     assert result["drain"]["drain_rate"] > 0 and result["drain"]["recovery_to_first_s"] > 0
     assert result["raw_no_confirm_rate"] > 0 and result["publisher_rate"] > 0
     assert set(result["targets"]) == {"record_median_under_5us",

@@ -7,6 +7,7 @@ original's ToCADF outcome rule.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -281,3 +282,41 @@ def test_from_dict_refuses_a_broken_resource_naming_it() -> None:
 def test_unknown_extension_keys_are_kept_in_mappings() -> None:
     out = check_event_mapping(_mapping(x_custom={"k": "v"}))
     assert orjson.loads(dump_event(out))["x_custom"] == {"k": "v"}
+
+
+def _with(content: object, where: str) -> Event:
+    att = (Attachment(type_uri="mime:application/json", content=content),)
+    user = Resource(type_uri=USER.type_uri, id=USER.id, attachments=att) if where == "initiator" \
+        else USER
+    target = Resource(type_uri=PROJECT.type_uri, id=PROJECT.id, attachments=att) \
+        if where == "target" else PROJECT
+    observer = Resource(type_uri="service/resources", id="obs", attachments=att) \
+        if where == "observer" else OBSERVER
+    return Event(action="read", outcome="success", initiator=user, target=target,
+                 observer=observer, attachments=att if where == "event" else ())
+
+
+@pytest.mark.parametrize("where", ["event", "initiator", "target", "observer"])
+def test_an_event_is_constant_unless_an_attachment_holds_a_container(where: str) -> None:
+    # Rule 3: a constant event may be serialised later (by the Auditor's delivery
+    # thread); one with a container the caller could change must be serialised at once.
+    for content in ("text", 7, 2.5, True, None):
+        assert _with(content, where).constant
+    for content in ({"k": 1}, [1, 2], bytearray(b"x")):
+        assert not _with(content, where).constant
+    assert Event.from_request(action="read", reason_code=200, initiator=USER,
+                              target=PROJECT).constant
+    assert Event(action="read", outcome="success", initiator=USER, target=PROJECT,
+                 observer=OBSERVER).constant
+
+
+def test_constant_is_not_an_argument_and_not_compared() -> None:
+    with pytest.raises(TypeError):
+        Event(action="read", outcome="success", initiator=USER, target=PROJECT,
+              constant=False)  # type: ignore[call-arg]
+    plain = _with("x", "event")
+    again = dataclasses.replace(plain)  # built anew from the init fields: flag recomputed
+    assert again == plain and again.constant
+    assert not dataclasses.replace(plain, attachments=(
+        Attachment(type_uri="mime:application/json", content={"k": 1}),)).constant
+    assert "constant" not in repr(plain)
