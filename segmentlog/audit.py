@@ -570,9 +570,10 @@ class Auditor(AuditorBase):
         LogClosedError after close(), BackingStoreFull / BackingStoreError after
         ``full_timeout`` of a full / failing buffer."""
         item: _Queued
-        if isinstance(event, Event) and event.constant and not self._write_ahead:
+        if type(event) is Event and event.constant and not self._write_ahead:
             # Nothing in it can change: the delivery thread serialises it (_take), to
-            # the bytes this thread would make (Rule 3 of segmentlog.cadf).
+            # the bytes this thread would make (Rule 3 of segmentlog.cadf). Not for a
+            # subclass, which may add state of its own.
             item = (event.id, event, time.monotonic())
         else:
             if isinstance(event, Event):

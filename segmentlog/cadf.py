@@ -398,7 +398,8 @@ class Event:
     #: True when nothing reachable from the event can change after it is built (Rule 3):
     #: every field is checked and frozen, and no attachment (of the event or of its
     #: resources) holds a container. The Auditor may then serialise it on its delivery
-    #: thread instead of inside ``record()``: the bytes are the same either way.
+    #: thread instead of inside ``record()``: the bytes are the same either way. (Only
+    #: for ``Event`` itself: a subclass may carry state this flag cannot see.)
     constant: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
