@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["PublishFrames"]
+__all__ = ["CONTENT_TYPE", "PublishFrames"]
 
 _FRAME_END = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _BASIC_CLASS, _PUBLISH_METHOD = 60, 40
 #: Property flags: content-type (bit 15), delivery-mode (bit 12), message-id (bit 7).
 _FLAGS = 0x8000 | 0x1000 | 0x0080
-_CONTENT_TYPE = b"application/json"
+#: The content type of every message (the Publisher's fallback path sends it too).
+CONTENT_TYPE = "application/json"
 _FRAME_HEAD = struct.Struct(">BHI")
 #: Header frame: frame head, then class, weight, body size, flags.
 _HEADER_HEAD = struct.Struct(">BHIHHQH")
@@ -66,7 +67,7 @@ class PublishFrames:
                    + _short_string(routing_key, "routing key")
                    + bytes((1 if mandatory else 0,)))
         self._method = _FRAME_HEAD.pack(_METHOD, channel, len(payload)) + payload + _FRAME_END
-        self._props_head = _short_string(_CONTENT_TYPE.decode(), "content type") + b"\x02"
+        self._props_head = _short_string(CONTENT_TYPE, "content type") + b"\x02"
         self._channel = channel
         self._body_max = frame_max - _FRAME_HEAD.size - len(_FRAME_END)
 

@@ -59,7 +59,7 @@ from pika.adapters.select_connection import IOLoop
 from prometheus_client import CollectorRegistry
 
 from segmentlog.amqp.confirms import ConfirmTracker, MessageStatus, PublishResult
-from segmentlog.amqp.frames import PublishFrames
+from segmentlog.amqp.frames import CONTENT_TYPE, PublishFrames
 from segmentlog.amqp.metrics import PublisherMetrics
 from segmentlog.errors import BrokerUnavailableError, ConfigError, LogClosedError, PublishError
 
@@ -935,7 +935,7 @@ class Publisher:
         for i in indices:
             mid, body = messages[i]
             channel.basic_publish("", self.queue_name, body,
-                                  props(delivery_mode=2, content_type="application/json",
+                                  props(delivery_mode=2, content_type=CONTENT_TYPE,
                                         message_id=mid),
                                   mandatory=True)
         if len(indices) > 1:
