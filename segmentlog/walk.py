@@ -52,6 +52,7 @@ class Walk:
     lengths: Sequence[int] = field(default_factory=list)  # payload length of each frame
     seqs: list[int] = field(default_factory=list)  # sequence numbers (with want_seqs only)
     first_seq: int | None = None  # sequence number of the first accepted frame
+    last_seq: int | None = None  # sequence number of the last accepted frame
     damages: list[Damage] = field(default_factory=list)
     end: int = 0  # offset just past the last accepted frame (or damage crossed)
     next_seq: int = 0  # sequence number expected at ``end``
@@ -73,6 +74,7 @@ def walk(
     max_bytes: int | None = None,
     end_seq: int | None = None,
     max_seq: int = NO_LIMIT_SEQ,
+    stop_seq: int = NO_LIMIT_SEQ,
     collect: bool = True,
     want_seqs: bool = True,
 ) -> Walk:
@@ -81,6 +83,9 @@ def walk(
     ``end_seq``: the sequence number the data is known to end at (the next segment's base),
     if known: reaching it ends the walk cleanly without a resync search.
     ``max_seq``: the largest sequence number a resync may accept.
+    ``stop_seq``: accept no frame numbered ``stop_seq`` or above (positioning by sequence
+    number: counting records instead would pass intact records once damage below the
+    target has taken numbers out of the count).
     ``collect``: keep offsets/lengths/seqs of accepted frames (False: only count them, for
     walking a whole segment without holding millions of offsets).
     ``want_seqs``: also list the sequence number of every accepted frame.
@@ -90,7 +95,7 @@ def walk(
     lengths: list[int] = []
     budget = max_bytes
     while True:
-        want = max_records - out.count
+        want = min(max_records - out.count, stop_seq - seq)
         if want <= 0 or (budget is not None and budget <= 0 and out.count):
             out.stop = "max"
             return out
@@ -116,6 +121,7 @@ def walk(
                 if want_seqs:
                     out.seqs.extend(range(seq, r.next_seq))
             out.count += r.count
+            out.last_seq = r.next_seq - 1
             out.nbytes += r.nbytes
             if budget is not None:
                 budget = max(0, budget - r.nbytes)
@@ -125,8 +131,8 @@ def walk(
             if pos >= limit:
                 out.stop = "limit"
                 return out
-            if r.count < min(want, _CHUNK) or out.count >= max_records:
-                out.stop = "max"  # max_bytes or max_records reached
+            if r.count < min(want, _CHUNK) or out.count >= max_records or seq >= stop_seq:
+                out.stop = "max"  # max_bytes, max_records or stop_seq reached
                 return out
             continue  # a full chunk: scan on
         if (r.status in (SCAN_ZERO, SCAN_BAD_SEQ)) and end_seq is not None and seq >= end_seq:

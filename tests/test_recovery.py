@@ -267,3 +267,54 @@ def test_header_only_segment_after_crash_in_rotation_is_empty(logdir: str) -> No
     out, stats = reopen_and_read(logdir)
     assert [seq_of(p) for p in out] == [s for s in range(N) if s < fr[0][1]]
     assert stats["damaged_regions"] == 0
+
+
+def damage_then_reopen(directory: str, committed: int, damaged: list[int]) -> None:
+    """A log of 100 records in one segment, the first ``committed`` consumed, then one
+    payload byte flipped in each record of ``damaged`` (issue 15, item 1)."""
+    with SegmentLog(directory, segment_size=1 << 20) as log:
+        for seq in range(100):
+            log.append(record(seq))
+        log.commit(log.read_batch(max_records=committed))
+    seg = segment_files(directory)[0]
+    where = {seq: off for off, seq, _ in frames(seg)}
+    for seq in damaged:
+        flip_bit(seg, where[seq] + 24)
+
+
+def test_reopen_after_damage_below_the_checkpoint_skips_no_intact_record(logdir: str) -> None:
+    # The read position is found by sequence number: three damaged records below the
+    # checkpoint once made the reader start three intact records past it.
+    damage_then_reopen(logdir, 50, [10, 11, 12])
+    with SegmentLog(logdir, segment_size=1 << 20) as log:
+        batch = log.read_batch(max_records=1000)
+        assert batch.first_seq == 50
+        check_intact(batch.records, list(range(50, 100)))
+
+
+def test_rewind_after_damage_below_the_checkpoint_skips_no_intact_record(logdir: str) -> None:
+    damage_then_reopen(logdir, 50, [10, 11, 12])
+    with SegmentLog(logdir, segment_size=1 << 20) as log:
+        read_all(log)
+        log.rewind()
+        check_intact(read_all(log), list(range(50, 100)))
+        assert [d["first_missing_seq"] for d in deadletters(logdir)] == [10]
+
+
+def test_checkpoint_on_a_damaged_record_resumes_at_the_next_sound_one(logdir: str) -> None:
+    damage_then_reopen(logdir, 50, [49, 50, 51])
+    with SegmentLog(logdir, segment_size=1 << 20) as log:
+        batch = log.read_batch(max_records=1000)
+        # A batch names only numbers of records it holds: 50 and 51 were damaged.
+        assert (batch.first_seq, batch.last_seq) == (52, 99)
+        check_intact(batch.records, list(range(52, 100)))
+
+
+def test_batch_numbers_skip_damage_at_its_edges(logdir: str) -> None:
+    damage_then_reopen(logdir, 1, [1, 2, 20, 21])
+    with SegmentLog(logdir, segment_size=1 << 20) as log:
+        batch = log.read_batch(max_records=17)
+        assert (batch.first_seq, batch.last_seq) == (3, 19)
+        check_intact(batch.records, list(range(3, 20)))
+        batch = log.read_batch(max_records=1000)
+        assert batch.first_seq == 22
