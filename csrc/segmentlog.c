@@ -193,8 +193,12 @@ int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
     for (;;) {
         if (get32(b + pos) == SL_FRAME_MARKER) {
             uint64_t flen = 0, fseq = 0, fsize = 0;
+            /* Records min_seq .. fseq - 1 would lie in [off, pos), each in a frame of
+             * SL_FRAME_HEADER_SIZE bytes or more: a sound frame numbered further ahead
+             * than that is not this log's next record (a forged or misdirected frame). */
             if (check_frame(b, pos, len, &flen, &fseq, &fsize) == SL_SCAN_OK &&
-                fseq >= min_seq && fseq <= max_seq) {
+                fseq >= min_seq && fseq <= max_seq &&
+                fseq - min_seq <= (pos - off) / SL_FRAME_HEADER_SIZE) {
                 *out_off = pos;
                 *out_seq = fseq;
                 return 1;

@@ -123,9 +123,11 @@ int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
             uint64_t *out_off, uint64_t *out_len, sl_scan_result *res);
 
 /* Find the first sound frame at an aligned offset >= off in buf[0, len) whose sequence
- * number lies in [min_seq, max_seq]. Returns 1 and sets *out_off, *out_seq if there is
- * one, 0 if not, SL_ERR_ARG on bad arguments. The length of a damaged frame is never
- * trusted: every aligned offset is tried. */
+ * number lies in [min_seq, max_seq] and is dense enough: the records min_seq .. seq - 1
+ * it skips must fit between off and it, at least one frame header each
+ * ((seq - min_seq) * SL_FRAME_HEADER_SIZE <= pos - off). Returns 1 and sets *out_off,
+ * *out_seq if there is one, 0 if not, SL_ERR_ARG on bad arguments. The length of a
+ * damaged frame is never trusted: every aligned offset is tried. */
 int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
               uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq);
 

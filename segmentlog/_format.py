@@ -15,6 +15,10 @@ SEGMENT_MAGIC = b"SEGLOG\x1a\n"
 SEGMENT_HEADER_SIZE = 32
 SEGMENT_HEADER = struct.Struct("<8sIIQII")  # magic, version, align, base_seq, reserved, crc
 SEGMENT_NAME_DIGITS = 20
+# Sequence numbers stay below this (FORMAT.md, "Segment"): a segment name or checkpoint
+# at or above it is not one of this log's (damage or a stray file), and no record can
+# take a number that a frame header could not hold.
+SEQ_LIMIT = 1 << 63
 SEGMENT_SUFFIX = ".seg"
 
 # Record frame (FORMAT.md, "Record frame").
@@ -73,6 +77,7 @@ def parse_segment_name(name: str) -> int | None:
         and len(stem) == SEGMENT_NAME_DIGITS
         and stem.isascii()
         and stem.isdigit()
+        and int(stem) < SEQ_LIMIT
     ):
         return int(stem)
     return None

@@ -301,8 +301,8 @@ def _status_at(ptr: Any, end: int, pos: int, seq: int | None) -> int:
 def resync(
     buf: ReadableBuffer, off: int, end: int, min_seq: int, max_seq: int
 ) -> tuple[int, int] | None:
-    """The first sound frame at an aligned offset >= ``off`` whose sequence number lies in
-    [min_seq, max_seq], as (offset, seq); None if there is none before ``end``."""
+    """``_pure.resync``: the first sound, dense enough frame at an aligned offset >= ``off``
+    whose sequence number lies in [min_seq, max_seq], as (offset, seq), or None."""
     if off < 0:  # Rule 1
         return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
     ptr = _byte_buffer(buf)

@@ -178,10 +178,13 @@ def scan(
 
 def resync(buf: Buffer, off: int, end: int, min_seq: int, max_seq: int) -> tuple[int, int] | None:
     """The first sound frame at an aligned offset >= ``off`` whose sequence number lies in
-    [min_seq, max_seq], as (offset, seq); None if there is none before ``end``."""
+    [min_seq, max_seq] and is dense enough (the records min_seq .. seq - 1 it skips fit
+    between ``off`` and it, a frame header each at least), as (offset, seq); None if
+    there is none before ``end``."""
     data = bytes(buf) if not isinstance(buf, bytes) else buf
     view = memoryview(data)
     end = min(end, len(data))
+    min_seq = max(min_seq, 0)  # no frame carries a lower number: the density counts from 0
     pos = off + (-off % FRAME_ALIGN)
     while True:
         pos = data.find(_MARKER_BYTES, pos, end)
@@ -191,7 +194,8 @@ def resync(buf: Buffer, off: int, end: int, min_seq: int, max_seq: int) -> tuple
             pos += FRAME_ALIGN - pos % FRAME_ALIGN
             continue
         status, _, seq, _ = _check_frame(view, pos, end)
-        if status == SCAN_OK and min_seq <= seq <= max_seq:
+        if (status == SCAN_OK and min_seq <= seq <= max_seq
+                and seq - min_seq <= (pos - off) // FRAME_HEADER_SIZE):
             return pos, seq
         pos += FRAME_ALIGN
 

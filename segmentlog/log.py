@@ -71,6 +71,7 @@ from segmentlog._backend import impl
 from segmentlog._format import (
     FRAME_ALIGN,
     FRAME_HEADER_SIZE,
+    FRAME_MARKER,
     PREPARED_NAME,
     SEGMENT_HEADER_SIZE,
     SPARE_NAME,
@@ -121,6 +122,7 @@ _COMMIT_BUFFER = 1 << 20
 _COMMIT_GATHER_NS = 100_000
 _SETTLE = impl.COMMIT_SETTLE  # append's fast path: SETTLE - seq, appended as seq (_settle)
 _NEVER = 1 << 64  # above every sequence number: a follower no round covers (sync())
+_MARKER = FRAME_MARKER.to_bytes(4, "little")
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,7 @@ class SegmentLog:
         self._counters = {"torn_tail_bytes": 0, "damaged_regions": 0, "fsyncs": 0,
                           "rotations": 0, "recycled": 0}
         self._problems: list[str] = []
+        self._header_problem: str | None = None  # of the last segment (recovery)
 
         # reader state (under _read_lock)
         self._view: _ReadView | None = None
@@ -454,25 +457,72 @@ class SegmentLog:
         log.warning("segmentlog %s: %s", self.directory, message)
 
     def _recover_last_segment(self) -> None:
-        """Find where the last segment's records end; zero a torn record found there."""
-        base = self._segments[-1]
+        """Find where the records end: the next record goes there (FORMAT.md, "Recovery
+        rules", 3). A last segment that holds no record and is not a sound segment of this
+        log is set aside (its bytes kept), and the one before it is examined instead: its
+        name must not decide the next sequence number. New records never take a number
+        that a segment before the last one already holds."""
+        while self._segments:
+            base = self._segments[-1]
+            count = self._recover_segment(base)
+            if count is not None:
+                break
+            self._set_aside(base, "holds no readable record")
+        if len(self._segments) < 2:
+            return
+        before = self._segments[-2]
+        if count and self._active is None:
+            return  # read as it is, new records after it (_recover_segment)
+        if count and not self._header_problem:
+            return  # its first record is numbered by its name: nothing below is newer
+        # The last segment holds no record, or its header does not match its name: the
+        # segment before it may already hold its numbers (a stray or copied file under a
+        # name inside that segment's range; a rotation leaves an empty segment only right
+        # after the previous one's last record).
+        prev = self._walk_file(before)
+        if prev > self._next_seq:
+            self._note(f"segment {segment_name(self._segments[-1])} starts inside the records "
+                       f"of {segment_name(before)} (up to {prev - 1}): new records start at "
+                       f"{prev} in a new segment")
+            self._seal_active()
+            self._next_seq = prev
+
+    def _recover_segment(self, base: int) -> int | None:
+        """Walk the last segment ``base``; make it the active one (its torn tail zeroed)
+        or, if it cannot take new records, leave ``_active`` None for a new segment after
+        it. Returns how many records it holds, None if it holds none and is not a sound
+        segment of this log (the caller sets it aside)."""
         path = os.path.join(self.directory, segment_name(base))
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         size = os.fstat(fd).st_size
         if size != self.segment_size or size < 2 * _PAGE:
             os.close(fd)
-            self._handle_odd_last_segment(path, base, size)
-            return
+            return self._handle_odd_last_segment(path, base, size)
         seg = _Segment(path, base, fd, size)
         problem = header_problem(seg.mm[:SEGMENT_HEADER_SIZE], base)
+        self._header_problem = problem
+        w = walk(seg.mm, SEGMENT_HEADER_SIZE, size, base, max_records=NO_LIMIT_SEQ,
+                 base=base, collect=False)
+        if problem and not w.count:
+            seg.close()
+            return None
         if problem:
             self._counters["damaged_regions"] += 1
             self._note(f"segment {path} header: {problem}; reading it by its name's base")
-        w = walk(seg.mm, SEGMENT_HEADER_SIZE, size, base, max_records=NO_LIMIT_SEQ,
-                 collect=False)
         self._keep_damage(seg.mm, base, w.damages)
         end = w.end
-        if w.stop == "torn":
+        self._active, self._write_off, self._next_seq = seg, end, w.next_seq
+        if w.stop == "torn" and (w.torn_kind == "bad_seq" or _sound_frame_in(
+                seg.mm, end + FRAME_ALIGN, size, base, w.next_seq - 1)):
+            # Sound frames numbered below the expected one after the last record (intact
+            # records that a forged or misdirected run of frames numbered ahead cut off):
+            # not a write cut short. Keep their bytes (dead-letter) and leave them in
+            # place: new records go to a new segment.
+            tail = len(bytes(seg.mm[end:size]).rstrip(b"\0"))
+            self._keep_damage(seg.mm, base, [Damage(end, tail, "bad_seq", w.next_seq,
+                                                    w.next_seq)])
+            self._seal_active()
+        elif w.stop == "torn":
             # A record cut short by a crash: its bytes end the log. Zero them so the next
             # append starts on clean space (counted, not damage: it was never acknowledged).
             torn = self._torn_extent(seg.mm, end, size)
@@ -481,7 +531,23 @@ class SegmentLog:
             self._counters["torn_tail_bytes"] += torn
             log.info("segmentlog %s: truncated a torn record of %d bytes at offset %d",
                      path, torn, end)
-        self._active, self._write_off, self._next_seq = seg, end, w.next_seq
+        return w.count
+
+    def _walk_file(self, base: int) -> int:
+        """The sequence number after the records of segment ``base`` (read, not mapped)."""
+        with open(os.path.join(self.directory, segment_name(base)), "rb") as f:
+            data = f.read()
+        return walk(data, SEGMENT_HEADER_SIZE, len(data), base, max_records=NO_LIMIT_SEQ,
+                    base=base, collect=False).next_seq
+
+    def _set_aside(self, base: int, why: str) -> None:
+        """Rename segment ``base`` to ``NAME.seg.damaged``: its bytes are kept for
+        inspection (verify reports it) and the log no longer reads it."""
+        path = os.path.join(self.directory, segment_name(base))
+        os.rename(path, path + ".damaged")
+        fsync_dir(self.directory)
+        self._segments.remove(base)
+        self._note(f"segment {path} {why}: kept as {path}.damaged")
 
     @staticmethod
     def _torn_extent(buf: Any, off: int, size: int) -> int:
@@ -495,22 +561,21 @@ class SegmentLog:
         tail = bytes(buf[off:size]).rstrip(b"\0")
         return (len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
 
-    def _handle_odd_last_segment(self, path: str, base: int, size: int) -> None:
+    def _handle_odd_last_segment(self, path: str, base: int, size: int) -> int | None:
         """The last segment has the wrong size (damage, or another segment_size setting):
-        keep it for reading and start a new segment after its records."""
-        self._note(f"segment {path} is {size} bytes, not segment_size {self.segment_size}: "
-                   "it is read as it is and new records go to a new segment")
+        keep it for reading and start a new segment after its records. None if it holds
+        no record (the caller sets it aside)."""
         with open(path, "rb") as f:
             data = f.read()
         w = walk(data, SEGMENT_HEADER_SIZE, len(data), base, max_records=NO_LIMIT_SEQ,
-                 collect=False)
-        self._next_seq = w.next_seq
+                 base=base, collect=False)
+        self._header_problem = header_problem(data[:SEGMENT_HEADER_SIZE], base)
         if w.count == 0:
-            # No record in it: moving it aside frees its name for the new segment, and
-            # keeps its bytes for inspection rather than deleting them.
-            os.rename(path, path + ".damaged")
-            self._segments.remove(base)
-            self._note(f"segment {path} holds no readable record: kept as {path}.damaged")
+            return None
+        self._note(f"segment {path} is {size} bytes, not segment_size {self.segment_size}: "
+                   "it is read as it is and new records go to a new segment")
+        self._next_seq = w.next_seq
+        return w.count
 
     def _new_segment(self, base: int) -> _Segment:
         """Create (or take the prepared) segment file for ``base`` and map it."""
@@ -1695,6 +1760,23 @@ class SegmentLog:
         else:
             state = "closed" if self._closed else f"next_seq>={self._next_seq}"
         return f"<SegmentLog {self.directory!r} {state}>"
+
+
+def _sound_frame_in(buf: Any, start: int, limit: int, lo: int, hi: int) -> bool:
+    """Whether a sound frame numbered ``lo``..``hi`` starts at an aligned offset in
+    [start, limit) of ``buf`` (a map: searched in place). Recovery only: it may read a
+    whole segment."""
+    pos = start + (-start % FRAME_ALIGN)
+    while lo <= hi:
+        pos = buf.find(_MARKER, pos, limit)
+        if pos < 0:
+            return False
+        if pos % FRAME_ALIGN == 0 and pos + FRAME_HEADER_SIZE <= limit:
+            seq = int.from_bytes(buf[pos + 8 : pos + 16], "little")
+            if lo <= seq <= hi and impl.scan(buf, pos, limit, seq, 1, None).count:
+                return True
+        pos += 1
+    return False
 
 
 def _refuse(payload: bytes, length: int) -> int:

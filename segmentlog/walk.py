@@ -11,8 +11,11 @@ larger sequence number at every 8-aligned offset (``resync``); it never trusts t
 damaged frame's length, so a flipped length cannot make it skip good records. The bytes
 in between are reported as a :class:`Damage`, to be kept in the dead-letter file.
 Rule 3: when nothing sound follows, the walk ends. A zero marker or a stale frame (valid,
-but an old sequence number of a recycled segment) is a clean end; anything else is a
-*torn* end, which the caller classifies: a crash in the last segment, damage elsewhere.
+but numbered below the segment's base: an old record of a recycled segment) is a clean
+end; anything else is a *torn* end, which the caller classifies: a crash in the last
+segment, damage elsewhere. A sound frame numbered from the base on but below the expected
+number is never a clean end: no write of this log leaves one there (it is a copy, or
+frames after a forged one were passed), so the bytes from it on are kept, not dropped.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def walk(
     end_seq: int | None = None,
     max_seq: int = NO_LIMIT_SEQ,
     stop_seq: int = NO_LIMIT_SEQ,
+    base: int | None = None,
     collect: bool = True,
     want_seqs: bool = True,
 ) -> Walk:
@@ -86,6 +90,8 @@ def walk(
     ``stop_seq``: accept no frame numbered ``stop_seq`` or above (positioning by sequence
     number: counting records instead would pass intact records once damage below the
     target has taken numbers out of the count).
+    ``base``: the segment's base; a sound frame numbered below it is stale (a clean end),
+    one at or above it ends the walk torn (None: every out-of-order frame is stale).
     ``collect``: keep offsets/lengths/seqs of accepted frames (False: only count them, for
     walking a whole segment without holding millions of offsets).
     ``want_seqs``: also list the sequence number of every accepted frame.
@@ -140,7 +146,8 @@ def walk(
             return out
         found = impl.resync(buf, pos, limit, seq, max_seq)
         if found is None:
-            if r.status in (SCAN_ZERO, SCAN_BAD_SEQ):
+            if r.status == SCAN_ZERO or (r.status == SCAN_BAD_SEQ and (
+                    base is None or int.from_bytes(buf[pos + 8 : pos + 16], "little") < base)):
                 out.stop = "end"
             else:
                 out.stop = "torn"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 
 import orjson
 from logtools import (
@@ -26,7 +27,17 @@ from logtools import (
 )
 
 from segmentlog import SegmentLog
-from segmentlog._format import CHECKPOINT_NAME, DEADLETTER_NAME, SEGMENT_HEADER_SIZE
+from segmentlog import _pure as pure
+from segmentlog._backend import impl
+from segmentlog._format import (
+    CHECKPOINT_NAME,
+    DEADLETTER_NAME,
+    SEGMENT_HEADER_SIZE,
+    frame_size,
+    parse_segment_name,
+    segment_name,
+)
+from segmentlog.segment import encode_header
 
 N = 150  # records: enough for several segments of SMALL bytes
 
@@ -318,3 +329,124 @@ def test_batch_numbers_skip_damage_at_its_edges(logdir: str) -> None:
         check_intact(batch.records, list(range(3, 20)))
         batch = log.read_batch(max_records=1000)
         assert batch.first_seq == 22
+
+
+def forge(path: str, offset: int, seqs: list[int], size: int = 120) -> int:
+    """Write sound frames (valid checksums) numbered ``seqs`` at ``offset`` of a segment, as
+    a misdirected write or an adversary would; returns the offset after them."""
+    buf = bytearray(len(seqs) * frame_size(size))
+    pos = 0
+    for seq in seqs:
+        pos = pure.frame_into(buf, pos, b"F" * size, seq)
+    patch(path, offset, bytes(buf))
+    return offset + pos
+
+
+def test_stray_copy_of_an_old_segment_named_after_the_last_does_not_reuse_numbers(
+        logdir: str) -> None:
+    # Issue 15, item 5: recovery took the next number from the stray file's name, so new
+    # appends reused numbers the reader had passed and were never returned.
+    write_log(logdir, N)
+    files = segment_files(logdir)
+    last_base = frames(files[-1])[0][1]
+    shutil.copy(files[0], os.path.join(logdir, segment_name(last_base + 2)))
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        assert log.append(record(N)) == N
+        check_intact(read_all(log), list(range(N + 1)))
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        check_intact(read_all(log), list(range(N + 1)))
+        assert log.append(record(N + 1)) == N + 1
+    assert any(n.endswith(".seg.damaged") for n in os.listdir(logdir))
+
+
+def test_empty_segment_named_inside_the_previous_segments_records_does_not_reuse_numbers(
+        logdir: str) -> None:
+    write_log(logdir, N)
+    files = segment_files(logdir)
+    last_base = frames(files[-1])[0][1]
+    fresh = os.path.join(logdir, segment_name(last_base + 1))
+    with open(fresh, "wb") as f:  # a sound, empty segment (as a rotation leaves one)
+        f.write(encode_header(last_base + 1) + bytes(SMALL - SEGMENT_HEADER_SIZE))
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        assert log.append(record(N)) == N
+        check_intact(read_all(log), list(range(N + 1)))
+
+
+def test_segment_name_beyond_the_sequence_limit_is_foreign(logdir: str) -> None:
+    write_log(logdir, 20)
+    huge = os.path.join(logdir, "9" * 20 + ".seg")
+    shutil.copy(segment_files(logdir)[0], huge)
+    assert parse_segment_name(os.path.basename(huge)) is None
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        assert log.append(record(20)) == 20
+        check_intact(read_all(log), list(range(21)))
+    assert os.path.exists(huge)  # foreign: never read, never deleted
+
+
+def test_forged_frame_with_a_huge_sequence_number_is_not_a_resync_target(logdir: str) -> None:
+    # Issue 15, item 7: resync took any sound frame with a higher number; one numbered
+    # near 2**64 in the last segment lost every record after it and moved the numbering.
+    write_log(logdir, N)
+    last = segment_files(logdir)[-1]
+    off, lost, _ = frames(last)[1]
+    forge(last, off, [(1 << 64) - 5], size=0)
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        check_intact(read_all(log), [s for s in range(N) if s != lost])
+        assert log.append(record(N)) == N
+
+
+def test_resync_needs_room_for_the_records_it_skips() -> None:
+    buf = bytearray(4096)
+    pos = pure.frame_into(buf, 64, b"x", 10)  # numbered 10 at offset 64
+    assert pos
+    for backend in {pure, impl}:
+        # From offset 40 expecting 9: one record skipped in 24 bytes, room for one.
+        assert backend.resync(bytes(buf), 40, len(buf), 9, 1 << 40) == (64, 10)
+        # Expecting 8: two records skipped in 24 bytes cannot be: not this log's record.
+        assert backend.resync(bytes(buf), 40, len(buf), 8, 1 << 40) is None
+
+
+def kept_bytes(directory: str) -> bytes:
+    return b"".join(base64.b64decode(str(d.get("raw_base64", "")))
+                    for d in deadletters(directory))
+
+
+def test_sound_frames_numbered_below_the_expected_one_are_kept_not_an_end(
+        logdir: str) -> None:
+    # A run of forged (or misdirected) frames numbered ahead: the intact records after it
+    # are numbered below what the walk then expects. They once read as a clean end and
+    # were dropped silently; now their bytes are damage, kept in the dead-letter file.
+    write_log(logdir, N)
+    seg = middle_segment(logdir)
+    fr = frames(seg)
+    off, first, _ = fr[1]
+    # Numbered inside the segment's range (a resync never looks beyond it), far enough
+    # apart for the records they would skip.
+    after = forge(seg, off, [first + 10, first + 11], size=300)
+    behind = [s for o, s, n in fr if o >= after and s <= first + 11]
+    assert behind
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        out = read_all(log)
+    assert not {seq_of(p) for p in out if p.startswith(b"<")} & set(behind)
+    for seq in behind:
+        assert record(seq) in kept_bytes(logdir)
+
+
+def test_sound_frames_below_the_expected_one_in_the_last_segment_are_not_overwritten(
+        logdir: str) -> None:
+    write_log(logdir, N)
+    last = segment_files(logdir)[-1]
+    fr = frames(last)
+    after = forge(last, fr[1][0], [fr[1][1] + 40, fr[1][1] + 41], size=1000)
+    behind = [s for o, s, n in fr if o >= after]
+    assert behind
+    with open(last, "rb") as f:
+        before = f.read()
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        read_all(log)
+        log.append(b"new")
+        log.sync()
+    with open(last, "rb") as f:
+        assert f.read() == before  # new records went to a new segment, nothing zeroed
+    for seq in behind:
+        assert record(seq) in kept_bytes(logdir)
