@@ -56,6 +56,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import mmap
 import os
 import threading
@@ -74,6 +75,7 @@ from segmentlog._format import (
     FRAME_MARKER,
     PREPARED_NAME,
     SEGMENT_HEADER_SIZE,
+    SEQ_LIMIT,
     SPARE_NAME,
     TMP_SUFFIX,
     frame_size,
@@ -250,8 +252,9 @@ class SegmentLog:
             raise ConfigError(f"segment_size {segment_size} is too large (limit 1 TiB)")
         if fsync not in FSYNC_POLICIES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
-        if not isinstance(fsync_interval, int | float) or not fsync_interval > 0:
-            raise ConfigError(f"fsync_interval must be a number of seconds > 0, got "
+        if (not isinstance(fsync_interval, int | float) or isinstance(fsync_interval, bool)
+                or not 0 < fsync_interval < math.inf):
+            raise ConfigError(f"fsync_interval must be a finite number of seconds > 0, got "
                               f"{fsync_interval!r}")
         self._capacity: int | None = None
         if max_total_size is not None and max_total_size != 0:
@@ -263,14 +266,18 @@ class SegmentLog:
                     f"segment_size {segment_size}: raise it to {2 * segment_size} or more, "
                     "or lower segment_size"
                 )
-        if full_timeout is not None and full_timeout < 0:
-            raise ConfigError(f"full_timeout must be >= 0 seconds or None, got {full_timeout!r}")
+        if full_timeout is not None and (
+                not isinstance(full_timeout, int | float) or isinstance(full_timeout, bool)
+                or not full_timeout >= 0):
+            raise ConfigError(f"full_timeout must be a number of seconds >= 0 (inf: wait for "
+                              f"ever) or None, got {full_timeout!r}")
         self.segment_size = segment_size
         self.max_total_size = max_total_size or None
         self.fsync = fsync
         self.fsync_interval = float(fsync_interval)
         self.block_when_full = block_when_full
-        self.full_timeout = full_timeout
+        # inf waits for ever, as None does (a timed wait cannot take an infinite timeout).
+        self.full_timeout = None if full_timeout == math.inf else full_timeout
         self.recycle = recycle
         self.max_record_size = segment_size - SEGMENT_HEADER_SIZE - FRAME_HEADER_SIZE
 
@@ -412,6 +419,8 @@ class SegmentLog:
         self._deadletter_keys = deadletter.known_keys(self.directory)
 
         committed, problem = checkpoint.read(self.directory)
+        if committed is not None and committed >= SEQ_LIMIT:
+            committed, problem = None, "checkpoint_beyond_limit"
         first = self._segments[0] if self._segments else 0
         if problem == "checkpoint_missing" and self._segments:
             self._note(f"no checkpoint: every record from sequence {first} will be read again")

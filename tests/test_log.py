@@ -17,6 +17,7 @@ from segmentlog import (
     LogFullError,
     RecordTooLargeError,
     SegmentLog,
+    checkpoint,
 )
 
 
@@ -490,6 +491,11 @@ def test_append_batch_takes_any_bytes_like_and_keeps_what_it_was_given(
         ({"segment_size": 4096}, "segment_size"),
         ({"fsync": "sometimes"}, "fsync"),
         ({"fsync_interval": 0}, "fsync_interval"),
+        ({"fsync_interval": float("inf")}, "fsync_interval"),  # once killed the flusher
+        ({"fsync_interval": float("nan")}, "fsync_interval"),
+        ({"full_timeout": float("nan")}, "full_timeout"),
+        ({"full_timeout": "5"}, "full_timeout"),
+        ({"full_timeout": -1}, "full_timeout"),
         ({"max_total_size": SMALL}, "max_total_size"),
         ({"max_total_size": -1}, "max_total_size"),
     ],
@@ -571,3 +577,17 @@ def test_segments_are_preallocated_not_sparse(logdir: str, fsync: str) -> None:
         assert st.st_blocks * 512 >= st.st_size
     with open(paths[-1], "rb") as f:
         assert f.read()[end:] == bytes(SMALL - end)
+
+
+def test_full_timeout_inf_waits_like_none(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL, full_timeout=float("inf")) as log:
+        assert log.full_timeout is None
+
+
+def test_checkpoint_beyond_the_sequence_limit_is_not_trusted(logdir: str) -> None:
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        log.append(b"a")
+    checkpoint.write(logdir, (1 << 64) - 3, durable=True)
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        assert log.read_batch().records == [b"a"]  # read again, never skipped
+        assert log.append(b"b") == 1
