@@ -176,3 +176,24 @@ def test_format_md_scan_table_lists_every_status_in_order() -> None:
     names = [n for n in names if n != "status"]
     wanted = [_format.SCAN_STATUS_NAMES[k] for k in sorted(_format.SCAN_STATUS_NAMES)]
     assert names == wanted[1:]  # "ok" is not a stop for damage and is not in the table
+
+
+def test_cffi_declarations_are_derived_from_the_header_and_name_every_export() -> None:
+    # The cdef once was an 84-line hand copy of segmentlog.h that nothing checked.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_native", ROOT / "segmentlog" / "_build_native.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    cdef = build.cdef_from_header(HEADER.read_text())
+    exported = set()
+    for source in build.SOURCES:
+        text = (ROOT / source).read_text()
+        # Non-static function definitions at the start of a line: the library's exports.
+        exported |= set(re.findall(r"^(?!static)[A-Za-z_][\w \*]*?\b(sl_\w+)\(", text, re.M))
+    declared = set(re.findall(r"\b(sl_\w+)\(", cdef))
+    assert exported, "no exported sl_ function found in the C sources"
+    assert exported <= declared, f"exported but not declared: {sorted(exported - declared)}"
+    assert "/*" not in cdef and "#include" not in cdef

@@ -1,7 +1,7 @@
 """The C core under AddressSanitizer and UndefinedBehaviorSanitizer, and its shared state
 (the append cursor, the group committer) under ThreadSanitizer.
 
-csrc/fuzz_scan.c is compiled with csrc/crc32c.c and csrc/segmentlog.c, with
+tests/c/fuzz_scan.c is compiled with csrc/crc32c.c and csrc/segmentlog.c, with
 -fsanitize=address,undefined and warnings as errors, and run over seeded random and
 damaged inputs (valid frame runs with bit flips, overwrites, zeroed spans, stale copies,
 truncation; plain random bytes), with the live and with the portable CRC code, and over
@@ -9,10 +9,10 @@ a few crafted input files. Any out-of-bounds read, undefined behaviour or broken
 invariant ends the run non-zero. A first test proves the sanitizer build really reports
 an overread here, so a silent, uninstrumented build cannot pass.
 
-csrc/stress_cursor.c is compiled with -fsanitize=thread: four threads append through one
+tests/c/stress_cursor.c is compiled with -fsanitize=thread: four threads append through one
 cursor while another closes and reopens it; every record that got a sequence number
 must be in the buffer once, in order, intact, and TSan must see no data race (a probe
-first shows that this TSan build does report a race). csrc/stress_committer.c does the
+first shows that this TSan build does report a race). tests/c/stress_committer.c does the
 same for the group committer over a real file, with a toggler that also syncs, retires and
 reopens it, and an injected fdatasync failure.
 
@@ -31,6 +31,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+CTESTS = ROOT / "tests" / "c"  # test programs: never shipped, never in the extension
 SANITIZE = [
     "-fsanitize=address,undefined",
     "-fno-sanitize-recover=all",
@@ -55,7 +56,7 @@ def _compiler() -> str:
 
 
 def _compile(cc: str, sources: list[Path], out: Path, extra: list[str]) -> None:
-    cmd = [cc, *extra, *SANITIZE, f"-I{CSRC}", *map(str, sources), "-o", str(out)]
+    cmd = [cc, *extra, *SANITIZE, f"-I{CSRC}", f"-I{CTESTS}", *map(str, sources), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-3000:]}"
 
@@ -82,7 +83,7 @@ def cc(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def fuzz_scan(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     exe = tmp_path_factory.mktemp("fuzz_scan") / "fuzz_scan"
-    sources = [CSRC / "fuzz_scan.c", CSRC / "crc32c.c", CSRC / "segmentlog.c"]
+    sources = [CTESTS / "fuzz_scan.c", CSRC / "crc32c.c", CSRC / "segmentlog.c"]
     _compile(cc, sources, exe, WARN)
     return exe
 
@@ -168,7 +169,7 @@ TSAN_ENV = {**os.environ, "TSAN_OPTIONS": "exitcode=66:halt_on_error=1"}
 
 def _tsan_build(cc: str, sources: list[Path], out: Path, extra: list[str]) -> str:
     """Build with ThreadSanitizer; '' on success, else the compiler's complaint."""
-    cmd = [cc, *extra, *TSAN, f"-I{CSRC}", *map(str, sources), "-lpthread", "-o", str(out)]
+    cmd = [cc, *extra, *TSAN, f"-I{CSRC}", f"-I{CTESTS}", *map(str, sources), "-lpthread", "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     return "" if proc.returncode == 0 else f"{' '.join(cmd)}\n{proc.stderr[-3000:]}"
 
@@ -204,7 +205,7 @@ def test_append_cursor_under_threads_and_toggling_has_no_race(
     tsan_cc: str, tmp_path: Path
 ) -> None:
     exe = tmp_path / "stress_cursor"
-    sources = [CSRC / "stress_cursor.c", CSRC / "cursor.c", CSRC / "segmentlog.c",
+    sources = [CTESTS / "stress_cursor.c", CSRC / "cursor.c", CSRC / "segmentlog.c",
                CSRC / "crc32c.c"]
     problem = _tsan_build(tsan_cc, sources, exe, WARN)
     assert not problem, problem
@@ -218,13 +219,13 @@ def test_append_cursor_under_threads_and_toggling_has_no_race(
 def test_group_committer_under_threads_toggling_and_a_failing_fsync_has_no_race(
     tsan_cc: str, tmp_path: Path, wait: str
 ) -> None:
-    """csrc/stress_committer.c: four appenders through one committer over a real file
+    """tests/c/stress_committer.c: four appenders through one committer over a real file
     while another thread closes, syncs, retires and reopens it as the log's lock does;
     then an injected fdatasync failure. Waiters sleep on the futex (Linux) or on the
     condition other systems use (-DSL_COMMIT_NO_FUTEX). (Verified while writing it: with
     close's mutex removed, TSan reports a data race here.)"""
     exe = tmp_path / "stress_committer"
-    sources = [CSRC / "stress_committer.c", CSRC / "committer.c", CSRC / "segmentlog.c",
+    sources = [CTESTS / "stress_committer.c", CSRC / "committer.c", CSRC / "segmentlog.c",
                CSRC / "crc32c.c"]
     extra = [*WARN, "-DSL_COMMIT_NO_FUTEX"] if wait == "condition" else WARN
     problem = _tsan_build(tsan_cc, sources, exe, extra)

@@ -1,4 +1,4 @@
-/* The final check of the stress programs (csrc/stress_cursor.c, csrc/stress_committer.c;
+/* The final check of the stress programs (tests/c/stress_cursor.c, tests/c/stress_committer.c;
  * built by tests/test_native_sanitizers.py, not part of the extension). */
 #ifndef SEGMENTLOG_STRESS_CHECK_H
 #define SEGMENTLOG_STRESS_CHECK_H

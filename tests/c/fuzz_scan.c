@@ -159,6 +159,13 @@ static void check_scan(const unsigned char *buf, uint64_t len, uint64_t off, uin
     free(lens);
 }
 
+/* Whether a frame numbered s at p may follow damage at off expecting min_seq: in range,
+ * and the records it skips fit between off and p, a frame header each at least. */
+static int resync_target(uint64_t s, uint64_t p, uint64_t off, uint64_t min_seq,
+                         uint64_t max_seq) {
+    return s >= min_seq && s <= max_seq && s - min_seq <= (p - off) / SL_FRAME_HEADER_SIZE;
+}
+
 static void check_resync(const unsigned char *buf, uint64_t len, uint64_t off,
                          uint64_t min_seq, uint64_t max_seq) {
     uint64_t at = 0, seq = 0;
@@ -167,14 +174,12 @@ static void check_resync(const unsigned char *buf, uint64_t len, uint64_t off,
     if (rc == 1) {
         CHECK(at >= off && at % SL_FRAME_ALIGN == 0 && at < len);
         CHECK(sound_frame(buf, len, at));
-        CHECK(rd64(buf + at + 8) == seq && seq >= min_seq && seq <= max_seq);
-        /* Nothing sound in range was skipped on the way. */
+        CHECK(rd64(buf + at + 8) == seq && resync_target(seq, at, off, min_seq, max_seq));
+        /* No sound target was skipped on the way. */
         for (uint64_t p = off + (SL_FRAME_ALIGN - off % SL_FRAME_ALIGN) % SL_FRAME_ALIGN;
              p < at; p += SL_FRAME_ALIGN) {
-            if (sound_frame(buf, len, p)) {
-                uint64_t s = rd64(buf + p + 8);
-                CHECK(s < min_seq || s > max_seq);
-            }
+            if (sound_frame(buf, len, p))
+                CHECK(!resync_target(rd64(buf + p + 8), p, off, min_seq, max_seq));
         }
         sl_scan_result res;
         CHECK(sl_scan((const char *)buf, len, at, seq, 1, 0, 0, NULL, NULL, &res) == SL_OK);
