@@ -169,7 +169,8 @@ TSAN_ENV = {**os.environ, "TSAN_OPTIONS": "exitcode=66:halt_on_error=1"}
 
 def _tsan_build(cc: str, sources: list[Path], out: Path, extra: list[str]) -> str:
     """Build with ThreadSanitizer; '' on success, else the compiler's complaint."""
-    cmd = [cc, *extra, *TSAN, f"-I{CSRC}", f"-I{CTESTS}", *map(str, sources), "-lpthread", "-o", str(out)]
+    cmd = [cc, *extra, *TSAN, f"-I{CSRC}", f"-I{CTESTS}", *map(str, sources), "-lpthread",
+           "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     return "" if proc.returncode == 0 else f"{' '.join(cmd)}\n{proc.stderr[-3000:]}"
 
