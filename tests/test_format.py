@@ -197,3 +197,20 @@ def test_cffi_declarations_are_derived_from_the_header_and_name_every_export() -
     assert exported, "no exported sl_ function found in the C sources"
     assert exported <= declared, f"exported but not declared: {sorted(exported - declared)}"
     assert "/*" not in cdef and "#include" not in cdef
+
+
+# FORMAT.md, "Checkpoint": next_seq 131072, time_ns 0.
+EXAMPLE_CHECKPOINT = bytes.fromhex(
+    "534c434b5054310a0000020000000000"  # magic, next_seq 131072
+    "0000000000000000478bb1df"  # time_ns 0, crc
+)
+
+
+def test_checkpoint_example_matches_format_md_and_the_encoder() -> None:
+    from segmentlog import checkpoint
+
+    assert checkpoint.encode(131072, 0) == EXAMPLE_CHECKPOINT
+    assert checkpoint.decode(EXAMPLE_CHECKPOINT) == (131072, None)
+    rows = re.findall(r"^0000[0-9a-f]{2}  (.{49})", FORMAT_MD.read_text(), re.M)
+    shown = b"".join(bytes.fromhex("".join(re.findall(r"\b[0-9a-f]{2}\b", r))) for r in rows)
+    assert EXAMPLE_CHECKPOINT in shown
