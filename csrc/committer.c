@@ -19,7 +19,7 @@
  * (nothing written; Python takes its own path). Appenders still waiting when it closes
  * go on waiting: reopened over the same segment, its later rounds cover them (the file
  * already holds their frames); reopened over another segment (a rotation) or retired,
- * they go back to Python (SL_COMMIT_LATER) with their sequence number, and Python makes
+ * they go back to Python (SL_COMMIT_SETTLE - seq) with their sequence number, and Python makes
  * them durable its own way. Python opens it only while every older segment is durable,
  * so a round here may declare durable every record up to the last it wrote. A failed
  * write or fdatasync is sticky: every appender of that round goes back to Python the

@@ -1,9 +1,9 @@
-/* The append cursor: the one piece of state the C core keeps (csrc/segmentlog.h).
+/* The append cursor (csrc/segmentlog.h): where the next frame of the active segment goes.
  *
  * Theory of operation: SegmentLog.append with fsync="never"/"interval" frames a record
  * into the active segment's map with one call here, without taking the log's Python lock
  * (cffi releases the GIL around the call, so the cursor needs a lock of its own: a spin
- * lock, held for one frame, ~100 ns). The Python side owns all policy. It opens the cursor
+ * lock, held for one frame). The Python side owns all policy. It opens the cursor
  * over [off, window) of the mapped segment, and closes it (window 0) whenever it takes
  * its own lock, reading back off and next_seq; while closed the cursor refuses every
  * append, which then takes the Python path. So exactly one side writes at a time, and

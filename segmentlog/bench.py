@@ -21,8 +21,9 @@ Baselines, all in this process:
 
 Durability columns are measured, not claimed: ``fsync/rec`` counts the calls to
 ``os.fsync`` and ``os.fdatasync`` made while a row ran (a counting shim installed for the
-run; every sync of the log and of the baselines goes through these two functions, the C
-core never syncs) divided by the records of the row. ``CRC`` says whether every record
+run; every sync of the log and of the baselines goes through these two functions, except
+the C group committer's fdatasyncs, which the log counts and the row adds) divided by the
+records of the row. ``CRC`` says whether every record
 carries a checksum that is verified when it is read.
 
 The native/pure ratio runs the same append and drain rows in a child process started
@@ -82,7 +83,7 @@ FAST_CAP = 3.0  # seconds: a row stops early on a very slow disk
 SLOW_CAP = 0.6  # seconds: rows bound by an fsync per record or per small batch
 THREAD_CAP = 1.0
 
-# The engine issue's targets, each a ratio of two rows measured in this run. They are
+# The engine's targets, each a ratio of two rows measured in this run. They are
 # stated for the CADF event; for other sizes the ratios are shown without a verdict.
 TARGETS: list[tuple[str, str, str, float]] = [
     ("append fsync=never, one record at a time", "segmentlog append fsync=never batch=1",
@@ -552,7 +553,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{'yes' if r['checksum'] else 'no':>3}  {r['durability']}")
     lines += ["", "vs jsonl: append rows against 'jsonl append', drain rows against 'jsonl read'. "
               "Drain = read_batch(batch) + commit.", "",
-              "targets (engine issue; each a ratio of two rows above):"]
+              "targets (each a ratio of two rows above):"]
     for t in result["targets"]:
         if t["ratio"] is None:
             lines.append(f"  {t['what']:44} vs {t['baseline']:28} {'-':>7}  (>= "
