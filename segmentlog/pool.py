@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import stat
@@ -43,9 +44,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from segmentlog._format import CHECKPOINT_NAME, TMP_SUFFIX, parse_segment_name
-from segmentlog.errors import ConfigError, LogLockedError
+from segmentlog.errors import ConfigError, CorruptionError, LogLockedError
 from segmentlog.log import SegmentLog
 from segmentlog.segment import DIR_MODE, FILE_MODE, fsync_dir
+
+log = logging.getLogger("segmentlog")
 
 POOL_LOCK_NAME = "pool.lock"
 LOGS_DIR = "logs"
@@ -83,6 +86,7 @@ class LogPool:
         self.directory = os.fspath(directory)
         self.log_options = log_options
         self._logs_dir = os.path.join(self.directory, LOGS_DIR)
+        self.unopenable: dict[str, str] = {}  # logs skipped because they refuse to open
 
     # ------------------------------------------------------------------ public
 
@@ -164,6 +168,16 @@ class LogPool:
             return SegmentLog(path, **self.log_options)
         except LogLockedError:
             return None  # a live process has it (Rule 1)
+        except (CorruptionError, OSError) as exc:
+            # A log that refuses to open (a special file under one of its names, a
+            # permission) stays as it is for the operator (verify names it); this process
+            # takes another one, so one bad log never stops a service from recording.
+            if path not in self.unopenable:
+                self.unopenable[path] = str(exc)
+                log.error("segmentlog pool %s: cannot open the log %s (%s); left as it is, "
+                          "run 'python -m segmentlog verify %s'", self.directory, path, exc,
+                          path)
+            return None
 
     def _create(self) -> SegmentLog:
         while True:

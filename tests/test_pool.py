@@ -179,3 +179,25 @@ def test_processes_claiming_at_once_get_distinct_logs(logdir: str) -> None:
         proc.join(60)
         assert proc.exitcode == 0
     assert len(set(got)) == 4
+
+
+def test_a_log_that_refuses_to_open_is_left_for_the_operator_not_a_stop(logdir: str) -> None:
+    p = pool(logdir)
+    broken = p.claim()
+    broken.append(b"kept")
+    broken.close()
+    os.chmod(os.path.join(broken.directory, "lock"), 0)  # e.g. a permission gone wrong
+    try:
+        if os.geteuid() == 0:
+            # root ignores modes: break it another way (a directory under a log's file name)
+            os.chmod(os.path.join(broken.directory, "lock"), 0o600)
+            os.unlink(os.path.join(broken.directory, "lock"))
+            os.mkdir(os.path.join(broken.directory, "lock"))
+        with p.claim() as log:
+            assert log.directory != broken.directory
+        assert broken.directory in p.unopenable
+        assert any(n.endswith(".seg") for n in os.listdir(broken.directory))
+    finally:
+        lock = os.path.join(broken.directory, "lock")
+        if os.path.isdir(lock):
+            os.rmdir(lock)
