@@ -72,7 +72,8 @@ problem kinds (FORMAT.md, "Problem kinds reported by verify"):
     checkpoint_missing, checkpoint_bad_crc, checkpoint_bad_size, checkpoint_bad_magic
                           the consumer's position is lost: records will be re-delivered
     checkpoint_behind     the checkpoint is below the oldest segment: records gone
-    deadletter_bad_line   a line of deadletter.jsonl is not a JSON object
+    deadletter_bad_line   a line of deadletter.jsonl is not a sound entry (not JSON,
+                          not an object, or a field of the wrong type or range)
   information (exit 0):
     torn_tail             unsound bytes after the last record of the last segment: a
                           write cut short by a crash (or in progress); never a record

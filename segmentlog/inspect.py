@@ -366,13 +366,14 @@ def all_zero(data: bytes) -> bool:
 
 def _read_acks(directory: str, report: Report) -> None:
     """Index the dead-letter file: which sequence ranges of which segment are kept there
-    (for Rule 3), and report lines that are not JSON objects."""
+    (for Rule 3), and report lines that are not sound entries (deadletter.sound_entry)."""
     offset = 0
     for number, item, raw in deadletter.entries(directory):
         if item is None:
             report.problems.append(Problem(
                 "deadletter_bad_line", DEADLETTER_NAME, offset,
-                f"line {number} is not a JSON object ({len(raw)} bytes); `repair` wraps "
+                f"line {number} is not a sound entry ({len(raw)} bytes: not JSON, not an "
+                "object, or a field of the wrong type or range); `repair` wraps "
                 "its bytes in a valid entry", length=len(raw)))
         else:
             report.deadletter_entries += 1

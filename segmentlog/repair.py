@@ -265,15 +265,18 @@ def _fix_deadletter(directory: str) -> None:
     """Rewrite the dead-letter file with every damaged line wrapped in a valid entry that
     keeps its bytes; atomically (temp file, fsync, rename, directory fsync)."""
     lines = []
+    offset = 0
     for number, item, raw in deadletter.entries(directory):
         if item is None:
-            raw_line = raw
-            item = {"segment": DEADLETTER_NAME, "line": number, "kind": "deadletter_bad_line",
-                    "length": len(raw_line),
-                    "raw_base64": base64.b64encode(raw_line).decode("ascii")}
+            # Named by where verify reported it: the line's byte offset (and number) in
+            # the file as it was.
+            item = {"segment": DEADLETTER_NAME, "offset": offset, "line": number,
+                    "kind": "deadletter_bad_line", "length": len(raw),
+                    "raw_base64": base64.b64encode(raw).decode("ascii")}
             lines.append(orjson.dumps(item) + b"\n")
         else:
             lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        offset += len(raw)
     path = deadletter.path_of(directory)
     tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
