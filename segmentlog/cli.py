@@ -69,6 +69,9 @@ problem kinds (FORMAT.md, "Problem kinds reported by verify"):
     bad_header_crc, bad_magic, header_name_mismatch, zero_header, short_header,
     unsupported_version   the segment header (the log reads it by its file name)
     empty_segment         a segment file of 0 bytes
+    special_file          a name the log uses (segment, checkpoint, lock, ...) that is
+                          not a regular file (FIFO, directory, symlink): the log refuses
+                          to open; remove or rename it
     checkpoint_missing, checkpoint_bad_crc, checkpoint_bad_size, checkpoint_bad_magic
                           the consumer's position is lost: records will be re-delivered
     checkpoint_behind     the checkpoint is below the oldest segment: records gone

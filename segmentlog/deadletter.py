@@ -25,7 +25,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from segmentlog._format import DEADLETTER_NAME
-from segmentlog.segment import FILE_MODE
+from segmentlog.segment import open_regular
 
 _U64 = 1 << 64  # sequence numbers and byte offsets are u64 on disk
 
@@ -80,8 +80,8 @@ def append(directory: str, entries: list[dict[str, Any]]) -> None:
         else:
             item["zeros"] = True
         lines.append(orjson.dumps(item) + b"\n")
-    fd = os.open(path_of(directory), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                 FILE_MODE)
+    # Never through a link (damaged bytes appended to its target), never a FIFO.
+    fd = open_regular(path_of(directory), os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -95,9 +95,10 @@ def append(directory: str, entries: list[dict[str, Any]]) -> None:
 
 
 def entries(directory: str) -> Iterator[tuple[int, dict[str, Any] | None, bytes]]:
-    """(line number, parsed entry or None if the line is damaged, raw line) per line."""
+    """(line number, parsed entry or None if the line is damaged, raw line) per line.
+    CorruptionError (when iterated) if the file is not a regular file."""
     try:
-        f = open(path_of(directory), "rb")  # noqa: SIM115 - closed by the with below
+        f = os.fdopen(open_regular(path_of(directory), os.O_RDONLY), "rb")
     except FileNotFoundError:
         return
     with f:

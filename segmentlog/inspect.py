@@ -54,8 +54,8 @@ from segmentlog._format import (
     frame_size,
     parse_segment_name,
 )
-from segmentlog.errors import ConfigError
-from segmentlog.segment import header_problem
+from segmentlog.errors import ConfigError, CorruptionError
+from segmentlog.segment import header_problem, open_regular, special_files
 from segmentlog.walk import NO_LIMIT_SEQ, Damage, Walk, walk
 
 QUARANTINE_SUFFIX = ".damaged"  # a segment set aside (by the log or by repair), bytes kept
@@ -69,6 +69,8 @@ DAMAGE_KINDS = frozenset({
     # segment headers and files
     "bad_header_crc", "bad_magic", "header_name_mismatch", "zero_header", "short_header",
     "unsupported_version", "empty_segment",
+    # a name the log owns that is not a regular file: the log refuses to open
+    "special_file",
     # the checkpoint
     "checkpoint_missing", "checkpoint_bad_crc", "checkpoint_bad_size",
     "checkpoint_bad_magic", "checkpoint_behind",
@@ -288,6 +290,7 @@ class Listing:
     prepared: list[str]
     quarantined: list[str]
     foreign: list[str]
+    special: list[tuple[str, str]]  # (name, what it is): names the log owns, not files
 
 
 def list_directory(directory: str) -> Listing:
@@ -299,9 +302,13 @@ def list_directory(directory: str) -> Listing:
     if not os.path.isdir(directory):
         raise ConfigError(f"{directory} is not a directory; give the log's directory")
     names = sorted(os.listdir(directory))
+    special = special_files(directory)
+    not_files = {name for name, _ in special}  # never opened (segment.py, Rule 4)
     segments, prepared, quarantined, foreign = [], [], [], []
     for name in names:
         base = parse_segment_name(name)
+        if name in not_files:
+            continue
         if base is not None:
             segments.append((base, name))
         elif name in (PREPARED_NAME, SPARE_NAME):
@@ -324,13 +331,14 @@ def list_directory(directory: str) -> Listing:
             f"(NNNNNNNNNNNNNNNNNNNN.seg), no {CHECKPOINT_NAME} and no {LOCK_NAME} file"
         )
     return Listing(segments, has_ckpt, has_lock, DEADLETTER_NAME in names, prepared,
-                   quarantined, foreign)
+                   quarantined, foreign, special)
 
 
 @contextlib.contextmanager
 def open_segment(path: str) -> Iterator[tuple[Any, os.stat_result]]:
-    """Map a segment file read-only; yields (buffer, stat). An empty file yields b""."""
-    with open(path, "rb") as f:
+    """Map a segment file read-only; yields (buffer, stat). An empty file yields b"".
+    CorruptionError if it is not a regular file (replaced since it was listed)."""
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         st = os.fstat(f.fileno())
         if not st.st_size:
             yield b"", st
@@ -368,7 +376,14 @@ def _read_acks(directory: str, report: Report) -> None:
     """Index the dead-letter file: which sequence ranges of which segment are kept there
     (for Rule 3), and report lines that are not sound entries (deadletter.sound_entry)."""
     offset = 0
-    for number, item, raw in deadletter.entries(directory):
+    lines = deadletter.entries(directory)
+    while True:
+        try:
+            number, item, raw = next(lines)
+        except StopIteration:
+            break
+        except CorruptionError:
+            return  # not a regular file: reported as special_file, never read
         if item is None:
             report.problems.append(Problem(
                 "deadletter_bad_line", DEADLETTER_NAME, offset,
@@ -391,10 +406,13 @@ def covered(report: Report, segment: str, first: int, resume: int) -> bool:
 
 def _read_checkpoint(directory: str) -> tuple[int | None, str | None, int | None]:
     try:
-        with open(os.path.join(directory, CHECKPOINT_NAME), "rb") as f:
+        with os.fdopen(open_regular(os.path.join(directory, CHECKPOINT_NAME), os.O_RDONLY),
+                       "rb") as f:
             data = f.read(CHECKPOINT.size + 1)
     except FileNotFoundError:
         return None, "checkpoint_missing", None
+    except CorruptionError:
+        return None, "special_file", None  # reported as such by _file_problems
     value, problem = checkpoint_mod.decode(data)
     when = CHECKPOINT.unpack(data)[2] if problem is None else None
     return value, problem, when
@@ -642,6 +660,8 @@ def _continuity(report: Report) -> None:
 def _checkpoint_problems(report: Report) -> None:
     add = report.problems.append
     problem, ckpt, segs = report.checkpoint_problem, report.checkpoint, report.segments
+    if problem == "special_file":
+        return  # not a regular file: one problem, from _file_problems
     if problem == "checkpoint_missing":
         if segs:
             add(Problem("checkpoint_missing", CHECKPOINT_NAME, None,
@@ -688,6 +708,11 @@ def _file_problems(report: Report, directory: str, listing: Listing) -> None:
         add(Problem("quarantined_segment", name, None,
                     "a segment set aside because it held no readable record; its bytes are "
                     "kept for inspection, the log ignores it"))
+    for name, what in listing.special:
+        add(Problem("special_file", name, None,
+                    f"a {what}, not a regular file, under a name the log uses: the log "
+                    "refuses to open (it opens only regular files, never through a link); "
+                    "remove or rename it (a link: replace it by the file it points to)"))
     for name in listing.foreign:
         add(Problem("foreign_file", name, None,
                     "not a segmentlog file: the log ignores it (and never deletes it)"))

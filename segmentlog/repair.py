@@ -23,6 +23,10 @@ behind the oldest segment moves up to it, and the records in between (gone) are
 recorded as a gap.
 Rule 4: what cannot be repaired is left alone and reported: a segment header naming a
 format version this code does not know may be a newer segmentlog's file.
+Rule 5: a name the log owns that is not a regular file (a FIFO, a directory, a symlink:
+``special_file``) stops the whole repair before it changes anything: it is the
+operator's (a link may point at the real segment, a directory may hold anything), and
+keeping before changing needs the dead-letter file and segments to be regular files.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from segmentlog.inspect import (
     inspect,
     list_directory,
 )
-from segmentlog.segment import encode_header, fsync_dir, take_lock
+from segmentlog.segment import encode_header, fsync_dir, open_regular, take_lock
 
 _REWRITABLE_HEADERS = frozenset({"bad_header_crc", "bad_magic", "header_name_mismatch",
                                  "zero_header"})
@@ -113,6 +117,10 @@ def plan(report: Report) -> list[Action]:
     """The actions that bring ``report``'s directory to the repaired state."""
     actions: list[Action] = []
     add = actions.append
+    special = [p for p in report.problems if p.kind == "special_file"]
+    if special:  # Rule 5
+        return [Action("unrepairable", p.segment or "", f"{p.segment}: {p.detail}; nothing "
+                       "was changed", problem=p.kind) for p in special]
     bad_lines = [p for p in report.problems if p.kind == "deadletter_bad_line"]
     if bad_lines:
         add(Action("fix_deadletter", DEADLETTER_NAME,
@@ -211,7 +219,7 @@ def plan(report: Report) -> list[Action]:
 
 
 def _read(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         return f.read(length)
 
@@ -279,7 +287,7 @@ def _fix_deadletter(directory: str) -> None:
         offset += len(raw)
     path = deadletter.path_of(directory)
     tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, b"".join(lines))
         os.fsync(fd)
@@ -290,7 +298,7 @@ def _fix_deadletter(directory: str) -> None:
 
 
 def _zero(path: str, regions: list[tuple[int, int]]) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fd = open_regular(path, os.O_RDWR)
     try:
         for offset, length in regions:
             done = 0
@@ -330,7 +338,7 @@ def apply(directory: str, report: Report, actions: list[Action],
         path = os.path.join(directory, a.target)
         if a.kind == "rewrite_header":
             seg = next(s for s in report.segments if s.name == a.target)
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = open_regular(path, os.O_RDWR)
             try:
                 os.pwrite(fd, encode_header(seg.base), 0)
                 os.fsync(fd)

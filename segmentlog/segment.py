@@ -7,6 +7,12 @@ Rule 2: a new segment's header is durable before its name appears, and the name 
 durable (directory fsync) before any record in it is acknowledged.
 Rule 3: old bytes in a recycled segment are never read as records: their sequence numbers
 are all below the new base, and a reader accepts only the expected sequence number.
+Rule 4: every name the log owns (segments, checkpoint, dead-letter file, lock, prepared
+segments, ``*.tmp``) is a regular file, and only regular files are opened:
+:func:`open_regular` never follows a symlink (``O_NOFOLLOW``: a link's target is never
+truncated or appended to), never blocks on a FIFO (``O_NONBLOCK``), and checks the
+descriptor with ``fstat``; :func:`refuse_special_files` refuses a directory holding such a
+name before anything is opened or changed.
 This module never decides policy (when to rotate, what to delete): log.py does.
 """
 
@@ -16,22 +22,128 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 
 from segmentlog._backend import impl
 from segmentlog._format import (
+    CHECKPOINT_NAME,
+    DEADLETTER_NAME,
     FORMAT_VERSION,
     FRAME_ALIGN,
     LOCK_NAME,
+    PREPARED_NAME,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
+    SPARE_NAME,
+    TMP_SUFFIX,
+    parse_segment_name,
 )
-from segmentlog.errors import LogLockedError
+from segmentlog.errors import ConfigError, CorruptionError, DurabilityError, LogLockedError
 
 FILE_MODE = 0o600
 _PID_WIDTH = 24
 DIR_MODE = 0o700
 _ZERO_CHUNK = bytes(1 << 20)
+
+
+def owned_name(name: str) -> bool:
+    """Whether ``name`` is one the log itself uses in its directory (FORMAT.md,
+    "Directory"); every other name is foreign."""
+    return (parse_segment_name(name) is not None or name.endswith(TMP_SUFFIX)
+            or name in (CHECKPOINT_NAME, DEADLETTER_NAME, LOCK_NAME, PREPARED_NAME,
+                        SPARE_NAME))
+
+
+def file_type(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, what in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return what
+    return "special file"
+
+
+def special_file_error(path: str, what: str) -> CorruptionError:
+    return CorruptionError(
+        f"{path} is a {what}, not a regular file: segmentlog uses this name for its own "
+        "files and opens only regular files (it never follows a link, and a FIFO would "
+        "hang it); remove or rename it (a link: replace it by the file it points to), then "
+        "open the log again", path=path, kind="special_file")
+
+
+def special_files(directory: str) -> list[tuple[str, str]]:
+    """(name, what it is) of each name the log owns in ``directory`` that is not a
+    regular file, by name (from the directory entry's type, following no link)."""
+    out = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            if owned_name(entry.name) and not entry.is_file(follow_symlinks=False):
+                try:
+                    what = file_type(entry.stat(follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    continue  # gone meanwhile: nothing there to refuse
+                out.append((entry.name, what))
+    return sorted(out)
+
+
+def refuse_special_files(directory: str) -> None:
+    """Raise CorruptionError naming the first name the log owns in ``directory`` that is
+    not a regular file (Rule 4); nothing is opened or changed before."""
+    found = special_files(directory)
+    if found:
+        name, what = found[0]
+        raise special_file_error(os.path.join(directory, name), what)
+
+
+def open_regular(path: str, flags: int, mode: int = FILE_MODE) -> int:
+    """``os.open`` for the log's own files (Rule 4): never follows a symlink, never blocks
+    on a FIFO, and returns a descriptor of a regular file only, else CorruptionError
+    naming ``path`` and the fix. OSError as os.open raises it otherwise."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        # ELOOP: a symlink (O_NOFOLLOW); EISDIR: a directory opened for writing; ENXIO: a
+        # FIFO opened for writing with no reader, or a socket.
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            raise
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise exc from None
+        if stat.S_ISREG(st.st_mode):
+            raise
+        raise special_file_error(path, file_type(st.st_mode)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise special_file_error(path, file_type(st.st_mode))
+        if not flags & os.O_NONBLOCK:
+            # Meaningless for a regular file on Linux, but keep the caller's semantics.
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def prepare_directory(path: str) -> None:
+    """Create the log's directory (mode 0700), or tighten an existing one to 0700 when
+    group or others have any access: the records (audit events) are private, and the
+    file store and SegmentLog share this one rule. ConfigError when ``path`` is not a
+    directory, DurabilityError when it cannot be created or tightened."""
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    except OSError as exc:
+        raise DurabilityError(exc.errno, f"cannot create log directory {path} or set its "
+                              f"mode 0700: {exc.strerror}; check the path and that the "
+                              "process owns it") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path} exists and is not a directory")
 
 
 def encode_header(base_seq: int) -> bytes:
@@ -79,7 +191,7 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
     as clean zero pages: writing through the map then finds them ready, and no zeros are
     written back to disk. On ENOSPC the partial file is removed and the error raised.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         try:
             os.posix_fallocate(fd, 0, size)
@@ -112,7 +224,7 @@ def take_lock(directory: str) -> int:
     return its descriptor, whose closing releases the lock. Raises LogLockedError with the
     holder's pid when another process has it. Shared by SegmentLog and ``repair``."""
     path = os.path.join(directory, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -207,13 +207,6 @@ def test_not_a_log_exits_2_with_one_line(capsys: pytest.CaptureFixture[str],
     assert case != "empty" or os.listdir(path) == []  # repair created no lock file
 
 
-def test_unreadable_segment_exits_2(capsys: pytest.CaptureFixture[str], logcopy: str) -> None:
-    # A directory where a segment file should be: reading it fails (EISDIR), whoever runs.
-    os.mkdir(os.path.join(logcopy, "00000000000000099999.seg"))
-    rc, _, err = run(capsys, "verify", logcopy)
-    assert rc == 2 and len(err.splitlines()) == 1 and "00000000000000099999.seg" in err
-
-
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], logcopy: str) -> None:
     for argv in (["verify"], ["dump", logcopy, "--limit", "0"], ["dump", logcopy, "--from",
                  "-1"], ["stats", logcopy, "--max-total-size", "lots"], ["frobnicate"]):
