@@ -13,6 +13,8 @@ segments, ``*.tmp``) is a regular file, and only regular files are opened:
 truncated or appended to), never blocks on a FIFO (``O_NONBLOCK``), and checks the
 descriptor with ``fstat``; :func:`refuse_special_files` refuses a directory holding such a
 name before anything is opened or changed.
+Rule 5: the writer lock belongs to the process that took it (:func:`take_lock`); a forked
+child lets go of its inherited copy.
 This module never decides policy (when to rotate, what to delete): log.py does.
 """
 
@@ -219,10 +221,128 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
     os.close(fd)
 
 
+# The writer locks this process took: (descriptor, st_dev, st_ino) of each lock file.
+_HELD_LOCKS: set[tuple[int, int, int]] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a child made by ``os.fork``: let go of the parent's writer locks (Rule 5).
+
+    A forked child shares the parent's open file description, so its copy of the
+    descriptor kept the flock after the parent was killed, and nobody could open the log
+    while the child lived. The copy is replaced by /dev/null (``dup2``) rather than
+    closed: the parent's SegmentLog object in the child still owns that descriptor
+    number and closes it at ``close()``, which must not close a file the child opened
+    meanwhile under the same number. A descriptor that no longer is the lock file (closed
+    and reused since) is left alone.
+    """
+    if not _HELD_LOCKS:
+        return
+    held = list(_HELD_LOCKS)
+    _HELD_LOCKS.clear()
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd, dev, ino in held:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def _remember_lock(fd: int) -> None:
+    st = os.fstat(fd)
+    for entry in list(_HELD_LOCKS):
+        # Forget descriptors closed (or reused) since: only lock files still open count.
+        try:
+            now = os.fstat(entry[0])
+        except OSError:
+            _HELD_LOCKS.discard(entry)
+            continue
+        if (now.st_dev, now.st_ino) != entry[1:]:
+            _HELD_LOCKS.discard(entry)
+    _HELD_LOCKS.add((fd, st.st_dev, st.st_ino))
+
+
+def _holding(pid: int, dev: int, ino: int) -> bool | None:
+    """Whether process ``pid`` has the file (dev, ino) open; None when that cannot be
+    seen (no /proc, another user's process)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except FileNotFoundError:
+        return False  # no such process (or no /proc: then the caller cannot tell either)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            st = os.stat(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return True
+    return False
+
+
+def _lock_holders(path: str, recorded: int | None) -> tuple[list[int], bool]:
+    """(processes other than this one that have the lock file open, whether the one whose
+    pid it records is alive) -- only when the lock is taken, to name who holds it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or not os.path.isdir("/proc"):
+        # Nothing to look at: trust the pid the lock file records.
+        return ([recorded] if recorded is not None else []), recorded is not None
+    if recorded is not None and _holding(recorded, st.st_dev, st.st_ino) is not False:
+        return [recorded], True
+    openers = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and _holding(
+                int(entry), st.st_dev, st.st_ino):
+            openers.append(int(entry))
+    return sorted(openers), False
+
+
+def _locked_error(directory: str, path: str, holder: str) -> LogLockedError:
+    recorded = int(holder) if holder.isdigit() else None
+    openers, alive = _lock_holders(path, recorded)
+    if alive:
+        return LogLockedError(
+            f"{directory} is in use by process {recorded}: one writer per directory; stop "
+            "that process or use another directory", recorded)
+    gone = (f"process {recorded}, which took the lock, is gone" if recorded is not None
+            else "the lock file names no process")
+    if openers:
+        who = ", ".join(f"process {p}" for p in openers)
+        return LogLockedError(
+            f"{directory} is locked by {who}, which holds its lock file open: {gone} (the "
+            "lock passed to a process it started or forked); stop that process or use "
+            "another directory", openers[0])
+    return LogLockedError(
+        f"{directory} is locked, but {gone} and no process of this user holds {path} "
+        "open (another user's process?); find it with `fuser` and stop it, or use another "
+        "directory", None)
+
+
 def take_lock(directory: str) -> int:
     """Take the writer lock of ``directory`` (flock on ``lock``, which then holds our pid);
-    return its descriptor, whose closing releases the lock. Raises LogLockedError with the
-    holder's pid when another process has it. Shared by SegmentLog and ``repair``."""
+    return its descriptor, whose closing releases the lock. Raises LogLockedError naming
+    the process that holds it (or saying the one that took it is gone) when another
+    process has it. Shared by SegmentLog and ``repair``.
+
+    Rule 5: the lock belongs to the process that took it. A child made by ``os.fork``
+    lets go of its copy at once (_drop_inherited_locks), so the lock ends with the
+    process that took it, never with a worker it forked; a process that must write to
+    the log after forking (a daemon) opens the log after the fork.
+    """
     path = os.path.join(directory, LOCK_NAME)
     fd = open_regular(path, os.O_RDWR | os.O_CREAT)
     try:
@@ -231,14 +351,10 @@ def take_lock(directory: str) -> int:
         holder = os.read(fd, 32).decode("ascii", "replace").strip()
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            pid = int(holder) if holder.isdigit() else None
-            raise LogLockedError(
-                f"{directory} is in use by process {holder or '(unknown)'}: one writer "
-                "per directory; stop that process or use another directory",
-                pid,
-            ) from None
+            raise _locked_error(directory, path, holder) from None
         raise
     try:
+        _remember_lock(fd)
         # Overwrite in place (padded), then cut: an existing lock file needs no new block.
         stamp = f"{os.getpid()}\n".encode().ljust(_PID_WIDTH, b" ")
         os.pwrite(fd, stamp, 0)
