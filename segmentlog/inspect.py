@@ -69,6 +69,8 @@ DAMAGE_KINDS = frozenset({
     # segment headers and files
     "bad_header_crc", "bad_magic", "header_name_mismatch", "zero_header", "short_header",
     "unsupported_version", "empty_segment",
+    # a segment file cut short: records at its end may be gone
+    "short_segment",
     # a name the log owns that is not a regular file: the log refuses to open
     "special_file",
     # the checkpoint
@@ -148,6 +150,9 @@ class SegmentReport:
     pending_bytes: int = 0
     first_pending: tuple[int, int, bytes] | None = None  # (seq, frame offset, payload head)
     mtime: float = 0.0
+    # Written bytes run to the file's last byte (a frame ends there or is cut there): a
+    # preallocated segment always ends in zero space unless a record fills it exactly.
+    fills_end: bool = False
 
     @property
     def last_seq(self) -> int | None:
@@ -181,6 +186,7 @@ class Report:
     prepared_bytes: int = 0  # next.prep and spare.prep
     quarantined: list[str] = field(default_factory=list)
     acks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    kept: set[tuple[str, int, str]] = field(default_factory=set)  # dead letters' keys+kinds
 
     def all_problems(self) -> list[Problem]:
         out = [p for s in self.segments for p in s.problems] + self.problems
@@ -365,7 +371,9 @@ def torn_extent(buf: Any, off: int, size: int) -> int:
         if extent <= size - off:
             return extent
     tail = bytes(buf[off:size]).rstrip(b"\0")
-    return (len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
+    # Rounded up to whole 8-byte words, but never past the end of a file cut at an odd
+    # size: zeroing there would extend the file.
+    return min((len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1), size - off)
 
 
 def all_zero(data: bytes) -> bool:
@@ -392,6 +400,8 @@ def _read_acks(directory: str, report: Report) -> None:
                 "its bytes in a valid entry", length=len(raw)))
         else:
             report.deadletter_entries += 1
+            if isinstance(item.get("offset"), int) and isinstance(item.get("kind"), str):
+                report.kept.add((item["segment"], item["offset"], item["kind"]))
             first, resume = item.get("first_missing_seq"), item.get("resume_seq")
             seg = item.get("segment")
             if isinstance(seg, str) and isinstance(first, int) and isinstance(resume, int):
@@ -474,6 +484,9 @@ def _walk_segment(
         seg.records, seg.payload_bytes, seg.used_bytes = w.count, w.nbytes, w.end
         seg.end_seq, seg.stop, seg.damages = w.next_seq, w.stop, list(w.damages)
         seg.first_seq = _first_seq(start, seg.damages) if w.count else None
+        seg.fills_end = size > SEGMENT_HEADER_SIZE and (
+            w.end >= size or (w.stop == "torn" and w.torn_kind == "truncated")
+            or any(buf[size - FRAME_ALIGN : size]))
         _segment_problems(report, seg, buf, w, next_base)
 
         # Pending records: those at or above the read position.
@@ -689,20 +702,28 @@ def _checkpoint_problems(report: Report) -> None:
 
 def _file_problems(report: Report, directory: str, listing: Listing) -> None:
     add = report.problems.append
+    prepared = []
+    for name in listing.prepared:
+        with contextlib.suppress(FileNotFoundError):
+            prepared.append(os.stat(os.path.join(directory, name)).st_size)
+    report.prepared_bytes = sum(prepared)
     sizes = [s.size for s in report.segments if s.size >= SEGMENT_HEADER_SIZE]
     if sizes:
         # The common size is the configured segment_size (ties: the larger one).
         report.segment_size = max(set(sizes), key=lambda n: (sizes.count(n), n))
+        # Every segment is preallocated whole, and next.prep/spare.prep are segments too.
+        largest = max(sizes + [n for n in prepared if n >= SEGMENT_HEADER_SIZE])
         for s in report.segments:
-            if s.size >= SEGMENT_HEADER_SIZE and (s.size != report.segment_size
-                                                  or s.size % _PAGE):
+            if s.size < SEGMENT_HEADER_SIZE:
+                continue  # empty_segment / short_header
+            if s.size % _PAGE or (s.size < largest and s.fills_end):
+                s.problems.append(_short_problem(report, s, largest))
+            elif s.size != report.segment_size:
                 s.problems.append(Problem(
                     "wrong_size", s.name, None,
                     f"{s.size} bytes where the other segments have {report.segment_size}: "
-                    "read as it is (a segment cut short, or another segment_size)"))
-    for name in listing.prepared:
-        with contextlib.suppress(FileNotFoundError):
-            report.prepared_bytes += os.stat(os.path.join(directory, name)).st_size
+                    "read as it is (another segment_size, or a copy cut where no record "
+                    "was)"))
     for name in listing.quarantined:
         report.quarantined.append(name)
         add(Problem("quarantined_segment", name, None,
@@ -716,6 +737,23 @@ def _file_problems(report: Report, directory: str, listing: Listing) -> None:
     for name in listing.foreign:
         add(Problem("foreign_file", name, None,
                     "not a segmentlog file: the log ignores it (and never deletes it)"))
+
+
+def _short_problem(report: Report, s: SegmentReport, largest: int) -> Problem:
+    """A segment file cut short: shorter than a preallocated segment with written bytes up
+    to its last byte, or of a size no segment_size makes. Records after its end may be
+    gone, and nothing on disk says how many. ``repair`` records it in the dead-letter
+    file (keyed by the size it was found with), which makes it repaired_damage."""
+    why = (f"{s.size} bytes, not a multiple of the page size {_PAGE}: no segment_size "
+           "makes such a file" if s.size % _PAGE else
+           f"{s.size} bytes with records up to its end, where a segment is preallocated "
+           f"to {largest}")
+    if (s.name, s.size, "short_segment") in report.kept:
+        return Problem("repaired_damage", s.name, None, f"short_segment: {why}; recorded "
+                       f"in {DEADLETTER_NAME}", was="short_segment")
+    return Problem("short_segment", s.name, None,
+                   f"{why}: the file was cut short, records from {s.end_seq} on may be "
+                   "gone (how many, the bytes cannot tell)", first_seq=s.end_seq)
 
 
 # ------------------------------------------------------------------ records, for dump

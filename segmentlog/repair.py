@@ -69,7 +69,7 @@ class Action:
     """One step of a repair: what it keeps first, then what it changes."""
 
     kind: str  # keep_region, rewrite_header, set_aside, record_gap, checkpoint,
-    #            zero_torn_tail, fix_deadletter, unrepairable
+    #            zero_torn_tail, fix_deadletter, record_short, unrepairable
     target: str  # the file it acts on
     text: str  # what it does, for the operator
     offset: int | None = None
@@ -148,6 +148,12 @@ def plan(report: Report) -> list[Action]:
                        problem=seg.header or seg.torn_kind))
             continue
         kept.append(seg)
+        if any(p.kind == "short_segment" for p in seg.problems):
+            add(Action("record_short", seg.name,
+                       f"{seg.name}: record in {DEADLETTER_NAME} that it was cut short at "
+                       f"{seg.size} bytes (records from {seg.end_seq} on may be gone), with "
+                       "the bytes after its last record", offset=seg.size,
+                       first_seq=seg.end_seq, problem="short_segment"))
         if seg.header in _REWRITABLE_HEADERS:
             add(Action("rewrite_header", seg.name,
                        f"{seg.name}: keep the old header, write a sound one for base "
@@ -250,6 +256,13 @@ def _entries_to_keep(directory: str, actions: list[Action],
             out.append({"segment": a.target, "offset": a.offset, "kind": "missing_records",
                         "first_missing_seq": a.first_seq, "resume_seq": a.resume_seq,
                         "repair": a.kind, "raw": b""})
+        elif a.kind == "record_short":
+            seg = next(s for s in report.segments if s.name == a.target)
+            # The bytes after the last record: what is left of a record cut at the end
+            # (zeroed next as a torn tail), kept first.
+            out.append({"segment": a.target, "offset": a.offset, "kind": a.problem,
+                        "repair": a.kind,
+                        "raw": _read(path, seg.used_bytes, seg.size - seg.used_bytes)})
         elif a.kind == "checkpoint":
             try:
                 raw = _read(path, 0, CHECKPOINT.size + 1)
