@@ -10,8 +10,9 @@ checkpoint against the segments; the dead-letter file; files that do not belong.
 :func:`records` walks the same way for ``dump`` and yields records and damage in order.
 
 Rule 1: it never changes a byte. Files are opened read-only (segments are mapped
-``PROT_READ``), the writer lock is never taken and no file is ever created, not even
-the dead-letter file.
+``PROT_READ``), and only regular files, never through a link (segment.open_regular; a
+name the log owns that is not one is reported as ``special_file``, never opened); the
+writer lock is never taken and no file is ever created, not even the dead-letter file.
 Rule 2: it tolerates a running writer. The last segment may grow while it is walked, so
 unsound bytes with nothing sound after them at its end are a torn tail (information),
 and damage seen in it is reported only if a second walk a moment later sees it again (a

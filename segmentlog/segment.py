@@ -327,9 +327,9 @@ def _locked_error(directory: str, path: str, holder: str) -> LogLockedError:
             "lock passed to a process it started or forked); stop that process or use "
             "another directory", openers[0])
     return LogLockedError(
-        f"{directory} is locked, but {gone} and no process of this user holds {path} "
-        "open (another user's process?); find it with `fuser` and stop it, or use another "
-        "directory", None)
+        f"{directory} is locked, but {gone} and no process this one can see holds {path} "
+        "open (another user's, or another container's?); find it with `fuser` and stop "
+        "it, or use another directory", None)
 
 
 def take_lock(directory: str) -> int:
