@@ -25,6 +25,7 @@ HOLDER_FORKS = """
     log.append(b"from the holder")
     child = os.fork()
     if child == 0:  # the child only sleeps, as a worker forked after opening would
+        print("child", os.getpid(), flush=True)  # after os.fork's at-fork handlers ran
         time.sleep(120)
         os._exit(0)
     print("ready", child, flush=True)
@@ -43,11 +44,15 @@ HOLDER_PASSES_THE_FD = """
 
 
 def _start_holder(code: str, logdir: str) -> tuple[subprocess.Popen[str], int]:
+    """Start a holder; its child's pid once both said so (a forked child says "child")."""
     holder = run_python(code, logdir)
     assert holder.stdout is not None
-    line = holder.stdout.readline().split()
-    assert line[:1] == ["ready"], holder.communicate(timeout=30)
-    return holder, int(line[1])
+    said = {}
+    while "ready" not in said or ("child" not in said and "os.fork" in code):
+        line = holder.stdout.readline().split()
+        assert line, holder.communicate(timeout=30)
+        said[line[0]] = int(line[1])
+    return holder, said["ready"]
 
 
 def _kill(pid: int) -> None:
