@@ -25,10 +25,12 @@ HOLDER_FORKS = """
     log.append(b"from the holder")
     child = os.fork()
     if child == 0:  # the child only sleeps, as a worker forked after opening would
-        print("child", os.getpid(), flush=True)  # after os.fork's at-fork handlers ran
+        # After os.fork's at-fork handlers ran; one write() each, so the two processes'
+        # lines cannot interleave on the pipe.
+        os.write(1, b"child %d\\n" % os.getpid())
         time.sleep(120)
         os._exit(0)
-    print("ready", child, flush=True)
+    os.write(1, b"ready %d\\n" % child)
     time.sleep(120)
 """
 
@@ -49,9 +51,10 @@ def _start_holder(code: str, logdir: str) -> tuple[subprocess.Popen[str], int]:
     assert holder.stdout is not None
     said = {}
     while "ready" not in said or ("child" not in said and "os.fork" in code):
-        line = holder.stdout.readline().split()
-        assert line, holder.communicate(timeout=30)
-        said[line[0]] = int(line[1])
+        line = holder.stdout.readline()
+        word, _, pid = line.partition(" ")
+        assert pid.strip().isdigit(), (line, said, holder.poll())
+        said[word] = int(pid)
     return holder, said["ready"]
 
 
