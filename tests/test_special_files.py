@@ -177,3 +177,17 @@ def test_log_tightens_an_existing_open_directory_like_the_file_store(logdir: str
     os.chmod(logdir, 0o777)
     SegmentLog(logdir, segment_size=SMALL).close()
     assert stat.S_IMODE(os.stat(logdir).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("how", ["fifo", "dangling_symlink", "symlink_to_a_file"])
+def test_file_store_json_dead_letter_file_must_be_a_regular_file(
+        logdir: str, how: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from segmentlog.store.file import JSON_DEADLETTER_NAME, FileStore
+
+    os.makedirs(logdir, mode=0o700)
+    path = os.path.join(logdir, JSON_DEADLETTER_NAME)
+    MAKERS[how](path)
+    with no_hang(), pytest.raises(CorruptionError, match="remove or rename it"):
+        FileStore(logdir, registry=CollectorRegistry())

@@ -59,7 +59,7 @@ from ..errors import (
     LogFullError,
     RecordTooLargeError,
 )
-from ..segment import prepare_directory
+from ..segment import open_regular, prepare_directory
 from .base import BackingStore, BatchTracker, Commit, Event, _event_id, batch_limit
 from .config import Params, check_int
 from .memory import _dumps
@@ -233,7 +233,7 @@ class FileStore(BackingStore):
         # Records already dead-lettered by an earlier run (crash before commit): kept once.
         seqs: set[int] = set()
         try:
-            with open(self._dead_path, "rb") as f:
+            with os.fdopen(open_regular(self._dead_path, os.O_RDONLY), "rb") as f:
                 for line in f:
                     try:
                         item = orjson.loads(line)
