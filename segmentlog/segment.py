@@ -47,11 +47,16 @@ FILE_MODE = 0o600
 _PID_WIDTH = 24
 DIR_MODE = 0o700
 _ZERO_CHUNK = bytes(1 << 20)
+# A segment file being given its header's name on open (log.py's _MOVING, _restore_names).
+MOVING_SUFFIX = ".moving"
 
 
 def owned_name(name: str) -> bool:
     """Whether ``name`` is one the log itself uses in its directory (FORMAT.md,
     "Directory"); every other name is foreign."""
+    if name.endswith(MOVING_SUFFIX):
+        name = name[: -len(MOVING_SUFFIX)]  # the log renames it to a segment name
+        return parse_segment_name(name) is not None
     return (parse_segment_name(name) is not None or name.endswith(TMP_SUFFIX)
             or name in (CHECKPOINT_NAME, DEADLETTER_NAME, LOCK_NAME, PREPARED_NAME,
                         SPARE_NAME))

@@ -77,7 +77,7 @@ def _names(directory: str) -> dict[str, str]:
     return {"last_segment": last, "middle_segment": middle,
             "new_segment": "00000000000099999999.seg", "checkpoint": "checkpoint",
             "deadletter": "deadletter.jsonl", "lock": "lock", "prepared": "next.prep",
-            "tmp": "checkpoint.tmp"}
+            "tmp": "checkpoint.tmp", "moving": "00000000000000000099.seg.moving"}
 
 
 def make_special(directory: str, which: str, how: str) -> str:
@@ -90,7 +90,7 @@ def make_special(directory: str, which: str, how: str) -> str:
 
 
 WHICH = ["last_segment", "middle_segment", "new_segment", "checkpoint", "deadletter", "lock",
-         "prepared", "tmp"]
+         "prepared", "tmp", "moving"]
 
 
 @pytest.mark.parametrize("how", sorted(MAKERS))
