@@ -296,18 +296,46 @@ def _holding(pid: int, dev: int, ino: int) -> bool | None:
     return False
 
 
+def _started_after(pid: int, when: float) -> bool | None:
+    """Whether process ``pid`` started after wall-clock time ``when`` (so it cannot be
+    the process that wrote the lock file then: its pid was reused); None if not known,
+    True for a zombie (it holds no file any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    if fields[0] == b"Z":
+        return True
+    start = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return start > when + 2  # btime has whole seconds; the clock may have been stepped
+
+
 def _lock_holders(path: str, recorded: int | None) -> tuple[list[int], bool]:
     """(processes other than this one that have the lock file open, whether the one whose
-    pid it records is alive) -- only when the lock is taken, to name who holds it."""
+    pid it records is alive) -- only when the lock is taken, to name who holds it.
+
+    The recorded process is alive when it exists, is no zombie, and started before the
+    lock file was stamped (not a reused pid): a few small reads, as the pool meets taken
+    locks often. Only when it is gone are all processes searched for the lock file."""
     try:
         st = os.stat(path)
     except OSError:
-        st = None
-    if st is None or not os.path.isdir("/proc"):
-        # Nothing to look at: trust the pid the lock file records.
         return ([recorded] if recorded is not None else []), recorded is not None
-    if recorded is not None and _holding(recorded, st.st_dev, st.st_ino) is not False:
-        return [recorded], True
+    if recorded is not None:
+        try:
+            os.kill(recorded, 0)
+            alive = not _started_after(recorded, st.st_mtime)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True  # another user's process, running
+        if alive:
+            return [recorded], True
+    if not os.path.isdir("/proc"):
+        return [], False
     openers = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid() and _holding(
