@@ -1,8 +1,9 @@
 """Names the log owns that are not regular files, symlinks, and the directory's mode.
 
 FORMAT.md, "Directory": every name the log owns (segments, ``checkpoint``,
-``deadletter.jsonl``, ``lock``, ``next.prep``, ``spare.prep``, ``*.tmp``) must be a
-regular file. The log opens nothing else (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``):
+``deadletter.jsonl``, ``lock``, ``next.prep``, ``spare.prep``, ``*.tmp``,
+``NAME.seg.moving``) must be a regular file; so must the file store's JSON dead-letter
+file. The log opens nothing else (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``):
 it refuses to open with a ``CorruptionError`` naming the path and the fix, ``verify``
 reports ``special_file`` (damage, exit 1), ``repair`` changes nothing and says what to
 do; nothing hangs on a FIFO and no symlink is followed for a write.
@@ -20,10 +21,12 @@ from typing import Any
 
 import pytest
 from logtools import SMALL, flip_bit, frames, segment_files, write_log
+from prometheus_client import CollectorRegistry
 from test_cli import N, damage, logcopy, pristine, readable, run, verify
 
 from segmentlog import SegmentLog
 from segmentlog.errors import CorruptionError
+from segmentlog.store.file import JSON_DEADLETTER_NAME, FileStore
 
 __all__ = ["logcopy", "pristine"]  # fixtures shared with test_cli
 
@@ -182,10 +185,6 @@ def test_log_tightens_an_existing_open_directory_like_the_file_store(logdir: str
 @pytest.mark.parametrize("how", ["fifo", "dangling_symlink", "symlink_to_a_file"])
 def test_file_store_json_dead_letter_file_must_be_a_regular_file(
         logdir: str, how: str) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from segmentlog.store.file import JSON_DEADLETTER_NAME, FileStore
-
     os.makedirs(logdir, mode=0o700)
     path = os.path.join(logdir, JSON_DEADLETTER_NAME)
     MAKERS[how](path)
