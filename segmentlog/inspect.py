@@ -731,13 +731,17 @@ def _file_problems(report: Report, directory: str, listing: Listing) -> None:
                     "a segment set aside because it held no readable record; its bytes are "
                     "kept for inspection, the log ignores it"))
     for name, what in listing.special:
-        add(Problem("special_file", name, None,
-                    f"a {what}, not a regular file, under a name the log uses: the log "
-                    "refuses to open (it opens only regular files, never through a link); "
-                    "remove or rename it (a link: replace it by the file it points to)"))
+        add(_special_problem(name, what))
     for name in listing.foreign:
         add(Problem("foreign_file", name, None,
                     "not a segmentlog file: the log ignores it (and never deletes it)"))
+
+
+def _special_problem(name: str, what: str) -> Problem:
+    return Problem("special_file", name, None,
+                   f"a {what}, not a regular file, under a name the log uses: the log "
+                   "refuses to open (it opens only regular files, never through a link); "
+                   "remove or rename it (a link: replace it by the file it points to)")
 
 
 def _short_problem(report: Report, s: SegmentReport, largest: int) -> Problem:
@@ -779,6 +783,8 @@ def records(directory: str, from_seq: int = 0) -> Iterator[RecordEvent | Problem
 def _records(directory: str, listing: Listing, from_seq: int) -> Iterator[RecordEvent | Problem]:
     scratch = Report(directory)
     _read_acks(directory, scratch)
+    for name, what in listing.special:
+        yield _special_problem(name, what)  # never opened; the log refuses to open
     bases = [b for b, _ in listing.segments]
     prev: tuple[str, int, int] | None = None  # (name, used bytes, end_seq)
     for i, (base, name) in enumerate(listing.segments):
