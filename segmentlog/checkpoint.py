@@ -15,7 +15,7 @@ import time
 
 from segmentlog._backend import impl
 from segmentlog._format import CHECKPOINT, CHECKPOINT_MAGIC, CHECKPOINT_NAME, TMP_SUFFIX
-from segmentlog.segment import FILE_MODE, fsync_dir
+from segmentlog.segment import fsync_dir, open_regular
 
 
 def encode(next_seq: int, when_ns: int | None = None) -> bytes:
@@ -41,7 +41,8 @@ def read(directory: str) -> tuple[int | None, str | None]:
     """The checkpoint of ``directory``: (next_seq, None), (None, "checkpoint_missing") or
     (None, kind) when it is damaged."""
     try:
-        with open(os.path.join(directory, CHECKPOINT_NAME), "rb") as f:
+        with os.fdopen(open_regular(os.path.join(directory, CHECKPOINT_NAME), os.O_RDONLY),
+                       "rb") as f:
             data = f.read(CHECKPOINT.size + 1)
     except FileNotFoundError:
         return None, "checkpoint_missing"
@@ -54,7 +55,7 @@ def write(directory: str, next_seq: int, durable: bool) -> None:
     tmp = path + TMP_SUFFIX
     data = encode(next_seq)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
@@ -79,7 +80,7 @@ def write(directory: str, next_seq: int, durable: bool) -> None:
 
 
 def _overwrite(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = open_regular(path, os.O_WRONLY)
     try:
         os.pwrite(fd, data, 0)
         os.fdatasync(fd)
@@ -89,7 +90,7 @@ def _overwrite(path: str, data: bytes) -> None:
 
 def make_durable(directory: str) -> None:
     """fsync a checkpoint written earlier with ``durable=False`` (and its directory entry)."""
-    fd = os.open(os.path.join(directory, CHECKPOINT_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_regular(os.path.join(directory, CHECKPOINT_NAME), os.O_RDONLY)
     try:
         os.fdatasync(fd)
     finally:

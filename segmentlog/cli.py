@@ -69,10 +69,17 @@ problem kinds (FORMAT.md, "Problem kinds reported by verify"):
     bad_header_crc, bad_magic, header_name_mismatch, zero_header, short_header,
     unsupported_version   the segment header (the log reads it by its file name)
     empty_segment         a segment file of 0 bytes
+    short_segment         a segment file cut short (shorter than a preallocated segment
+                          with records up to its end, or not a multiple of the page
+                          size): records at its end may be gone
+    special_file          a name the log uses (segment, checkpoint, lock, ...) that is
+                          not a regular file (FIFO, directory, symlink): the log refuses
+                          to open; remove or rename it
     checkpoint_missing, checkpoint_bad_crc, checkpoint_bad_size, checkpoint_bad_magic
                           the consumer's position is lost: records will be re-delivered
     checkpoint_behind     the checkpoint is below the oldest segment: records gone
-    deadletter_bad_line   a line of deadletter.jsonl is not a JSON object
+    deadletter_bad_line   a line of deadletter.jsonl is not a sound entry (not JSON,
+                          not an object, or a field of the wrong type or range)
   information (exit 0):
     torn_tail             unsound bytes after the last record of the last segment: a
                           write cut short by a crash (or in progress); never a record
@@ -82,7 +89,8 @@ problem kinds (FORMAT.md, "Problem kinds reported by verify"):
     checkpoint_ahead      the checkpoint is past the last record (fsync="never" lost
                           the tail after it was consumed, or a writer is appending)
     seq_overlap           a sealed segment's records run past the next segment's base
-    wrong_size            a segment file whose size differs from the others
+    wrong_size            a segment file whose size differs from the others, not cut
+                          short (another segment_size, or longer)
     quarantined_segment   NAME.seg.damaged: a segment set aside, bytes kept
     foreign_file          a file segmentlog does not own (ignored, never deleted)
 

@@ -10,8 +10,9 @@ checkpoint against the segments; the dead-letter file; files that do not belong.
 :func:`records` walks the same way for ``dump`` and yields records and damage in order.
 
 Rule 1: it never changes a byte. Files are opened read-only (segments are mapped
-``PROT_READ``), the writer lock is never taken and no file is ever created, not even
-the dead-letter file.
+``PROT_READ``), and only regular files, never through a link (segment.open_regular; a
+name the log owns that is not one is reported as ``special_file``, never opened); the
+writer lock is never taken and no file is ever created, not even the dead-letter file.
 Rule 2: it tolerates a running writer. The last segment may grow while it is walked, so
 unsound bytes with nothing sound after them at its end are a torn tail (information),
 and damage seen in it is reported only if a second walk a moment later sees it again (a
@@ -54,8 +55,8 @@ from segmentlog._format import (
     frame_size,
     parse_segment_name,
 )
-from segmentlog.errors import ConfigError
-from segmentlog.segment import header_problem
+from segmentlog.errors import ConfigError, CorruptionError
+from segmentlog.segment import header_problem, open_regular, special_files
 from segmentlog.walk import NO_LIMIT_SEQ, Damage, Walk, walk
 
 QUARANTINE_SUFFIX = ".damaged"  # a segment set aside (by the log or by repair), bytes kept
@@ -69,6 +70,10 @@ DAMAGE_KINDS = frozenset({
     # segment headers and files
     "bad_header_crc", "bad_magic", "header_name_mismatch", "zero_header", "short_header",
     "unsupported_version", "empty_segment",
+    # a segment file cut short: records at its end may be gone
+    "short_segment",
+    # a name the log owns that is not a regular file: the log refuses to open
+    "special_file",
     # the checkpoint
     "checkpoint_missing", "checkpoint_bad_crc", "checkpoint_bad_size",
     "checkpoint_bad_magic", "checkpoint_behind",
@@ -146,6 +151,9 @@ class SegmentReport:
     pending_bytes: int = 0
     first_pending: tuple[int, int, bytes] | None = None  # (seq, frame offset, payload head)
     mtime: float = 0.0
+    # Written bytes run to the file's last byte (a frame ends there or is cut there): a
+    # preallocated segment always ends in zero space unless a record fills it exactly.
+    fills_end: bool = False
 
     @property
     def last_seq(self) -> int | None:
@@ -179,6 +187,7 @@ class Report:
     prepared_bytes: int = 0  # next.prep and spare.prep
     quarantined: list[str] = field(default_factory=list)
     acks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    kept: set[tuple[str, int, str]] = field(default_factory=set)  # dead letters' keys+kinds
 
     def all_problems(self) -> list[Problem]:
         out = [p for s in self.segments for p in s.problems] + self.problems
@@ -288,6 +297,7 @@ class Listing:
     prepared: list[str]
     quarantined: list[str]
     foreign: list[str]
+    special: list[tuple[str, str]]  # (name, what it is): names the log owns, not files
 
 
 def list_directory(directory: str) -> Listing:
@@ -299,9 +309,13 @@ def list_directory(directory: str) -> Listing:
     if not os.path.isdir(directory):
         raise ConfigError(f"{directory} is not a directory; give the log's directory")
     names = sorted(os.listdir(directory))
+    special = special_files(directory)
+    not_files = {name for name, _ in special}  # never opened (segment.py, Rule 4)
     segments, prepared, quarantined, foreign = [], [], [], []
     for name in names:
         base = parse_segment_name(name)
+        if name in not_files:
+            continue
         if base is not None:
             segments.append((base, name))
         elif name in (PREPARED_NAME, SPARE_NAME):
@@ -324,13 +338,14 @@ def list_directory(directory: str) -> Listing:
             f"(NNNNNNNNNNNNNNNNNNNN.seg), no {CHECKPOINT_NAME} and no {LOCK_NAME} file"
         )
     return Listing(segments, has_ckpt, has_lock, DEADLETTER_NAME in names, prepared,
-                   quarantined, foreign)
+                   quarantined, foreign, special)
 
 
 @contextlib.contextmanager
 def open_segment(path: str) -> Iterator[tuple[Any, os.stat_result]]:
-    """Map a segment file read-only; yields (buffer, stat). An empty file yields b""."""
-    with open(path, "rb") as f:
+    """Map a segment file read-only; yields (buffer, stat). An empty file yields b"".
+    CorruptionError if it is not a regular file (replaced since it was listed)."""
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         st = os.fstat(f.fileno())
         if not st.st_size:
             yield b"", st
@@ -357,7 +372,9 @@ def torn_extent(buf: Any, off: int, size: int) -> int:
         if extent <= size - off:
             return extent
     tail = bytes(buf[off:size]).rstrip(b"\0")
-    return (len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
+    # Rounded up to whole 8-byte words, but never past the end of a file cut at an odd
+    # size: zeroing there would extend the file.
+    return min((len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1), size - off)
 
 
 def all_zero(data: bytes) -> bool:
@@ -366,16 +383,26 @@ def all_zero(data: bytes) -> bool:
 
 def _read_acks(directory: str, report: Report) -> None:
     """Index the dead-letter file: which sequence ranges of which segment are kept there
-    (for Rule 3), and report lines that are not JSON objects."""
+    (for Rule 3), and report lines that are not sound entries (deadletter.sound_entry)."""
     offset = 0
-    for number, item, raw in deadletter.entries(directory):
+    lines = deadletter.entries(directory)
+    while True:
+        try:
+            number, item, raw = next(lines)
+        except StopIteration:
+            break
+        except CorruptionError:
+            return  # not a regular file: reported as special_file, never read
         if item is None:
             report.problems.append(Problem(
                 "deadletter_bad_line", DEADLETTER_NAME, offset,
-                f"line {number} is not a JSON object ({len(raw)} bytes); `repair` wraps "
+                f"line {number} is not a sound entry ({len(raw)} bytes: not JSON, not an "
+                "object, or a field of the wrong type or range); `repair` wraps "
                 "its bytes in a valid entry", length=len(raw)))
         else:
             report.deadletter_entries += 1
+            if isinstance(item.get("offset"), int) and isinstance(item.get("kind"), str):
+                report.kept.add((item["segment"], item["offset"], item["kind"]))
             first, resume = item.get("first_missing_seq"), item.get("resume_seq")
             seg = item.get("segment")
             if isinstance(seg, str) and isinstance(first, int) and isinstance(resume, int):
@@ -390,10 +417,13 @@ def covered(report: Report, segment: str, first: int, resume: int) -> bool:
 
 def _read_checkpoint(directory: str) -> tuple[int | None, str | None, int | None]:
     try:
-        with open(os.path.join(directory, CHECKPOINT_NAME), "rb") as f:
+        with os.fdopen(open_regular(os.path.join(directory, CHECKPOINT_NAME), os.O_RDONLY),
+                       "rb") as f:
             data = f.read(CHECKPOINT.size + 1)
     except FileNotFoundError:
         return None, "checkpoint_missing", None
+    except CorruptionError:
+        return None, "special_file", None  # reported as such by _file_problems
     value, problem = checkpoint_mod.decode(data)
     when = CHECKPOINT.unpack(data)[2] if problem is None else None
     return value, problem, when
@@ -455,6 +485,9 @@ def _walk_segment(
         seg.records, seg.payload_bytes, seg.used_bytes = w.count, w.nbytes, w.end
         seg.end_seq, seg.stop, seg.damages = w.next_seq, w.stop, list(w.damages)
         seg.first_seq = _first_seq(start, seg.damages) if w.count else None
+        seg.fills_end = size > SEGMENT_HEADER_SIZE and (
+            w.end >= size or (w.stop == "torn" and w.torn_kind == "truncated")
+            or any(buf[size - FRAME_ALIGN : size]))
         _segment_problems(report, seg, buf, w, next_base)
 
         # Pending records: those at or above the read position.
@@ -641,6 +674,8 @@ def _continuity(report: Report) -> None:
 def _checkpoint_problems(report: Report) -> None:
     add = report.problems.append
     problem, ckpt, segs = report.checkpoint_problem, report.checkpoint, report.segments
+    if problem == "special_file":
+        return  # not a regular file: one problem, from _file_problems
     if problem == "checkpoint_missing":
         if segs:
             add(Problem("checkpoint_missing", CHECKPOINT_NAME, None,
@@ -668,28 +703,62 @@ def _checkpoint_problems(report: Report) -> None:
 
 def _file_problems(report: Report, directory: str, listing: Listing) -> None:
     add = report.problems.append
+    prepared = []
+    for name in listing.prepared:
+        with contextlib.suppress(FileNotFoundError):
+            prepared.append(os.stat(os.path.join(directory, name)).st_size)
+    report.prepared_bytes = sum(prepared)
     sizes = [s.size for s in report.segments if s.size >= SEGMENT_HEADER_SIZE]
     if sizes:
         # The common size is the configured segment_size (ties: the larger one).
         report.segment_size = max(set(sizes), key=lambda n: (sizes.count(n), n))
+        # Every segment is preallocated whole, and next.prep/spare.prep are segments too.
+        largest = max(sizes + [n for n in prepared if n >= SEGMENT_HEADER_SIZE])
         for s in report.segments:
-            if s.size >= SEGMENT_HEADER_SIZE and (s.size != report.segment_size
-                                                  or s.size % _PAGE):
+            if s.size < SEGMENT_HEADER_SIZE:
+                continue  # empty_segment / short_header
+            if s.size % _PAGE or (s.size < largest and s.fills_end):
+                s.problems.append(_short_problem(report, s, largest))
+            elif s.size != report.segment_size:
                 s.problems.append(Problem(
                     "wrong_size", s.name, None,
                     f"{s.size} bytes where the other segments have {report.segment_size}: "
-                    "read as it is (a segment cut short, or another segment_size)"))
-    for name in listing.prepared:
-        with contextlib.suppress(FileNotFoundError):
-            report.prepared_bytes += os.stat(os.path.join(directory, name)).st_size
+                    "read as it is (another segment_size, or a copy cut where no record "
+                    "was)"))
     for name in listing.quarantined:
         report.quarantined.append(name)
         add(Problem("quarantined_segment", name, None,
                     "a segment set aside because it held no readable record; its bytes are "
                     "kept for inspection, the log ignores it"))
+    for name, what in listing.special:
+        add(_special_problem(name, what))
     for name in listing.foreign:
         add(Problem("foreign_file", name, None,
                     "not a segmentlog file: the log ignores it (and never deletes it)"))
+
+
+def _special_problem(name: str, what: str) -> Problem:
+    return Problem("special_file", name, None,
+                   f"a {what}, not a regular file, under a name the log uses: the log "
+                   "refuses to open (it opens only regular files, never through a link); "
+                   "remove or rename it (a link: replace it by the file it points to)")
+
+
+def _short_problem(report: Report, s: SegmentReport, largest: int) -> Problem:
+    """A segment file cut short: shorter than a preallocated segment with written bytes up
+    to its last byte, or of a size no segment_size makes. Records after its end may be
+    gone, and nothing on disk says how many. ``repair`` records it in the dead-letter
+    file (keyed by the size it was found with), which makes it repaired_damage."""
+    why = (f"{s.size} bytes, not a multiple of the page size {_PAGE}: no segment_size "
+           "makes such a file" if s.size % _PAGE else
+           f"{s.size} bytes with records up to its end, where a segment is preallocated "
+           f"to {largest}")
+    if (s.name, s.size, "short_segment") in report.kept:
+        return Problem("repaired_damage", s.name, None, f"short_segment: {why}; recorded "
+                       f"in {DEADLETTER_NAME}", was="short_segment")
+    return Problem("short_segment", s.name, None,
+                   f"{why}: the file was cut short, records from {s.end_seq} on may be "
+                   "gone (how many, the bytes cannot tell)", first_seq=s.end_seq)
 
 
 # ------------------------------------------------------------------ records, for dump
@@ -714,6 +783,8 @@ def records(directory: str, from_seq: int = 0) -> Iterator[RecordEvent | Problem
 def _records(directory: str, listing: Listing, from_seq: int) -> Iterator[RecordEvent | Problem]:
     scratch = Report(directory)
     _read_acks(directory, scratch)
+    for name, what in listing.special:
+        yield _special_problem(name, what)  # never opened; the log refuses to open
     bases = [b for b, _ in listing.segments]
     prev: tuple[str, int, int] | None = None  # (name, used bytes, end_seq)
     for i, (base, name) in enumerate(listing.segments):

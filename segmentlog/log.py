@@ -92,10 +92,12 @@ from segmentlog.errors import (
     RecordTooLargeError,
 )
 from segmentlog.segment import (
-    DIR_MODE,
     encode_header,
     fsync_dir,
     header_problem,
+    open_regular,
+    prepare_directory,
+    refuse_special_files,
     reserve_and_zero,
     take_lock,
 )
@@ -212,7 +214,7 @@ class _ReadView(_Map):
         self.base = base
         self.populated = 0  # pages below this offset are mapped (MADV_POPULATE_READ)
         self.dropped = 0  # pages below this offset are unmapped (unmap_below)
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
             # An empty file cannot be mapped; it reads as a segment without records.
             self.mm: Any = (mmap.mmap(f.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -404,13 +406,8 @@ class SegmentLog:
     # ------------------------------------------------------------------ opening
 
     def _open(self) -> None:
-        try:
-            os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise DurabilityError(exc.errno, f"cannot create log directory {self.directory}: "
-                                  f"{exc.strerror}; check the path and permissions") from exc
-        if not os.path.isdir(self.directory):
-            raise ConfigError(f"{self.directory} exists and is not a directory")
+        prepare_directory(self.directory)
+        refuse_special_files(self.directory)  # before anything is opened or changed
         self._take_lock()
         names = os.listdir(self.directory)
         for name in names:
@@ -544,7 +541,7 @@ class SegmentLog:
         it. Returns how many records it holds, None if it holds none and is not a sound
         segment of this log (the caller sets it aside)."""
         path = os.path.join(self.directory, segment_name(base))
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDWR)
         size = os.fstat(fd).st_size
         if size != self.segment_size or size < 2 * _PAGE:
             os.close(fd)
@@ -616,7 +613,7 @@ class SegmentLog:
         """The last segment has the wrong size (damage, or another segment_size setting):
         keep it for reading and start a new segment after its records. None if it holds
         no record (the caller sets it aside)."""
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
             data = f.read()
         w = walk(data, SEGMENT_HEADER_SIZE, len(data), base, max_records=NO_LIMIT_SEQ,
                  base=base, collect=False)
@@ -642,7 +639,7 @@ class SegmentLog:
                 self._prep_recycled = False
         self._prepared = False
         recycled = self._prep_recycled
-        fd = os.open(prep, os.O_RDWR | os.O_CLOEXEC)
+        fd = open_regular(prep, os.O_RDWR)
         try:
             os.pwrite(fd, encode_header(base), 0)
             try:

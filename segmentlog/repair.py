@@ -23,6 +23,10 @@ behind the oldest segment moves up to it, and the records in between (gone) are
 recorded as a gap.
 Rule 4: what cannot be repaired is left alone and reported: a segment header naming a
 format version this code does not know may be a newer segmentlog's file.
+Rule 5: a name the log owns that is not a regular file (a FIFO, a directory, a symlink:
+``special_file``) stops the whole repair before it changes anything: it is the
+operator's (a link may point at the real segment, a directory may hold anything), and
+keeping before changing needs the dead-letter file and segments to be regular files.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from segmentlog.inspect import (
     inspect,
     list_directory,
 )
-from segmentlog.segment import encode_header, fsync_dir, take_lock
+from segmentlog.segment import encode_header, fsync_dir, open_regular, take_lock
 
 _REWRITABLE_HEADERS = frozenset({"bad_header_crc", "bad_magic", "header_name_mismatch",
                                  "zero_header"})
@@ -65,7 +69,7 @@ class Action:
     """One step of a repair: what it keeps first, then what it changes."""
 
     kind: str  # keep_region, rewrite_header, set_aside, record_gap, checkpoint,
-    #            zero_torn_tail, fix_deadletter, unrepairable
+    #            zero_torn_tail, fix_deadletter, record_short, unrepairable
     target: str  # the file it acts on
     text: str  # what it does, for the operator
     offset: int | None = None
@@ -113,6 +117,10 @@ def plan(report: Report) -> list[Action]:
     """The actions that bring ``report``'s directory to the repaired state."""
     actions: list[Action] = []
     add = actions.append
+    special = [p for p in report.problems if p.kind == "special_file"]
+    if special:  # Rule 5
+        return [Action("unrepairable", p.segment or "", f"{p.segment}: {p.detail}; nothing "
+                       "was changed", problem=p.kind) for p in special]
     bad_lines = [p for p in report.problems if p.kind == "deadletter_bad_line"]
     if bad_lines:
         add(Action("fix_deadletter", DEADLETTER_NAME,
@@ -140,6 +148,12 @@ def plan(report: Report) -> list[Action]:
                        problem=seg.header or seg.torn_kind))
             continue
         kept.append(seg)
+        if any(p.kind == "short_segment" for p in seg.problems):
+            add(Action("record_short", seg.name,
+                       f"{seg.name}: record in {DEADLETTER_NAME} that it was cut short at "
+                       f"{seg.size} bytes (records from {seg.end_seq} on may be gone), with "
+                       "the bytes after its last record", offset=seg.size,
+                       first_seq=seg.end_seq, problem="short_segment"))
         if seg.header in _REWRITABLE_HEADERS:
             add(Action("rewrite_header", seg.name,
                        f"{seg.name}: keep the old header, write a sound one for base "
@@ -211,7 +225,7 @@ def plan(report: Report) -> list[Action]:
 
 
 def _read(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
         f.seek(offset)
         return f.read(length)
 
@@ -242,6 +256,13 @@ def _entries_to_keep(directory: str, actions: list[Action],
             out.append({"segment": a.target, "offset": a.offset, "kind": "missing_records",
                         "first_missing_seq": a.first_seq, "resume_seq": a.resume_seq,
                         "repair": a.kind, "raw": b""})
+        elif a.kind == "record_short":
+            seg = next(s for s in report.segments if s.name == a.target)
+            # The bytes after the last record: what is left of a record cut at the end
+            # (zeroed next as a torn tail), kept first.
+            out.append({"segment": a.target, "offset": a.offset, "kind": a.problem,
+                        "repair": a.kind,
+                        "raw": _read(path, seg.used_bytes, seg.size - seg.used_bytes)})
         elif a.kind == "checkpoint":
             try:
                 raw = _read(path, 0, CHECKPOINT.size + 1)
@@ -265,18 +286,21 @@ def _fix_deadletter(directory: str) -> None:
     """Rewrite the dead-letter file with every damaged line wrapped in a valid entry that
     keeps its bytes; atomically (temp file, fsync, rename, directory fsync)."""
     lines = []
+    offset = 0
     for number, item, raw in deadletter.entries(directory):
         if item is None:
-            raw_line = raw
-            item = {"segment": DEADLETTER_NAME, "line": number, "kind": "deadletter_bad_line",
-                    "length": len(raw_line),
-                    "raw_base64": base64.b64encode(raw_line).decode("ascii")}
+            # Named by where verify reported it: the line's byte offset (and number) in
+            # the file as it was.
+            item = {"segment": DEADLETTER_NAME, "offset": offset, "line": number,
+                    "kind": "deadletter_bad_line", "length": len(raw),
+                    "raw_base64": base64.b64encode(raw).decode("ascii")}
             lines.append(orjson.dumps(item) + b"\n")
         else:
             lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        offset += len(raw)
     path = deadletter.path_of(directory)
     tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, b"".join(lines))
         os.fsync(fd)
@@ -287,7 +311,7 @@ def _fix_deadletter(directory: str) -> None:
 
 
 def _zero(path: str, regions: list[tuple[int, int]]) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fd = open_regular(path, os.O_RDWR)
     try:
         for offset, length in regions:
             done = 0
@@ -327,7 +351,7 @@ def apply(directory: str, report: Report, actions: list[Action],
         path = os.path.join(directory, a.target)
         if a.kind == "rewrite_header":
             seg = next(s for s in report.segments if s.name == a.target)
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = open_regular(path, os.O_RDWR)
             try:
                 os.pwrite(fd, encode_header(seg.base), 0)
                 os.fsync(fd)

@@ -7,6 +7,14 @@ Rule 2: a new segment's header is durable before its name appears, and the name 
 durable (directory fsync) before any record in it is acknowledged.
 Rule 3: old bytes in a recycled segment are never read as records: their sequence numbers
 are all below the new base, and a reader accepts only the expected sequence number.
+Rule 4: every name the log owns (segments, checkpoint, dead-letter file, lock, prepared
+segments, ``*.tmp``) is a regular file, and only regular files are opened:
+:func:`open_regular` never follows a symlink (``O_NOFOLLOW``: a link's target is never
+truncated or appended to), never blocks on a FIFO (``O_NONBLOCK``), and checks the
+descriptor with ``fstat``; :func:`refuse_special_files` refuses a directory holding such a
+name before anything is opened or changed.
+Rule 5: the writer lock belongs to the process that took it (:func:`take_lock`); a forked
+child lets go of its inherited copy.
 This module never decides policy (when to rotate, what to delete): log.py does.
 """
 
@@ -16,22 +24,133 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 
 from segmentlog._backend import impl
 from segmentlog._format import (
+    CHECKPOINT_NAME,
+    DEADLETTER_NAME,
     FORMAT_VERSION,
     FRAME_ALIGN,
     LOCK_NAME,
+    PREPARED_NAME,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
+    SPARE_NAME,
+    TMP_SUFFIX,
+    parse_segment_name,
 )
-from segmentlog.errors import LogLockedError
+from segmentlog.errors import ConfigError, CorruptionError, DurabilityError, LogLockedError
 
 FILE_MODE = 0o600
 _PID_WIDTH = 24
 DIR_MODE = 0o700
 _ZERO_CHUNK = bytes(1 << 20)
+# A segment file being given its header's name on open (log.py's _MOVING, _restore_names).
+MOVING_SUFFIX = ".moving"
+
+
+def owned_name(name: str) -> bool:
+    """Whether ``name`` is one the log itself uses in its directory (FORMAT.md,
+    "Directory"); every other name is foreign."""
+    if name.endswith(MOVING_SUFFIX):
+        name = name[: -len(MOVING_SUFFIX)]  # the log renames it to a segment name
+        return parse_segment_name(name) is not None
+    return (parse_segment_name(name) is not None or name.endswith(TMP_SUFFIX)
+            or name in (CHECKPOINT_NAME, DEADLETTER_NAME, LOCK_NAME, PREPARED_NAME,
+                        SPARE_NAME))
+
+
+def file_type(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, what in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return what
+    return "special file"
+
+
+def special_file_error(path: str, what: str) -> CorruptionError:
+    return CorruptionError(
+        f"{path} is a {what}, not a regular file: segmentlog uses this name for its own "
+        "files and opens only regular files (it never follows a link, and a FIFO would "
+        "hang it); remove or rename it (a link: replace it by the file it points to), then "
+        "open the log again", path=path, kind="special_file")
+
+
+def special_files(directory: str) -> list[tuple[str, str]]:
+    """(name, what it is) of each name the log owns in ``directory`` that is not a
+    regular file, by name (from the directory entry's type, following no link)."""
+    out = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            if owned_name(entry.name) and not entry.is_file(follow_symlinks=False):
+                try:
+                    what = file_type(entry.stat(follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    continue  # gone meanwhile: nothing there to refuse
+                out.append((entry.name, what))
+    return sorted(out)
+
+
+def refuse_special_files(directory: str) -> None:
+    """Raise CorruptionError naming the first name the log owns in ``directory`` that is
+    not a regular file (Rule 4); nothing is opened or changed before."""
+    found = special_files(directory)
+    if found:
+        name, what = found[0]
+        raise special_file_error(os.path.join(directory, name), what)
+
+
+def open_regular(path: str, flags: int, mode: int = FILE_MODE) -> int:
+    """``os.open`` for the log's own files (Rule 4): never follows a symlink, never blocks
+    on a FIFO, and returns a descriptor of a regular file only, else CorruptionError
+    naming ``path`` and the fix. OSError as os.open raises it otherwise."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        # ELOOP: a symlink (O_NOFOLLOW); EISDIR: a directory opened for writing; ENXIO: a
+        # FIFO opened for writing with no reader, or a socket.
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            raise
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise exc from None
+        if stat.S_ISREG(st.st_mode):
+            raise
+        raise special_file_error(path, file_type(st.st_mode)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise special_file_error(path, file_type(st.st_mode))
+        if not flags & os.O_NONBLOCK:
+            # Meaningless for a regular file on Linux, but keep the caller's semantics.
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def prepare_directory(path: str) -> None:
+    """Create the log's directory (mode 0700), or tighten an existing one to 0700 when
+    group or others have any access: the records (audit events) are private, and the
+    file store and SegmentLog share this one rule. ConfigError when ``path`` is not a
+    directory, DurabilityError when it cannot be created or tightened."""
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    except OSError as exc:
+        raise DurabilityError(exc.errno, f"cannot create log directory {path} or set its "
+                              f"mode 0700: {exc.strerror}; check the path and that the "
+                              "process owns it") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path} exists and is not a directory")
 
 
 def encode_header(base_seq: int) -> bytes:
@@ -79,7 +198,7 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
     as clean zero pages: writing through the map then finds them ready, and no zeros are
     written back to disk. On ENOSPC the partial file is removed and the error raised.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         try:
             os.posix_fallocate(fd, 0, size)
@@ -107,26 +226,168 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
     os.close(fd)
 
 
+# The writer locks this process took: (descriptor, st_dev, st_ino) of each lock file.
+_HELD_LOCKS: set[tuple[int, int, int]] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a child made by ``os.fork``: let go of the parent's writer locks (Rule 5).
+
+    A forked child shares the parent's open file description, so its copy of the
+    descriptor kept the flock after the parent was killed, and nobody could open the log
+    while the child lived. The copy is replaced by /dev/null (``dup2``) rather than
+    closed: the parent's SegmentLog object in the child still owns that descriptor
+    number and closes it at ``close()``, which must not close a file the child opened
+    meanwhile under the same number. A descriptor that no longer is the lock file (closed
+    and reused since) is left alone.
+    """
+    if not _HELD_LOCKS:
+        return
+    held = list(_HELD_LOCKS)
+    _HELD_LOCKS.clear()
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd, dev, ino in held:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def _remember_lock(fd: int) -> None:
+    st = os.fstat(fd)
+    for entry in list(_HELD_LOCKS):
+        # Forget descriptors closed (or reused) since: only lock files still open count.
+        try:
+            now = os.fstat(entry[0])
+        except OSError:
+            _HELD_LOCKS.discard(entry)
+            continue
+        if (now.st_dev, now.st_ino) != entry[1:]:
+            _HELD_LOCKS.discard(entry)
+    _HELD_LOCKS.add((fd, st.st_dev, st.st_ino))
+
+
+def _holding(pid: int, dev: int, ino: int) -> bool | None:
+    """Whether process ``pid`` has the file (dev, ino) open; None when that cannot be
+    seen (no /proc, another user's process)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except FileNotFoundError:
+        return False  # no such process (or no /proc: then the caller cannot tell either)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            st = os.stat(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return True
+    return False
+
+
+def _started_after(pid: int, when: float) -> bool | None:
+    """Whether process ``pid`` started after wall-clock time ``when`` (so it cannot be
+    the process that wrote the lock file then: its pid was reused); None if not known,
+    True for a zombie (it holds no file any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    if fields[0] == b"Z":
+        return True
+    start = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return start > when + 2  # btime has whole seconds; the clock may have been stepped
+
+
+def _lock_holders(path: str, recorded: int | None) -> tuple[list[int], bool]:
+    """(processes other than this one that have the lock file open, whether the one whose
+    pid it records is alive) -- only when the lock is taken, to name who holds it.
+
+    The recorded process is alive when it exists, is no zombie, and started before the
+    lock file was stamped (not a reused pid): a few small reads, as the pool meets taken
+    locks often. Only when it is gone are all processes searched for the lock file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ([recorded] if recorded is not None else []), recorded is not None
+    if recorded is not None:
+        try:
+            os.kill(recorded, 0)
+            alive = not _started_after(recorded, st.st_mtime)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True  # another user's process, running
+        if alive:
+            return [recorded], True
+    if not os.path.isdir("/proc"):
+        return [], False
+    openers = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and _holding(
+                int(entry), st.st_dev, st.st_ino):
+            openers.append(int(entry))
+    return sorted(openers), False
+
+
+def _locked_error(directory: str, path: str, holder: str) -> LogLockedError:
+    recorded = int(holder) if holder.isdigit() else None
+    openers, alive = _lock_holders(path, recorded)
+    if alive:
+        return LogLockedError(
+            f"{directory} is in use by process {recorded}: one writer per directory; stop "
+            "that process or use another directory", recorded)
+    gone = (f"process {recorded}, which took the lock, is gone" if recorded is not None
+            else "the lock file names no process")
+    if openers:
+        who = ", ".join(f"process {p}" for p in openers)
+        return LogLockedError(
+            f"{directory} is locked by {who}, which holds its lock file open: {gone} (the "
+            "lock passed to a process it started or forked); stop that process or use "
+            "another directory", openers[0])
+    return LogLockedError(
+        f"{directory} is locked, but {gone} and no process this one can see holds {path} "
+        "open (another user's, or another container's?); find it with `fuser` and stop "
+        "it, or use another directory", None)
+
+
 def take_lock(directory: str) -> int:
     """Take the writer lock of ``directory`` (flock on ``lock``, which then holds our pid);
-    return its descriptor, whose closing releases the lock. Raises LogLockedError with the
-    holder's pid when another process has it. Shared by SegmentLog and ``repair``."""
+    return its descriptor, whose closing releases the lock. Raises LogLockedError naming
+    the process that holds it (or saying the one that took it is gone) when another
+    process has it. Shared by SegmentLog and ``repair``.
+
+    Rule 5: the lock belongs to the process that took it. A child made by ``os.fork``
+    lets go of its copy at once (_drop_inherited_locks), so the lock ends with the
+    process that took it, never with a worker it forked; a process that must write to
+    the log after forking (a daemon) opens the log after the fork.
+    """
     path = os.path.join(directory, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         holder = os.read(fd, 32).decode("ascii", "replace").strip()
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            pid = int(holder) if holder.isdigit() else None
-            raise LogLockedError(
-                f"{directory} is in use by process {holder or '(unknown)'}: one writer "
-                "per directory; stop that process or use another directory",
-                pid,
-            ) from None
+            raise _locked_error(directory, path, holder) from None
         raise
     try:
+        _remember_lock(fd)
         # Overwrite in place (padded), then cut: an existing lock file needs no new block.
         stamp = f"{os.getpid()}\n".encode().ljust(_PID_WIDTH, b" ")
         os.pwrite(fd, stamp, 0)

@@ -59,6 +59,7 @@ from ..errors import (
     LogFullError,
     RecordTooLargeError,
 )
+from ..segment import open_regular, prepare_directory
 from .base import BackingStore, BatchTracker, Commit, Event, _event_id, batch_limit
 from .config import Params, check_int
 from .memory import _dumps
@@ -217,11 +218,7 @@ class FileStore(BackingStore):
 
     def _prepare_directory(self) -> None:
         try:
-            os.makedirs(self._directory, mode=0o700, exist_ok=True)
-            if os.path.isdir(self._directory):
-                # An existing directory keeps its mode: tighten it, audit events are
-                # sensitive and this directory belongs to the store.
-                os.chmod(self._directory, 0o700)
+            prepare_directory(self._directory)  # the log's rule: 0700, an open one tightened
         except OSError as exc:
             raise BackingStoreError(
                 f"{self._what}: cannot create the directory or set its mode 0700: {exc}; "
@@ -236,7 +233,7 @@ class FileStore(BackingStore):
         # Records already dead-lettered by an earlier run (crash before commit): kept once.
         seqs: set[int] = set()
         try:
-            with open(self._dead_path, "rb") as f:
+            with os.fdopen(open_regular(self._dead_path, os.O_RDONLY), "rb") as f:
                 for line in f:
                     try:
                         item = orjson.loads(line)
