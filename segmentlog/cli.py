@@ -92,6 +92,7 @@ problem kinds (FORMAT.md, "Problem kinds reported by verify"):
     wrong_size            a segment file whose size differs from the others, not cut
                           short (another segment_size, or longer)
     quarantined_segment   NAME.seg.damaged: a segment set aside, bytes kept
+    moving_segment        NAME.seg.moving: the log stopped while renaming it; next open ends it
     foreign_file          a file segmentlog does not own (ignored, never deleted)
 
 exit status: 0 intact, 1 damage found, 2 could not verify (reason on stderr)

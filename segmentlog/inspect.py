@@ -52,12 +52,11 @@ from segmentlog._format import (
     SEGMENT_HEADER_SIZE,
     SPARE_NAME,
     TMP_SUFFIX,
-    frame_size,
     parse_segment_name,
 )
 from segmentlog.errors import ConfigError, CorruptionError
-from segmentlog.segment import header_problem, open_regular, special_files
-from segmentlog.walk import NO_LIMIT_SEQ, Damage, Walk, walk
+from segmentlog.segment import MOVING_SUFFIX, header_problem, open_regular, special_files
+from segmentlog.walk import NO_LIMIT_SEQ, Damage, Walk, torn_extent, walk
 
 QUARANTINE_SUFFIX = ".damaged"  # a segment set aside (by the log or by repair), bytes kept
 
@@ -82,7 +81,7 @@ DAMAGE_KINDS = frozenset({
 })
 INFO_KINDS = frozenset({
     "torn_tail", "repaired_damage", "consumed_gap", "checkpoint_ahead", "wrong_size",
-    "foreign_file", "quarantined_segment", "seq_overlap",
+    "foreign_file", "quarantined_segment", "seq_overlap", "moving_segment",
 })
 HEADER_KINDS = frozenset({
     "bad_header_crc", "bad_magic", "header_name_mismatch", "zero_header", "short_header",
@@ -362,21 +361,6 @@ def open_segment(path: str) -> Iterator[tuple[Any, os.stat_result]]:
             mm.close()
 
 
-def torn_extent(buf: Any, off: int, size: int) -> int:
-    """How many bytes from ``off`` belong to a torn frame: by its length field when that
-    is plausible, else up to the last non-zero byte (the rule SegmentLog's recovery uses
-    when it zeroes a torn tail)."""
-    if size - off >= 8:
-        length = int.from_bytes(buf[off + 4 : off + 8], "little")
-        extent = frame_size(length)
-        if extent <= size - off:
-            return extent
-    tail = bytes(buf[off:size]).rstrip(b"\0")
-    # Rounded up to whole 8-byte words, but never past the end of a file cut at an odd
-    # size: zeroing there would extend the file.
-    return min((len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1), size - off)
-
-
 def all_zero(data: bytes) -> bool:
     return not data.rstrip(b"\0")
 
@@ -473,7 +457,7 @@ def _walk_segment(
 
         def walk_all() -> Walk:
             return walk(buf, SEGMENT_HEADER_SIZE, size, start, max_records=NO_LIMIT_SEQ,
-                        end_seq=end_seq, max_seq=max_seq, collect=False)
+                        end_seq=end_seq, max_seq=max_seq, base=base, collect=False)
 
         w = walk_all()
         if last and w.damages:
@@ -733,6 +717,13 @@ def _file_problems(report: Report, directory: str, listing: Listing) -> None:
     for name, what in listing.special:
         add(_special_problem(name, what))
     for name in listing.foreign:
+        if name.endswith(MOVING_SUFFIX) and parse_segment_name(
+                name[: -len(MOVING_SUFFIX)]) is not None:
+            add(Problem("moving_segment", name, None,
+                        "a segment file the log was giving its header's name when it "
+                        "stopped: the next open finishes the move (its records are not "
+                        "read until then)"))
+            continue
         add(Problem("foreign_file", name, None,
                     "not a segmentlog file: the log ignores it (and never deletes it)"))
 

@@ -60,7 +60,6 @@ import logging
 import math
 import mmap
 import os
-import stat
 import threading
 import time
 from array import array
@@ -86,12 +85,14 @@ from segmentlog._format import (
 )
 from segmentlog.errors import (
     ConfigError,
+    CorruptionError,
     DurabilityError,
     LogClosedError,
     LogFullError,
     RecordTooLargeError,
 )
 from segmentlog.segment import (
+    MOVING_SUFFIX,
     encode_header,
     fsync_dir,
     header_problem,
@@ -101,7 +102,7 @@ from segmentlog.segment import (
     reserve_and_zero,
     take_lock,
 )
-from segmentlog.walk import NO_LIMIT_SEQ, Damage, walk
+from segmentlog.walk import NO_LIMIT_SEQ, Damage, torn_extent, walk
 
 log = logging.getLogger("segmentlog")
 
@@ -129,7 +130,6 @@ _COMMIT_GATHER_NS = 100_000
 _SETTLE = impl.COMMIT_SETTLE  # append's fast path: SETTLE - seq, appended as seq (_settle)
 _NEVER = 1 << 64  # above every sequence number: a follower no round covers (sync())
 _MARKER = FRAME_MARKER.to_bytes(4, "little")
-_MOVING = ".moving"  # a segment file being given its header's name (_restore_names)
 
 
 @dataclass(frozen=True)
@@ -472,7 +472,7 @@ class SegmentLog:
         """
         moves = []
         for name in names:
-            own = name[: -len(_MOVING)] if name.endswith(_MOVING) else name
+            own = name[: -len(MOVING_SUFFIX)] if name.endswith(MOVING_SUFFIX) else name
             base = parse_segment_name(own)
             if base is None:
                 continue
@@ -484,12 +484,12 @@ class SegmentLog:
         join = functools.partial(os.path.join, self.directory)
         for name, own, _ in moves:
             if name == own:
-                os.rename(join(own), join(own + _MOVING))
+                os.rename(join(own), join(own + MOVING_SUFFIX))
         fsync_dir(self.directory)
         for _, own, wants in moves:
             for target in (segment_name(wants), own, own + ".damaged"):
                 if not os.path.lexists(join(target)):
-                    os.rename(join(own + _MOVING), join(target))
+                    os.rename(join(own + MOVING_SUFFIX), join(target))
                     if target != own:
                         self._note(f"segment file {own} holds the segment of base {wants} "
                                    f"(its header says so): now named {target}")
@@ -573,7 +573,7 @@ class SegmentLog:
         elif w.stop == "torn":
             # A record cut short by a crash: its bytes end the log. Zero them so the next
             # append starts on clean space (counted, not damage: it was never acknowledged).
-            torn = self._torn_extent(seg.mm, end, size)
+            torn = torn_extent(seg.mm, end, size)
             seg.mm[end : end + torn] = bytes(torn)
             seg.mm.flush()
             self._counters["torn_tail_bytes"] += torn
@@ -583,7 +583,8 @@ class SegmentLog:
 
     def _walk_file(self, base: int) -> int:
         """The sequence number after the records of segment ``base`` (read, not mapped)."""
-        with open(os.path.join(self.directory, segment_name(base)), "rb") as f:
+        path = os.path.join(self.directory, segment_name(base))
+        with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
             data = f.read()
         return walk(data, SEGMENT_HEADER_SIZE, len(data), base, max_records=NO_LIMIT_SEQ,
                     base=base, collect=False).next_seq
@@ -596,18 +597,6 @@ class SegmentLog:
         fsync_dir(self.directory)
         self._segments.remove(base)
         self._note(f"segment {path} {why}: kept as {path}.damaged")
-
-    @staticmethod
-    def _torn_extent(buf: Any, off: int, size: int) -> int:
-        """How many bytes from ``off`` belong to the torn frame: by its length field when
-        that is plausible, else up to the last non-zero byte."""
-        if size - off >= 8:
-            length = int.from_bytes(buf[off + 4 : off + 8], "little")
-            extent = frame_size(length)
-            if extent <= size - off:
-                return extent
-        tail = bytes(buf[off:size]).rstrip(b"\0")
-        return (len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
 
     def _handle_odd_last_segment(self, path: str, base: int, size: int) -> int | None:
         """The last segment has the wrong size (damage, or another segment_size setting):
@@ -1272,8 +1261,7 @@ class SegmentLog:
         """fdatasync the segment file of ``base`` by name (lock not held); one consumed
         and deleted meanwhile holds nothing left to keep. (Names are never reused.)"""
         try:
-            fd = os.open(os.path.join(self.directory, segment_name(base)),
-                         os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(os.path.join(self.directory, segment_name(base)), os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
@@ -1831,12 +1819,10 @@ def _header_base(path: str) -> int | None:
     """The base a segment file's header names, if the header is sound (checksum, magic,
     version) and the base can be a segment name; None otherwise (or not a regular file)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
+        fd = open_regular(path, os.O_RDONLY)
+    except (OSError, CorruptionError):
+        return None  # not a regular file: the open refuses it (refuse_special_files)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         data = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
     finally:
         os.close(fd)

@@ -26,10 +26,12 @@ from typing import Any
 
 from segmentlog._backend import impl
 from segmentlog._format import (
+    FRAME_ALIGN,
     SCAN_BAD_SEQ,
     SCAN_OK,
     SCAN_STATUS_NAMES,
     SCAN_ZERO,
+    frame_size,
 )
 
 NO_LIMIT_SEQ = (1 << 64) - 1
@@ -160,3 +162,18 @@ def walk(
         out.damages.append(Damage(pos, at - pos, kind, seq, resume))
         pos, seq = at, resume
         out.end, out.next_seq = pos, seq
+
+
+def torn_extent(buf: Any, off: int, size: int) -> int:
+    """How many bytes from ``off`` belong to a torn frame: by its length field when that
+    is plausible, else up to the last non-zero byte (the one rule of SegmentLog's recovery,
+    which zeroes a torn tail, and of ``repair``)."""
+    if size - off >= 8:
+        length = int.from_bytes(buf[off + 4 : off + 8], "little")
+        extent = frame_size(length)
+        if extent <= size - off:
+            return extent
+    tail = bytes(buf[off:size]).rstrip(b"\0")
+    # Rounded up to whole 8-byte words, but never past the end of a file cut at an odd
+    # size: zeroing there would extend the file.
+    return min((len(tail) + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1), size - off)

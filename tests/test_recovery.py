@@ -484,3 +484,13 @@ def test_an_open_stopped_while_moving_names_finishes_the_move(logdir: str) -> No
     out, _ = reopen_and_read(logdir)
     check_intact(out, list(range(N)))
     assert os.path.exists(files[1])
+
+
+def test_verify_names_a_segment_left_mid_move(logdir: str) -> None:
+    from segmentlog.inspect import inspect
+
+    write_log(logdir, N)
+    files = segment_files(logdir)
+    os.rename(files[1], files[1] + ".moving")
+    kinds = {p.kind for p in inspect(logdir).all_problems()}
+    assert "moving_segment" in kinds and "foreign_file" not in kinds
