@@ -99,8 +99,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import logging
+import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -197,7 +200,7 @@ def connection_from_env(
                           "queue the audit events go to)")
     if len(queue_name.encode()) > 255:
         raise ConfigError(f"{queue_var} is longer than 255 bytes (an AMQP queue name)")
-    host = env.get(f"{prefix}_HOSTNAME") or "localhost"
+    host = _check_host(env.get(f"{prefix}_HOSTNAME") or "localhost", f"{prefix}_HOSTNAME")
     port_var = f"{prefix}_PORT"
     port_text = env.get(port_var) or "5672"
     try:
@@ -215,12 +218,67 @@ def connection_from_env(
     return url, queue_name
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
+
+
+def _check_host(host: str, variable: str) -> str:
+    """A DNS name or an IP address (an IPv6 one with or without brackets); anything
+    else (a URL, user info, a port, spaces) would be spliced into the broker URL."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(bare)
+        return bare
+    if _HOST_NAME.fullmatch(host):
+        return host
+    shown = host if len(host) <= 60 else host[:57] + "..."
+    raise ConfigError(f"invalid value for {variable}: {shown!r}; expected a host name or an "
+                      "IP address only (the port goes in _PORT, the user in _USERNAME)")
+
+
+#: Queue arguments whose value RabbitMQ requires to be an integer (checked here, with the
+#: variable's name: the broker would refuse the declaration on every connect instead,
+#: and events would pile up in the store behind a configuration error).
+_INT_QUEUE_ARGUMENTS = frozenset((
+    "x-queue-version", "x-max-length", "x-max-length-bytes", "x-message-ttl", "x-expires",
+    "x-max-priority", "x-delivery-limit", "x-quorum-initial-group-size",
+    "x-max-age-bytes", "x-stream-max-segment-size-bytes"))
+_STR_QUEUE_ARGUMENTS = frozenset((
+    "x-queue-type", "x-overflow", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+    "x-queue-mode", "x-queue-master-locator", "x-queue-leader-locator", "x-max-age",
+    "x-dead-letter-strategy"))
+
+
+def _check_queue_arguments(value: dict[str, Any], variable: str) -> None:
+    for key, item in value.items():
+        if not key.startswith("x-"):
+            raise ConfigError(f"{variable}: key {key!r} is not an x- argument (e.g. "
+                              "'x-queue-version', 'x-max-length')")
+        if key in _INT_QUEUE_ARGUMENTS:
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+                raise ConfigError(f"{variable}: {key!r} must be a JSON integer >= 0, got "
+                                  f"{item!r}")
+            if key == "x-queue-version" and item not in (1, 2):
+                raise ConfigError(f"{variable}: 'x-queue-version' must be 1 or 2, got {item}")
+        elif key == "x-single-active-consumer":
+            if not isinstance(item, bool):
+                raise ConfigError(f"{variable}: {key!r} must be true or false, got {item!r}")
+        elif key in _STR_QUEUE_ARGUMENTS:
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"{variable}: {key!r} must be a non-empty JSON string, "
+                                  f"got {item!r}")
+        elif (isinstance(item, float) and not math.isfinite(item)) or not isinstance(
+                item, str | int | float | bool):
+            raise ConfigError(f"{variable}: {key!r} must be a string, number or boolean, "
+                              f"got {item!r}")
+
+
 def queue_arguments_from_env(
     prefix: str, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any] | None:
     """``${prefix}_QUEUE_ARGUMENTS``: a JSON object of ``x-`` queue arguments, or None
-    when unset. Invalid JSON or not an object raises ConfigError naming the variable
-    (the Publisher checks the arguments themselves)."""
+    when unset. Invalid JSON, not an object, a key without ``x-`` or a value of the
+    wrong type for a known argument (``x-queue-version`` 1 or 2, ``x-max-length`` an
+    integer...) raises ConfigError naming the variable."""
     env = os.environ if environ is None else environ
     variable = f"{prefix}_QUEUE_ARGUMENTS"
     text = env.get(variable, "").strip()
@@ -234,7 +292,17 @@ def queue_arguments_from_env(
     if not isinstance(value, dict):
         raise ConfigError(f"{variable} must be a JSON object such as "
                           f'{{"x-queue-version": 2}}, got {type(value).__name__}')
+    _check_queue_arguments(value, variable)
     return value
+
+
+def _check_seconds(name: str, value: object, hint: str) -> float:
+    """A number of seconds >= 0 and finite, else ConfigError naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        raise ConfigError(f"Auditor: {name}={value!r} must be a finite number of seconds "
+                          f">= 0 {hint}")
+    return float(value)
 
 
 def _check_observer(observer: object) -> Observer:
@@ -436,10 +504,10 @@ class Auditor(AuditorBase):
                                  ("drain_batch_size", drain_batch_size, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"Auditor: {name}={value!r} must be an integer >= {low}")
-        if full_timeout is not None and full_timeout < 0:
-            raise ConfigError(f"Auditor: full_timeout={full_timeout!r} must be >= 0 or None")
-        if connect_wait < 0:
-            raise ConfigError(f"Auditor: connect_wait={connect_wait!r} must be >= 0")
+        if full_timeout is not None:
+            _check_seconds("full_timeout", full_timeout,
+                           "or None to block until there is room")
+        _check_seconds("connect_wait", connect_wait, "(0: do not wait)")
         if connection_url is not None:
             urls = [connection_url] if isinstance(connection_url, str) else list(connection_url)
             if not urls or not all(isinstance(u, str) and u for u in urls):

@@ -606,6 +606,31 @@ def test_bad_events_are_rejected_before_they_are_buffered(rabbitmq_url: str, que
     assert check_delivery(consume(rabbitmq_url, queue), [(good[0].id, wire(good[0]))]) == 0
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"full_timeout": float("nan")}, "full_timeout=nan must be a finite number"),
+        ({"full_timeout": float("inf")}, "full_timeout=inf .* or None to block"),
+        ({"full_timeout": "5"}, "full_timeout='5' must be a finite number"),
+        ({"full_timeout": -1}, "full_timeout=-1"),
+        ({"connect_wait": float("nan")}, "connect_wait=nan"),
+        ({"publisher_options": {"max_message_size": 0}}, "max_message_size"),
+    ],
+)
+def test_bad_numbers_raise_config_error_naming_the_setting(
+        rabbitmq_url: str, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name="q", **kwargs)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:s3cr3t-PW", "amqp://guest:s3cr3t-PW/%2F",
+                                 "amqp://guest:s3cr3t-PW@"])
+def test_a_url_without_host_is_refused_without_showing_the_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="host") as info:
+        Auditor(OBSERVER, connection_url=url, queue_name="q", connect_wait=0)
+    assert "s3cr3t" not in str(info.value)
+
+
 def test_write_ahead_rejects_bad_events_before_the_store(
         rabbitmq_url: str, queue: str, tmp_path: Path) -> None:
     store = FileStore(tmp_path / "buf")
@@ -638,6 +663,22 @@ def test_write_ahead_rejects_bad_events_before_the_store(
          "AUDIT_QUEUE_ARGUMENTS must be a JSON object"),
         ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"queue-version": 2}'},
          "'queue-version' is not an x- argument"),
+        # Issue 15: these were not checked (the host was spliced into the URL; a wrong
+        # argument type made the broker refuse every declaration: an endless outage).
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "rmq.example:5672"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "user@rmq.example"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "amqp://rmq"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "rmq example"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-queue-version": "2"}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-queue-version' must be a JSON integer"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-queue-version": 3}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-queue-version' must be 1 or 2"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-max-length": 1.5}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-max-length' must be a JSON integer"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-queue-type": 1}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-queue-type' must be a non-empty JSON string"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-custom": {"a": 1}}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-custom' must be a string, number or boolean"),
     ],
 )
 def test_bad_configuration_raises_config_error_naming_the_variable(
@@ -686,6 +727,10 @@ def test_auditor_that_fails_to_start_frees_its_label_on_a_shared_registry(
 def test_connection_from_env_uses_the_originals_defaults() -> None:
     assert connection_from_env("A", {"A_QUEUE_NAME": "audit"}) == (
         "amqp://guest:guest@localhost:5672/%2F", "audit")
+    for host, netloc in (("10.0.0.7", "10.0.0.7"), ("::1", "[::1]"), ("[fe80::1]", "[fe80::1]"),
+                         ("rmq-0.rmq.svc.cluster.local", "rmq-0.rmq.svc.cluster.local")):
+        url, _ = connection_from_env("A", {"A_QUEUE_NAME": "q", "A_HOSTNAME": host})
+        assert url == f"amqp://guest:guest@{netloc}:5672/%2F"
     url, _ = connection_from_env("A", {"A_QUEUE_NAME": "q", "A_HOSTNAME": "rmq.example",
                                        "A_PORT": "5673", "A_USERNAME": "svc",
                                        "A_PASSWORD": "p@ss/w:rd"})
