@@ -120,7 +120,7 @@ from prometheus_client import CollectorRegistry
 
 from .amqp import Publisher
 from .audit_metrics import AuditorMetrics
-from .cadf import Event, Observer, check_event_mapping, dump_event
+from .cadf import Event, Observer, _dump_constant, check_event_mapping, dump_event
 from .errors import (
     BackingStoreError,
     BackingStoreFull,
@@ -650,10 +650,11 @@ class Auditor(AuditorBase):
             else:
                 data = check_event_mapping(event, self._observer_dict)
                 mid = data["id"]
+            body = dump_event(data)  # refuses what JSON cannot carry, naming the field
             if self._write_ahead:
                 self._record_write_ahead(mid, data)
                 return
-            item = (mid, dump_event(data), time.monotonic())
+            item = (mid, body, time.monotonic())
         if len(self._queue) + len(self._pending) >= self._queue_size:
             self._wait_for_room()
         with self._lock:
@@ -925,7 +926,7 @@ class Auditor(AuditorBase):
             mid, body, t = queue.popleft()
             if isinstance(body, Event):
                 try:
-                    body = dump_event(body.wire_dict(observer))
+                    body = _dump_constant(body.wire_dict(observer))
                 except Exception as exc:  # a constant model always serialises; a bug
                     self.metrics.failed.inc()
                     LOG.error("auditor %r: event %r cannot be serialised (%s); dropped",

@@ -606,6 +606,48 @@ def test_bad_events_are_rejected_before_they_are_buffered(rabbitmq_url: str, que
     assert check_delivery(consume(rabbitmq_url, queue), [(good[0].id, wire(good[0]))]) == 0
 
 
+@pytest.mark.parametrize("write_ahead", [False, True])
+def test_values_json_cannot_carry_are_refused_by_record_naming_the_field(
+        rabbitmq_url: str, queue: str, tmp_path: Path, write_ahead: bool) -> None:
+    # Issue 15 item 8: NaN and infinity went out as null; a lone surrogate was accepted
+    # and dropped later on the delivery thread with a log line.
+    model = make_events(1)[0]
+    bad: list[tuple[Any, str]] = [
+        (dict(_mapping(1), ratio=float("nan")), "ratio"),
+        (dict(_mapping(1), initiator={"typeURI": "u", "id": "u-1", "name": "caf\udce9"}),
+         "initiator.name"),
+        (dict(_mapping(1), extra={"n": 2**70}), "extra.n"),
+        (dict(_mapping(1), extra={"blob": b"raw"}), "extra.blob"),
+        (dict(_mapping(1), extra={7: "seven"}), "extra[7]"),
+        (dataclasses.replace(model, id="", attachments=[
+            Attachment(type_uri="mime:application/json", content={"v": [float("inf")]})]),
+         "attachments[0].content.v[0]"),
+    ]
+    store = FileStore(tmp_path / "buf", registry=CollectorRegistry())
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     backing_store=store, write_ahead=write_ahead) as auditor:
+            for event, field in bad:
+                with pytest.raises(InvalidEventError) as info:
+                    auditor.record(event)
+                assert info.value.field == field, str(info.value)
+            assert _value(auditor, "segmentlog_auditor_recorded_events_total") == 0
+            assert store.log.stats()["next_seq"] == 0
+            auditor.record(model)
+            assert auditor.flush(30)
+    finally:
+        store.close()
+    assert check_delivery(consume(rabbitmq_url, queue), [(model.id, wire(model))]) == 0
+
+
+def test_a_model_holding_a_lone_surrogate_is_refused_when_built_not_dropped_later() -> None:
+    # A constant model is serialised on the delivery thread, where an error could only
+    # be logged: so it is checked when built.
+    with pytest.raises(InvalidEventError) as info:
+        dataclasses.replace(make_events(1)[0], request_path="/v1/\udc80")
+    assert info.value.field == "requestPath"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
