@@ -117,6 +117,57 @@ def test_record_that_is_not_json_is_dead_lettered_and_the_store_keeps_working(
     assert base64.b64decode(lines[1]["raw_base64"]) == b"[1, 2]"
 
 
+def test_a_foreign_segment_named_file_does_not_crash_the_drain_of_a_record_not_json(
+    tmp_path: Any,
+) -> None:
+    # Issue 15: "notes.seg" (not the log's: not 20 digits) made the dead-letter step
+    # raise a raw ValueError, and the read had already moved past the batch: the next
+    # read found nothing although the good record was still pending.
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json at all")
+        log.append(orjson.dumps(ev(1)))
+    with open(os.path.join(d, "notes.seg"), "wb") as f:
+        f.write(b"operator's notes, not JSON\n")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        bodies, ids, commit = store.read_encoded_up_to(10)
+        assert (bodies, ids) == ([orjson.dumps(ev(1))], ["event-1"])
+        assert commit is not None
+        commit()
+        assert store.pending() == 0
+    with open(os.path.join(d, JSON_DEADLETTER_NAME), "rb") as f:
+        [entry] = [orjson.loads(x) for x in f]
+    assert (entry["seq"], entry["segment"]) == (0, "00000000000000000000.seg")
+    assert base64.b64decode(entry["raw_base64"]) == b"not json at all"
+    with open(os.path.join(d, "notes.seg"), "rb") as f:
+        assert f.read() == b"operator's notes, not JSON\n"  # not ours: left alone
+
+
+def test_a_read_that_fails_while_dead_lettering_skips_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+        log.append(orjson.dumps(ev(1)))
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        real_open = os.open
+
+        def no_dead_letter_file(path: Any, *args: Any, **kw: Any) -> int:
+            if str(path).endswith(JSON_DEADLETTER_NAME):
+                raise OSError(errno.EROFS, "Read-only file system", path)
+            return real_open(path, *args, **kw)
+
+        monkeypatch.setattr(os, "open", no_dead_letter_file)
+        with pytest.raises(BackingStoreError, match="read failed"):
+            store.read_batch()
+        monkeypatch.undo()
+        # Read again from the same records: the bad one is kept, the good one read.
+        events, commit = store.read_batch()
+        assert [e["seq"] for e in events] == [1]
+        assert commit is not None
+
+
 def test_dead_lettered_record_is_not_kept_twice_after_a_restart(tmp_path: Any) -> None:
     d = str(tmp_path / "audit")
     with SegmentLog(d, segment_size=SMALL) as log:

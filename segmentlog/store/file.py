@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from .._format import parse_segment_name
 from ..errors import (
     BackingStoreError,
     BackingStoreFull,
@@ -321,12 +322,18 @@ class FileStore(BackingStore):
                     # fsynced): consume them and read on.
                     self._log.commit(batch)
                     self._forget_dead_below(batch.last_seq + 1)
-            except DurabilityError as exc:
+            except Exception as exc:
+                # The log's reader moved past the batch, and no commit was handed out to
+                # bring it back: rewind, so the next read starts from the same records
+                # (none is skipped because this read failed).
                 self._metrics.error("read")
-                raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
-            except OSError as exc:
-                self._metrics.error("read")
-                raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
+                try:
+                    self._log.rewind()
+                except Exception as again:  # the error below says the read failed
+                    exc.add_note(f"rewind after the failed read also failed: {again}")
+                if isinstance(exc, OSError | ValueError):
+                    raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
+                raise
             self._metrics.read(len(events))
 
             def do_commit() -> None:
@@ -386,8 +393,11 @@ class FileStore(BackingStore):
         return out
 
     def _dead_letter(self, bad: list[tuple[int | None, bytes, str]]) -> None:
+        # Only the log's own segment names: any other file here (a foreign notes.seg)
+        # is not ours and says nothing about where a record was.
         segments = sorted(
-            int(n.split(".")[0]) for n in os.listdir(self._directory) if n.endswith(".seg")
+            base for base in map(parse_segment_name, os.listdir(self._directory))
+            if base is not None
         )
         lines = []
         now = time.time()
