@@ -18,6 +18,7 @@ from segmentlog import SegmentLog
 from segmentlog.errors import (
     BackingStoreError,
     BackingStoreFull,
+    ConfigError,
     LogLockedError,
     RecordTooLargeError,
 )
@@ -327,3 +328,58 @@ def test_event_larger_than_a_segment_is_refused_naming_max_file_size(tmp_path: A
         with pytest.raises(RecordTooLargeError, match="max_file_size"):
             s.write_many([ev(0), {"blob": "x" * SMALL}])
         assert s.read_batch() == ([], None)  # neither the event nor its batch-mates
+
+
+# -- limits the Auditor reads (Rules 7 and 8 of base.py) --------------------------------------
+
+
+def test_max_event_size_is_a_segments_payload_and_one_byte_more_is_refused(
+    tmp_path: Any,
+) -> None:
+    with FileStore(str(tmp_path / "a"), max_file_size=SMALL, registry=CollectorRegistry()) as s:
+        limit = s.max_event_size
+        assert limit == s.log.max_record_size
+        skeleton = len(orjson.dumps({"x": ""}))
+        s.write({"x": "a" * (limit - skeleton)})
+        with pytest.raises(RecordTooLargeError):
+            s.write({"x": "a" * (limit - skeleton + 1)})
+
+
+@pytest.mark.parametrize("size", [10, 500, 3000])
+def test_room_is_a_lower_bound_of_the_events_that_still_fit(tmp_path: Any, size: int) -> None:
+    with FileStore(str(tmp_path / "a"), max_file_size=SMALL, max_total_size=4 * SMALL,
+                   registry=CollectorRegistry()) as s:
+        event = {"x": "a" * (size - len(orjson.dumps({"x": ""})))}
+        assert len(orjson.dumps(event)) == size
+        room = s.room(size)
+        assert room > 0
+        s.write_many([event] * room)  # every event room() promised fits
+        assert s.room(size) == 0 or s.room(size) < room
+        written = room
+        while True:  # and it erred low, not high
+            try:
+                s.write(event)
+            except BackingStoreFull:
+                break
+            written += 1
+        assert s.room(size) == 0
+        assert written >= room
+
+
+def test_the_base_store_does_not_know_its_limits() -> None:
+    class Custom(BackingStore):
+        def write(self, event: Any) -> None: ...
+        def read_batch(self, max_events: int | None = None) -> Any:
+            return [], None
+        def close(self) -> None: ...
+
+    assert Custom().max_event_size is None
+    assert Custom().room(100) is None
+
+
+@pytest.mark.parametrize("interval", [float("inf"), float("nan"), 0, -1, "0.5", True])
+def test_fsync_interval_must_be_a_finite_number_of_seconds(tmp_path: Any, interval: Any) -> None:
+    # inf was passed on to the log, whose flush thread then died (issue 15).
+    with pytest.raises(ConfigError, match="fsync_interval"):
+        FileStore(str(tmp_path / "a"), fsync="interval", fsync_interval=interval,
+                  registry=CollectorRegistry())

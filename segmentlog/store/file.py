@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from .._format import parse_segment_name
+from .._format import SEGMENT_HEADER_SIZE, frame_size, parse_segment_name
 from ..errors import (
     BackingStoreError,
     BackingStoreFull,
@@ -137,6 +137,12 @@ class FileStore(BackingStore):
         check_int(max_file_size, "max_file_size", minimum=1, unit="bytes")
         check_int(max_total_size, "max_total_size", minimum=0, unit="bytes; 0 = unlimited")
         self._batch_size = check_int(batch_size, "batch_size", minimum=1, unit="events")
+        if (isinstance(fsync_interval, bool) or not isinstance(fsync_interval, int | float)
+                or not 0 < fsync_interval < float("inf")):
+            # The log takes inf, and its flush thread then dies (issue 15): refused here.
+            raise ConfigError(
+                "file backing store: parameter 'fsync_interval' must be a finite number of "
+                f"seconds > 0, got {fsync_interval!r}")
         if fsync not in _FSYNC:
             raise ConfigError(
                 f"file backing store: parameter 'fsync' must be one of {', '.join(_FSYNC)}, "
@@ -213,6 +219,35 @@ class FileStore(BackingStore):
     @property
     def metrics_label(self) -> str:
         return self._metrics.label
+
+    def room(self, event_size: int) -> int:
+        """At least how many more events of ``event_size`` bytes fit (Rule 8 of
+        base.py): the rest of the active segment, plus whole segments up to
+        ``max_total_size`` and up to the free space of the device, each holding as many
+        frames of that size as fit (a segment's tail too short for one is not counted).
+        Segments prepared or recycled ahead are not counted: it errs low."""
+        with self._read_lock:
+            self._check_open()
+            try:
+                stats = self._log.stats()
+                device = os.statvfs(self._directory)
+            except OSError as exc:
+                raise BackingStoreError(f"{self._what}: cannot read the free space: "
+                                        f"{exc}") from exc
+        size = int(stats["segment_size"])
+        frame = frame_size(max(0, int(event_size)))
+        free = device.f_bavail * device.f_frsize // size
+        limit = stats["max_total_size"]
+        if limit:
+            free = min(free, max(0, int(limit) // size - int(stats["segments"])))
+        active = max(0, size - int(stats["write_offset"])) // frame
+        return int(active + free * ((size - SEGMENT_HEADER_SIZE) // frame))
+
+    @property
+    def max_event_size(self) -> int:
+        """A segment's payload (Rule 7 of base.py): the log refuses a larger record with
+        RecordTooLargeError. Raise ``max_file_size`` to store larger events."""
+        return int(self._log.max_record_size)
 
     # -- plumbing ---------------------------------------------------------------------
 
