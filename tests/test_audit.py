@@ -47,6 +47,7 @@ from segmentlog.errors import (
     ConfigError,
     InvalidEventError,
     LogClosedError,
+    UndeliveredEventsError,
 )
 from segmentlog.store import BackingStore, Commit, FileStore, MemoryStore
 
@@ -158,13 +159,18 @@ def test_a_constant_model_that_fails_to_serialise_is_counted_and_the_rest_delive
         return wire_dict(self, observer)
 
     monkeypatch.setattr(Event, "wire_dict", broken)
-    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
-        auditor.record(good[0])
-        auditor.record(bad)
-        auditor.record(good[1])
-        assert auditor.flush(30)
-        assert _value(auditor, "audittools_failed_submissions_total") == 1
-        assert _value(auditor, "audittools_successful_submissions_total") == 2
+    auditor = Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue)
+    auditor.record(good[0])
+    auditor.record(bad)
+    auditor.record(good[1])
+    # The rest is delivered; flush() does not claim the set-aside one was.
+    assert not auditor.flush(30)
+    assert _value(auditor, "audittools_failed_submissions_total") == 1
+    assert _value(auditor, "audittools_successful_submissions_total") == 2
+    # Set aside, not dropped: close() reports it (issue 15: nothing lost silently).
+    with pytest.raises(UndeliveredEventsError, match="cannot be serialised") as info:
+        auditor.close()
+    assert [mid for mid, _ in info.value.events] == [bad.id]
     monkeypatch.undo()
     assert check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in good]) == 0
     assert any("cannot be serialised" in r.getMessage() and bad.id in r.getMessage()
@@ -581,9 +587,14 @@ def test_close_with_memory_store_and_broker_down_reports_the_lost_events(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     proxy.refuse()
     auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue, connect_wait=0)
-    _record_all(auditor, make_events(50))
-    with caplog.at_level(logging.ERROR, logger="segmentlog.audit"):
+    recorded = _record_all(auditor, make_events(50))
+    with caplog.at_level(logging.ERROR, logger="segmentlog.audit"), \
+            pytest.raises(UndeliveredEventsError, match="memory store") as info:
         auditor.close(timeout=0.5)
+    # Reported to the caller with their bytes (a return value nobody checks, or a log
+    # line alone, would lose them silently), and counted.
+    assert info.value.count == 50
+    assert info.value.events == recorded
     assert _value(auditor, "segmentlog_auditor_undelivered_at_close_events_total") == 50
     assert "50 event(s) undelivered in the memory store" in caplog.text
 
