@@ -163,10 +163,44 @@ def test_a_read_that_fails_while_dead_lettering_skips_nothing(
         with pytest.raises(BackingStoreError, match="read failed"):
             store.read_batch()
         monkeypatch.undo()
-        # Read again from the same records: the bad one is kept, the good one read.
+        # Read again from the same records: the bad one is kept (not taken for "kept
+        # already" because the failed attempt had noted it), the good one read.
         events, commit = store.read_batch()
         assert [e["seq"] for e in events] == [1]
         assert commit is not None
+    with open(os.path.join(d, JSON_DEADLETTER_NAME), "rb") as f:
+        [entry] = [orjson.loads(x) for x in f]
+    assert base64.b64decode(entry["raw_base64"]) == b"not json"
+
+
+def test_a_symlinked_json_dead_letter_file_is_not_followed(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+        log.append(orjson.dumps(ev(1)))
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious\n")
+    os.symlink(target, os.path.join(d, JSON_DEADLETTER_NAME))
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        with pytest.raises(BackingStoreError, match=JSON_DEADLETTER_NAME):
+            store.read_batch()
+        os.unlink(os.path.join(d, JSON_DEADLETTER_NAME))
+        events, _ = store.read_batch()  # moved away: kept in a new file, read goes on
+        assert [e["seq"] for e in events] == [1]
+    assert target.read_bytes() == b"precious\n"
+
+
+def test_a_fifo_named_like_the_json_dead_letter_file_does_not_hang_the_store(
+    tmp_path: Any,
+) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+    os.mkfifo(os.path.join(d, JSON_DEADLETTER_NAME))
+    # Opening it to read the known entries would block forever.
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store, \
+            pytest.raises(BackingStoreError, match="not a regular file"):
+        store.read_batch()
 
 
 def test_dead_lettered_record_is_not_kept_twice_after_a_restart(tmp_path: Any) -> None:

@@ -41,8 +41,11 @@ from __future__ import annotations
 
 import base64
 import bisect
+import errno
+import logging
 import mmap
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +69,8 @@ from .memory import _dumps
 from .metrics import StoreMetrics
 
 _T = TypeVar("_T")
+
+LOG = logging.getLogger("segmentlog.store.file")
 
 
 def _event(raw: bytes, event: dict[str, Any]) -> dict[str, Any]:
@@ -272,16 +277,22 @@ class FileStore(BackingStore):
         # Records already dead-lettered by an earlier run (crash before commit): kept once.
         seqs: set[int] = set()
         try:
-            with open(self._dead_path, "rb") as f:
+            with open(self._open_dead_letter(os.O_RDONLY), "rb") as f:
                 for line in f:
                     try:
                         item = orjson.loads(line)
                     except orjson.JSONDecodeError:
                         continue  # a torn last line: that entry is written again
-                    if isinstance(item, dict) and isinstance(item.get("seq"), int):
-                        seqs.add(item["seq"])
+                    seq = item.get("seq") if isinstance(item, dict) else None
+                    if type(seq) is int:
+                        seqs.add(seq)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # A report, not state the store needs: without it an entry may be written
+            # twice after a restart, never lost. Writing to it will fail loudly.
+            LOG.warning("%s: cannot read %s (%s); records dead-lettered by an earlier "
+                        "run may be listed again", self._what, self._dead_path, exc)
         return seqs
 
     # -- writes -------------------------------------------------------------------------
@@ -435,6 +446,7 @@ class FileStore(BackingStore):
             if base is not None
         )
         lines = []
+        kept: list[int] = []
         now = time.time()
         for seq, raw, reason in bad:
             if seq is not None and seq in self._dead_seqs:
@@ -458,17 +470,38 @@ class FileStore(BackingStore):
                 + b"\n"
             )
             if seq is not None:
-                self._dead_seqs.add(seq)
+                kept.append(seq)
         self._metrics.error("read_unmarshal", len(bad))
         if not lines:
             return
         # fsynced before the batch can be committed: the bytes outlive their segment.
-        fd = os.open(self._dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open_dead_letter(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, b"".join(lines))
             os.fsync(fd)
         finally:
             os.close(fd)
+        # Known as kept only now: a failed write is retried by the next read (which
+        # starts again from the same records), not skipped as "kept already".
+        self._dead_seqs.update(kept)
+
+    def _open_dead_letter(self, flags: int) -> int:
+        """Open deadletter-json.jsonl itself: never through a symlink (appending to its
+        target), never a FIFO or device (opening one can block); either is an OSError
+        naming the path and the fix."""
+        problem = f"{self._dead_path} is not a regular file; move it away (the store " \
+                  "creates a new one)"
+        try:
+            fd = os.open(self._dead_path,
+                         flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
+                raise OSError(exc.errno, problem) from exc
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, problem)
+        return fd
 
     # -- metrics and closing -------------------------------------------------------------
 
