@@ -865,6 +865,12 @@ class Auditor(AuditorBase):
         return len(self._queue) + len(self._pending) + self._backlog_events
 
     @property
+    def max_event_size(self) -> int:
+        """Bytes of the largest serialised event ``record()`` accepts (Rule 5): the
+        smaller of the store's ``max_event_size`` and the broker's ``max_message_size``."""
+        return self._max_event_size
+
+    @property
     def publisher(self) -> Publisher:
         return self._publisher
 

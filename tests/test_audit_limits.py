@@ -122,6 +122,7 @@ def test_an_event_larger_than_a_segment_is_refused_at_record_and_the_rest_are_de
                 {**events[0].to_dict(OBSERVER.to_dict()), "id": None,
                  "requestPath": "/" + "z" * 2 * MIB},
             ]
+            assert auditor.max_event_size == store.max_event_size
             for event in too_large:
                 with pytest.raises(EventTooLargeError, match="max_file_size") as info:
                     auditor.record(event)
