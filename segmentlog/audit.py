@@ -4,12 +4,14 @@ Theory of operation
 -------------------
 ``record(event)`` runs on the caller's thread: it checks the event (a
 :class:`~segmentlog.cadf.Event` is checked when built; a mapping gets a structural
-check), serialises it once with orjson, appends ``(id, bytes, time)`` to a bounded
-in-process queue and returns. A model that cannot change after it is built
-(:attr:`~segmentlog.cadf.Event.constant`: no attachment holding a container) is queued
-as it is and serialised by the delivery thread when it takes it: the same bytes, and
-the caller no longer pays for them (record() 5.3-5.8 -> 1.3-1.6 us on this VM,
-benchmarks/README.md). One delivery thread does everything else, in order:
+check; what JSON cannot carry, NaN included, is refused naming the field),
+serialises it once with orjson, checks its size (Rule 5), appends
+``(id, bytes, time)`` to a bounded in-process queue and returns. A model that cannot
+change after it is built (:attr:`~segmentlog.cadf.Event.constant`: no attachment
+holding a container) is queued as it is and serialised by the delivery thread when it
+takes it: the same bytes, and the caller no longer pays for them (record() 5.3-5.8 ->
+1.3-1.6 us on this VM, benchmarks/README.md). One delivery thread does everything
+else, in order:
 
 * **Direct**: with no backlog and the broker up, it takes queued events in arrival
   order and publishes them in confirmed batches (``Publisher.publish_batch``).
@@ -31,22 +33,39 @@ Rule 1: order. Events reach the broker in the order ``record()`` accepted them (
         occurrences; see Rule 3). The in-memory events the delivery thread holds are
         always newer than everything in the store, so they are only ever appended
         behind it or published when the store is empty.
-Rule 2: nothing is dropped. An event leaves the queue only into a confirmed publish or
-        the store; a drained batch is committed only when every event of it was
-        confirmed. The one exception is stated where it happens: ``close()`` with a
-        non-durable store (memory) or a store that refuses the rest; the events lost
-        are logged and counted (``segmentlog_auditor_undelivered_at_close_events``).
+Rule 2: nothing is dropped silently. An event leaves the queue only into a confirmed
+        publish or the store; a drained batch is committed only when every event of it
+        was confirmed. What can be neither (an owned memory store's events at
+        ``close()``, a store that refused events until the end, one event a store
+        refuses alone) is *set aside*: logged, counted
+        (``segmentlog_auditor_undelivered_at_close_events``) and handed to the caller:
+        ``close()`` raises :class:`~segmentlog.errors.UndeliveredEventsError` with
+        each event's id and bytes, after closing everything else.
 Rule 3: at-least-once. An event whose confirm never came (connection lost with it in
         flight) is sent again, so consumers dedupe by ``message_id`` (= event id). A
         drained batch whose confirmed prefix was cut short is read again; its events
         that were already confirmed are skipped, not resent, while this process lives.
-Rule 4: only "full" is backpressure. A full store (``BackingStoreFull``) or a failing
-        one keeps events in memory; the queue then fills and ``record()`` blocks until
-        the delivery thread frees room (or raises after ``full_timeout``). It clears
-        itself: every commit retries the store at once, a failing store is retried
-        with a capped backoff. Nothing else makes ``record()`` wait, except a publish
-        stuck on a silently dead connection (until ``liveness_timeout``, 4 s by
-        default) filling all ``queue_size`` slots.
+Rule 4: only the store's room is backpressure. ``record()`` holds at most
+        ``queue_size`` events in memory, and with a durable store no more than the
+        store has room for (``BackingStore.room``, read after every write and commit):
+        what it accepts can still be stored if the broker goes away. A store that
+        refuses what the delivery thread holds (``BackingStoreFull``, or failing)
+        stops ``record()`` at once, whatever the count. ``record()`` then blocks until
+        there is room (or raises after ``full_timeout``). It clears itself: every
+        commit retries the store at once, a failing store is retried with a capped
+        backoff. ``close()`` waits up to its timeout for the broker while the store
+        refuses events it holds. Nothing else makes ``record()`` wait, except a
+        publish stuck on a silently dead connection (until ``liveness_timeout``, 4 s
+        by default) filling all ``queue_size`` slots. (A store that cannot tell its
+        room, ``room() -> None``, is only known full when it refuses: the events
+        accepted meanwhile are what ``close()`` may have to report.)
+Rule 5: an event is refused in ``record()`` (``EventTooLargeError``, an
+        ``InvalidEventError``) when it is larger than the store's ``max_event_size``
+        or the broker's ``max_message_size``: it could never be kept, and a batch
+        holding it would be refused whole. A constant model is measured by its
+        ``size_bound`` (no serialisation unless the bound is over the limit). An event
+        a store still refuses alone is set aside (Rule 2); its neighbours are stored
+        (the batch is split).
 
 The delivery thread is the only reader of the store, and (without write-ahead) its only
 writer. The auditor never publishes from the caller's thread and never commits a batch
@@ -99,8 +118,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import logging
+import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -117,14 +139,16 @@ from prometheus_client import CollectorRegistry
 
 from .amqp import Publisher
 from .audit_metrics import AuditorMetrics
-from .cadf import Event, Observer, check_event_mapping, dump_event
+from .cadf import Event, Observer, _dump_constant, check_event_mapping, dump_event
 from .errors import (
     BackingStoreError,
     BackingStoreFull,
     BrokerUnavailableError,
     ConfigError,
+    EventTooLargeError,
     InvalidEventError,
     LogClosedError,
+    UndeliveredEventsError,
 )
 from .store import BackingStore, BackingStoreFactory, create_backing_store
 from .store.memory import MemoryStore
@@ -153,6 +177,7 @@ _METRICS_EVERY = 5.0
 _LATENCY_TRACKED = 200_000  # most record times kept for events routed through the store
 _SPILL_MAX = 10_000  # most events moved from the queue to the store in one write
 _EXIT_TIMEOUT = 5.0  # close() at interpreter exit, for auditors nobody closed
+_TYPICAL_EVENT = 1024  # bytes assumed per event for the store's room until one is seen
 
 #: Default ``drain_batch_size``: events per store batch while draining. Measured with a
 #: 100k-event file-store backlog drained by an Auditor, 4 interleaved rounds, rate as a
@@ -197,7 +222,7 @@ def connection_from_env(
                           "queue the audit events go to)")
     if len(queue_name.encode()) > 255:
         raise ConfigError(f"{queue_var} is longer than 255 bytes (an AMQP queue name)")
-    host = env.get(f"{prefix}_HOSTNAME") or "localhost"
+    host = _check_host(env.get(f"{prefix}_HOSTNAME") or "localhost", f"{prefix}_HOSTNAME")
     port_var = f"{prefix}_PORT"
     port_text = env.get(port_var) or "5672"
     try:
@@ -215,12 +240,67 @@ def connection_from_env(
     return url, queue_name
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
+
+
+def _check_host(host: str, variable: str) -> str:
+    """A DNS name or an IP address (an IPv6 one with or without brackets); anything
+    else (a URL, user info, a port, spaces) would be spliced into the broker URL."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(bare)
+        return bare
+    if _HOST_NAME.fullmatch(host):
+        return host
+    shown = host if len(host) <= 60 else host[:57] + "..."
+    raise ConfigError(f"invalid value for {variable}: {shown!r}; expected a host name or an "
+                      "IP address only (the port goes in _PORT, the user in _USERNAME)")
+
+
+#: Queue arguments whose value RabbitMQ requires to be an integer (checked here, with the
+#: variable's name: the broker would refuse the declaration on every connect instead,
+#: and events would pile up in the store behind a configuration error).
+_INT_QUEUE_ARGUMENTS = frozenset((
+    "x-queue-version", "x-max-length", "x-max-length-bytes", "x-message-ttl", "x-expires",
+    "x-max-priority", "x-delivery-limit", "x-quorum-initial-group-size",
+    "x-max-age-bytes", "x-stream-max-segment-size-bytes"))
+_STR_QUEUE_ARGUMENTS = frozenset((
+    "x-queue-type", "x-overflow", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+    "x-queue-mode", "x-queue-master-locator", "x-queue-leader-locator", "x-max-age",
+    "x-dead-letter-strategy"))
+
+
+def _check_queue_arguments(value: dict[str, Any], variable: str) -> None:
+    for key, item in value.items():
+        if not key.startswith("x-"):
+            raise ConfigError(f"{variable}: key {key!r} is not an x- argument (e.g. "
+                              "'x-queue-version', 'x-max-length')")
+        if key in _INT_QUEUE_ARGUMENTS:
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+                raise ConfigError(f"{variable}: {key!r} must be a JSON integer >= 0, got "
+                                  f"{item!r}")
+            if key == "x-queue-version" and item not in (1, 2):
+                raise ConfigError(f"{variable}: 'x-queue-version' must be 1 or 2, got {item}")
+        elif key == "x-single-active-consumer":
+            if not isinstance(item, bool):
+                raise ConfigError(f"{variable}: {key!r} must be true or false, got {item!r}")
+        elif key in _STR_QUEUE_ARGUMENTS:
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"{variable}: {key!r} must be a non-empty JSON string, "
+                                  f"got {item!r}")
+        elif (isinstance(item, float) and not math.isfinite(item)) or not isinstance(
+                item, str | int | float | bool):
+            raise ConfigError(f"{variable}: {key!r} must be a string, number or boolean, "
+                              f"got {item!r}")
+
+
 def queue_arguments_from_env(
     prefix: str, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any] | None:
     """``${prefix}_QUEUE_ARGUMENTS``: a JSON object of ``x-`` queue arguments, or None
-    when unset. Invalid JSON or not an object raises ConfigError naming the variable
-    (the Publisher checks the arguments themselves)."""
+    when unset. Invalid JSON, not an object, a key without ``x-`` or a value of the
+    wrong type for a known argument (``x-queue-version`` 1 or 2, ``x-max-length`` an
+    integer...) raises ConfigError naming the variable."""
     env = os.environ if environ is None else environ
     variable = f"{prefix}_QUEUE_ARGUMENTS"
     text = env.get(variable, "").strip()
@@ -234,7 +314,27 @@ def queue_arguments_from_env(
     if not isinstance(value, dict):
         raise ConfigError(f"{variable} must be a JSON object such as "
                           f'{{"x-queue-version": 2}}, got {type(value).__name__}')
+    _check_queue_arguments(value, variable)
     return value
+
+
+def _check_seconds(name: str, value: object, hint: str) -> float:
+    """A number of seconds >= 0 and finite, else ConfigError naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        raise ConfigError(f"Auditor: {name}={value!r} must be a finite number of seconds "
+                          f">= 0 {hint}")
+    return float(value)
+
+
+def _store_limit(store: BackingStore) -> int | None:
+    """The store's ``max_event_size`` (Rule 7 of segmentlog.store.base), checked."""
+    limit = store.max_event_size
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ConfigError(f"Auditor: the backing store's max_event_size is {limit!r}; it "
+                          f"must be an integer >= 1 or None ({type(store).__name__})")
+    return limit
 
 
 def _check_observer(observer: object) -> Observer:
@@ -436,10 +536,10 @@ class Auditor(AuditorBase):
                                  ("drain_batch_size", drain_batch_size, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"Auditor: {name}={value!r} must be an integer >= {low}")
-        if full_timeout is not None and full_timeout < 0:
-            raise ConfigError(f"Auditor: full_timeout={full_timeout!r} must be >= 0 or None")
-        if connect_wait < 0:
-            raise ConfigError(f"Auditor: connect_wait={connect_wait!r} must be >= 0")
+        if full_timeout is not None:
+            _check_seconds("full_timeout", full_timeout,
+                           "or None to block until there is room")
+        _check_seconds("connect_wait", connect_wait, "(0: do not wait)")
         if connection_url is not None:
             urls = [connection_url] if isinstance(connection_url, str) else list(connection_url)
             if not urls or not all(isinstance(u, str) and u for u in urls):
@@ -487,6 +587,12 @@ class Auditor(AuditorBase):
             raise
         self._store = store
         self._durable_store = not isinstance(store, MemoryStore)
+        try:
+            store_limit = _store_limit(store)
+        except BaseException:
+            self._close_store()
+            self.metrics.release()
+            raise
 
         options: dict[str, Any] = {"heartbeat": 2, "backoff_max": 0.5,
                                    "window": DRAIN_WINDOW, "metrics_name": self.metrics.label}
@@ -508,6 +614,19 @@ class Auditor(AuditorBase):
             self._close_store()
             self.metrics.release()
             raise
+        # The largest event that can ever be stored and published (Rule 5): record()
+        # refuses a larger one, which would otherwise hold up every event with it.
+        self._max_event_size = min(store_limit or self._publisher.max_message_size,
+                                   self._publisher.max_message_size)
+        self._max_event_setting = (
+            "the backing store's max_event_size (file store: raise max_file_size)"
+            if store_limit is not None and store_limit < self._publisher.max_message_size
+            else "the broker's max_message_size (publisher_options['max_message_size'])")
+        # A constant model whose size bound is at most this is queued unserialised: the
+        # limit less what the auditor's own observer may add to it (key and comma too;
+        # for a model with its own observer this errs low: it is measured instead).
+        self._model_size_limit = (self._max_event_size
+                                  - len(orjson.dumps(self._observer_dict)) - 16)
 
         # Shared between record() and the delivery thread.
         self._queue: deque[_Queued] = deque()
@@ -523,6 +642,19 @@ class Auditor(AuditorBase):
         self._delivered_upto = -1
         self._store_full = False
         self._store_error: str | None = None
+        # Set by the delivery thread while the store refuses events it holds (full or
+        # failing): record() then accepts nothing more into memory (Rule 4).
+        self._refused = False
+        # Most events record() holds in memory (Rule 4): queue_size, or fewer while a
+        # durable store has room for fewer (_room_limit, from _update_room), or 0 while
+        # the store refuses what the delivery thread holds. One number, so record()
+        # checks one condition.
+        self._room_limit = queue_size
+        self._memory_limit = queue_size
+        self._largest_event = _TYPICAL_EVENT  # bytes, the largest serialised so far
+        # Events the auditor could neither deliver nor store: reported by close().
+        self._lost: list[tuple[str, bytes]] = []
+        self._lost_reasons: list[str] = []
         self._t_record: dict[str, float] = {}
         self._stopping = False
         self._deadline = 0.0
@@ -542,6 +674,7 @@ class Auditor(AuditorBase):
         self._drain_next = min(_FIRST_DRAIN_BATCH, drain_batch_size)
         self._next_metrics = 0.0
 
+        self._update_room()  # an earlier run may have left the store (nearly) full
         self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
                                         daemon=True)
         try:
@@ -558,7 +691,9 @@ class Auditor(AuditorBase):
         def close_at_exit() -> None:
             auditor = ref()
             if auditor is not None:
-                auditor.close(timeout=_EXIT_TIMEOUT)
+                # Nobody is left to catch it at exit: the loss is logged and counted.
+                with contextlib.suppress(UndeliveredEventsError):
+                    auditor.close(timeout=_EXIT_TIMEOUT)
 
         self._close_at_exit = close_at_exit
         atexit.register(close_at_exit)
@@ -566,14 +701,18 @@ class Auditor(AuditorBase):
     # ------------------------------------------------------------------ caller side
     def record(self, event: EventLike) -> None:
         """Accept ``event``; returns without waiting for the broker (see Rule 4 for when
-        it blocks). Raises InvalidEventError for an event that is not valid CADF,
+        it blocks). Raises InvalidEventError naming the field for an event that is not
+        valid CADF or not JSON (NaN, a lone surrogate, bytes...), EventTooLargeError (an
+        InvalidEventError) for one larger than the store or broker can take (Rule 5),
         LogClosedError after close(), BackingStoreFull / BackingStoreError after
         ``full_timeout`` of a full / failing buffer."""
         item: _Queued
-        if type(event) is Event and event.constant and not self._write_ahead:
+        if (type(event) is Event and event.constant and not self._write_ahead
+                and event.size_bound <= self._model_size_limit):
             # Nothing in it can change: the delivery thread serialises it (_take), to
-            # the bytes this thread would make (Rule 3 of segmentlog.cadf). Not for a
-            # subclass, which may add state of its own.
+            # the bytes this thread would make (Rule 3 of segmentlog.cadf). Its fields
+            # were checked when it was built, and its size bound fits (Rule 5). Not for
+            # a subclass, which may add state of its own.
             item = (event.id, event, time.monotonic())
         else:
             if isinstance(event, Event):
@@ -582,11 +721,14 @@ class Auditor(AuditorBase):
             else:
                 data = check_event_mapping(event, self._observer_dict)
                 mid = data["id"]
+            body = dump_event(data)  # refuses what JSON cannot carry, naming the field
+            if len(body) > self._max_event_size:
+                raise self._too_large(mid, len(body))
             if self._write_ahead:
                 self._record_write_ahead(mid, data)
                 return
-            item = (mid, dump_event(data), time.monotonic())
-        if len(self._queue) + len(self._pending) >= self._queue_size:
+            item = (mid, body, time.monotonic())
+        if len(self._queue) + len(self._pending) >= self._memory_limit:
             self._wait_for_room()
         with self._lock:
             if self._closed:
@@ -597,6 +739,13 @@ class Auditor(AuditorBase):
         if self._idle:
             self._idle = False
             self._wake.set()
+
+    def _too_large(self, mid: str, size: int) -> EventTooLargeError:
+        return EventTooLargeError(
+            f"auditor {self.queue_name!r}: event {mid} is {size} bytes serialised, larger "
+            f"than the {self._max_event_size} bytes it could ever be stored or published "
+            f"in ({self._max_event_setting}); it was not recorded. Send less (e.g. large "
+            "content by reference) or raise that limit")
 
     def _blocked_error(self, waited: float) -> Exception:
         if self._store_error is not None and not self._store_full:
@@ -615,7 +764,7 @@ class Auditor(AuditorBase):
         with self._room:
             self._waiters += 1
             try:
-                while (len(self._queue) + len(self._pending) >= self._queue_size
+                while (len(self._queue) + len(self._pending) >= self._memory_limit
                        and not self._closed):
                     now = time.monotonic()
                     if deadline is not None and now >= deadline:
@@ -694,7 +843,9 @@ class Auditor(AuditorBase):
         """Wait until every event recorded so far, and any backlog an earlier run left in
         the store, was confirmed by the broker.
 
-        Returns False if ``timeout`` passed first (events stay queued or buffered).
+        Returns False if ``timeout`` passed first (events stay queued or buffered), and
+        when an event was set aside (Rule 2: it will never be confirmed; ``close()``
+        reports it).
         """
         with self._lock:
             target = self._accepted
@@ -706,12 +857,18 @@ class Auditor(AuditorBase):
                 if remaining <= 0 or not self._thread.is_alive():
                     return False
                 self._settled.wait(min(remaining, 0.1))
-        return True
+        return not self._lost
 
     @property
     def backlog(self) -> int:
         """Events the delivery thread holds in memory or in the store (an estimate)."""
         return len(self._queue) + len(self._pending) + self._backlog_events
+
+    @property
+    def max_event_size(self) -> int:
+        """Bytes of the largest serialised event ``record()`` accepts (Rule 5): the
+        smaller of the store's ``max_event_size`` and the broker's ``max_message_size``."""
+        return self._max_event_size
 
     @property
     def publisher(self) -> Publisher:
@@ -724,7 +881,14 @@ class Auditor(AuditorBase):
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting events; deliver what the broker takes within ``timeout`` s and
         persist the rest in the store (a durable store keeps it for the next run);
-        close the publisher, and the store if the auditor created it. Idempotent."""
+        close the publisher, and the store if the auditor created it. Idempotent.
+
+        Raises :class:`~segmentlog.errors.UndeliveredEventsError` (after closing
+        everything) when recorded events were neither delivered nor stored: the store
+        refused them (full or failing) and the broker stayed away until ``timeout``,
+        the store refused one alone, or an owned memory store still held them. The
+        error carries their ids and bytes; nothing else is lost silently.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -749,6 +913,29 @@ class Auditor(AuditorBase):
                 # Frees the ``auditor`` label (and drops its gauges) for a successor on
                 # a shared registry; the counters stay.
                 self.metrics.release()
+        if self._lost:
+            lost = list(self._lost)
+            reasons = "; ".join(self._lost_reasons)
+            raise UndeliveredEventsError(
+                f"auditor {self.queue_name!r}: {len(lost)} recorded event(s) were neither "
+                f"delivered nor stored (e.g. {reasons}); their ids and bytes are on this "
+                "error's .events: keep them elsewhere. A durable store with room for an "
+                "outage keeps them next time", lost)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except UndeliveredEventsError as error:
+            if exc is None:
+                raise
+            # The block's own exception goes on (it may be why events were left); the
+            # loss rides along on it and was logged.
+            exc.add_note(str(error))
 
     def _close_store(self) -> None:
         if self._owns_store:
@@ -780,6 +967,7 @@ class Auditor(AuditorBase):
                           exc_info=True)
             # Also between writes and commits: other writers of a shared store show up.
             self._sync_backlog(self._backlog_events)
+            self._update_room()
 
     def _settle(self, snapshot: int) -> None:
         if snapshot > self._delivered_upto or self._delivered_upto < 0:
@@ -795,15 +983,21 @@ class Auditor(AuditorBase):
             return True
         if not self._queue and not self._pending and not self._backlog:
             return True
+        if not self._durable_store or self._publisher.is_available():
+            return False  # deliver (a memory store would lose the rest: wait for it)
         # A durable store keeps the rest for the next run: no need to wait for a broker
-        # that is down. A memory store loses it, so wait (up to the deadline) for one.
-        return self._durable_store and not self._publisher.is_available()
+        # that is down, once everything held in memory is in it. What the store refuses
+        # has only the broker left: wait for it (up to the deadline).
+        self._take(len(self._queue))
+        return self._spill()
 
     def _run_queue(self) -> None:
         pending = self._pending
         publisher = self._publisher
         while True:
             self._tick_metrics()
+            if self._refused and not pending:
+                self._set_refused(False)  # what the store refused was published
             snapshot = self._accepted
             if self._backlog:
                 self._take(_SPILL_MAX - len(pending))
@@ -857,12 +1051,18 @@ class Auditor(AuditorBase):
             mid, body, t = queue.popleft()
             if isinstance(body, Event):
                 try:
-                    body = dump_event(body.wire_dict(observer))
+                    body = _dump_constant(body.wire_dict(observer))
                 except Exception as exc:  # a constant model always serialises; a bug
+                    # Its fields were checked when it was built, so nothing can publish
+                    # or store it: set aside and reported by close(), not lost silently.
                     self.metrics.failed.inc()
-                    LOG.error("auditor %r: event %r cannot be serialised (%s); dropped",
-                              self.queue_name, mid, exc)
+                    LOG.error("auditor %r: event %r cannot be serialised (%s); set aside "
+                              "(close() reports it)", self.queue_name, mid, exc)
+                    self._set_aside(mid, repr(body).encode("utf-8", "backslashreplace"),
+                                    f"cannot be serialised ({exc})")
                     continue
+            if len(body) > self._largest_event:
+                self._largest_event = len(body)
             pending.append((mid, body, t))
             moved += 1
 
@@ -909,18 +1109,25 @@ class Auditor(AuditorBase):
             self._spill()
 
     def _spill(self) -> bool:
-        """Append every pending event to the store, oldest first; True when all went."""
+        """Append every pending event to the store, oldest first; True when all went.
+
+        A store that refuses the list is asked again with halves of it: "full" fills
+        the store to its limit, in order, and keeps the rest; one event refused alone
+        (Rule 2 of the stores: TypeError, or a ValueError such as RecordTooLargeError)
+        is set aside and reported, and the events around it are stored (Rule 5).
+        """
         pending = self._pending
         if not pending:
+            self._set_refused(False)
             return True
         now = time.monotonic()
         if now < self._retry_store_at and not self._stopping:
             return False
         items = list(pending)
-        written = 0
+        done = 0  # events of items that left pending (stored or set aside)
         chunk = len(items)
-        while written < len(items):
-            part = items[written:written + chunk]
+        while done < len(items):
+            part = items[done:done + chunk]
             try:
                 self._store.write_many([orjson.loads(body) for _, body, _ in part])
             except BackingStoreFull:
@@ -932,7 +1139,22 @@ class Auditor(AuditorBase):
                 # space by itself (e.g. shared with another consumer).
                 self._retry_store_at = now + 1.0
                 break
-            except (BackingStoreError, OSError, ValueError) as exc:
+            except (TypeError, ValueError) as exc:
+                if len(part) > 1:
+                    chunk = max(1, len(part) // 2)  # find the event the store refuses
+                    continue
+                # This one event can never be stored (and is not what made others
+                # wait): set aside alone, reported by close(), so the rest are kept.
+                mid, body, _ = part[0]
+                self.metrics.failed.inc()
+                LOG.error("auditor %r: the backing store refuses event %r (%s); set aside, "
+                          "the events around it are stored (close() reports it)",
+                          self.queue_name, mid, exc)
+                self._set_aside(mid, body, f"refused by the backing store ({exc})")
+                done += 1
+                chunk = len(items) - done  # the rest whole again
+                continue
+            except (BackingStoreError, OSError) as exc:
                 # Not "full": kept in memory and retried with a capped backoff (Rule 4).
                 self._store_failures += 1
                 delay = min(5.0, 0.1 * 2 ** min(self._store_failures, 10))
@@ -940,22 +1162,68 @@ class Auditor(AuditorBase):
                 if self._store_error is None or self._store_failures in (1, 10, 100):
                     LOG.error("auditor %r: backing store write failed (%s); %d event(s) kept "
                               "in memory, retrying in %.1f s", self.queue_name, exc,
-                              len(items) - written, delay)
+                              len(items) - done, delay)
                 self._store_error = str(exc)
                 break
             for mid, _, t in part:
                 self._track(mid, t)
-            written += len(part)
+            done += len(part)
             self._backlog = True
             self._sync_backlog(self._backlog_events + len(part))
             self._store_failures = 0
             self._store_error = None
             self._set_full(False)
-        for _ in range(written):
+        for _ in range(done):
             pending.popleft()
-        if written:
+        # Events the store would not take stay in memory: record() takes no more
+        # until they are placed (Rule 4), so memory never holds what cannot be kept
+        # beyond what was accepted before the store said no.
+        self._set_refused(bool(pending))
+        self._update_room()
+        if done:
             self._notify_room()
         return not pending
+
+    def _update_room(self) -> None:
+        """Hold no more events in memory than the store has room for (Rule 4), so what
+        record() accepts can still be stored if the broker goes away. A memory store
+        is lossy anyway and keeps queue_size (its room would only slow a healthy
+        broker's traffic); a store that cannot tell keeps it too."""
+        if not self._durable_store:
+            return
+        try:
+            room = self._store.room(self._largest_event)
+        except Exception as exc:  # a reading: the refusal flag still stops record()
+            LOG.debug("auditor %r: store.room() failed (%s)", self.queue_name, exc)
+            room = None
+        if room is None or isinstance(room, bool) or not isinstance(room, int):
+            limit = self._queue_size
+        else:
+            # Every event in memory (queued or held by the delivery thread) is compared
+            # with this: all of them must fit in the store.
+            limit = min(self._queue_size, max(0, room))
+        if limit != self._room_limit:
+            self._room_limit = limit
+            self._apply_limit()
+
+    def _apply_limit(self) -> None:
+        limit = 0 if self._refused else self._room_limit
+        if limit != self._memory_limit:
+            grew = limit > self._memory_limit
+            self._memory_limit = limit
+            if grew:
+                self._notify_room()
+
+    def _set_refused(self, refused: bool) -> None:
+        if refused != self._refused:
+            self._refused = refused
+            self._apply_limit()
+
+    def _set_aside(self, mid: str, body: bytes, reason: str) -> None:
+        """An accepted event nothing can deliver or store: kept for close()'s report."""
+        self._lost.append((mid, body))
+        if len(self._lost_reasons) < 3:
+            self._lost_reasons.append(f"{mid}: {reason}")
 
     def _drain_once(self) -> str:
         """Publish the store's oldest batch; commit it when all of it was confirmed.
@@ -1011,6 +1279,7 @@ class Auditor(AuditorBase):
         self._sync_backlog(self._backlog_events - n)
         # Space freed: retry a refused write now and wake record() calls waiting for it.
         self._retry_store_at = 0.0
+        self._update_room()
         self._notify_room()
         return "done"
 
@@ -1078,20 +1347,34 @@ class Auditor(AuditorBase):
                 self._spill()
             if self._pending:
                 lost = len(self._pending)
-                self.metrics.undelivered_at_close.inc(lost)
+                reason = f"the backing store refused them ({self._store_error or 'full'})"
                 LOG.error("auditor %r: closing with %d event(s) neither delivered nor stored "
-                          "(store: %s); they are lost", self.queue_name, lost,
-                          self._store_error or "full")
+                          "(store: %s); close() raises UndeliveredEventsError with them",
+                          self.queue_name, lost, self._store_error or "full")
+                for mid, body, _ in self._pending:
+                    self._set_aside(mid, body, reason)
                 self._pending.clear()
-        if not self._durable_store and self._owns_store:
-            left = len(self._store) if isinstance(self._store, MemoryStore) else 0
+        if not self._durable_store and self._owns_store and isinstance(self._store,
+                                                                        MemoryStore):
+            left = len(self._store)
             if left:
-                # The memory store dies with the auditor: these events are lost (the
-                # store is documented as lossy; a durable store keeps them).
-                self.metrics.undelivered_at_close.inc(left)
+                # The memory store dies with the auditor: these events are not kept (the
+                # store is documented as lossy; a durable store keeps them). close()
+                # reports them with their bytes.
                 LOG.error("auditor %r: closing with %d event(s) undelivered in the memory "
-                          "store; they are lost (use a file or SQL store to keep them)",
+                          "store; they are not kept (use a file or SQL store to keep them); "
+                          "close() raises UndeliveredEventsError with them",
                           self.queue_name, left)
+                with contextlib.suppress(Exception):  # the count is reported either way
+                    bodies, ids, _ = self._store.read_encoded_up_to(left)
+                    left -= len(bodies)
+                    for event_id, body in zip(ids, bodies, strict=True):
+                        self._set_aside(_message_id_of(event_id, body), body,
+                                        "undelivered in the memory store")
+                for _ in range(left):  # not readable: counted without their bytes
+                    self._set_aside("", b"", "undelivered in the memory store")
+        if self._lost:
+            self.metrics.undelivered_at_close.inc(len(self._lost))
         with contextlib.suppress(Exception):  # metrics only
             self._store.update_metrics()
 

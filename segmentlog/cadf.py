@@ -20,9 +20,13 @@ Rule 1: an event always has an ``id`` (a random UUID when absent) and an ``event
         when it is built, the mapping check when it is recorded (on a copy: the
         caller's mapping is never modified).
 Rule 2: what is not valid CADF raises :class:`~segmentlog.errors.InvalidEventError`
-        naming the field (``target.typeURI``) and what was expected, before anything is
-        buffered. Keys this module does not know are kept as they are (CADF allows
-        extensions), but they must be JSON-serialisable.
+        naming the field (``target.typeURI``, ``attachments[0].content.ratio``) and
+        what was expected, before anything is buffered. Keys this module does not
+        know are kept as they are (CADF allows extensions), but JSON must carry them:
+        no lone surrogate, NaN or infinity (orjson would write ``null``), integer
+        beyond 64 bits, bytes, non-string key or nesting deeper than orjson's limit.
+        A model checks its strings and plain attachment contents when built (so a
+        constant one always serialises); containers are checked when serialised.
 Rule 3: serialisation is orjson, once, and an event mutated by the caller after
         ``record()`` is delivered as it was recorded: a mapping, or a model whose
         attachments hold containers, is serialised inside ``record()``; a model that
@@ -35,12 +39,17 @@ This module never does I/O; it only builds, checks and serialises events.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from datetime import time as dt_time
 from typing import Any
 
 import orjson
@@ -145,17 +154,38 @@ def _fail(name: str, expected: str, value: object) -> InvalidEventError:
 def _req_str(value: object, name: str) -> None:
     if type(value) is not str or not value:
         raise _fail(name, "a non-empty string", value)
+    if not value.isascii():
+        _check_text(value, name)
+
+
+def _check_text(value: str, name: str) -> None:
+    """Refuse a string that is not valid Unicode text (a lone surrogate, e.g. from
+    ``surrogateescape``): JSON cannot carry it, and a model is checked when built."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(
+            f"invalid CADF event: {name} must be valid Unicode text, got a lone surrogate "
+            f"{value[exc.start]!r} at index {exc.start}; decode bytes with errors='replace' "
+            "or send them base64-encoded", name) from None
 
 
 def _check_id(value: object, name: str = "id") -> None:
     # The id becomes the AMQP message_id (consumers dedupe by it): a short string.
-    if type(value) is not str or not value or (len(value) > 63 and len(value.encode()) > 255):
+    if type(value) is not str or not value:
+        raise _fail(name, "a non-empty string of at most 255 bytes (a UUID)", value)
+    if not value.isascii():
+        _check_text(value, name)
+    if len(value) > 63 and len(value.encode()) > 255:
         raise _fail(name, "a non-empty string of at most 255 bytes (a UUID)", value)
 
 
 def _opt_str(value: object, name: str) -> None:
-    if value is not None and type(value) is not str:
-        raise _fail(name, "a string (or omitted)", value)
+    if value is not None:
+        if type(value) is not str:
+            raise _fail(name, "a string (or omitted)", value)
+        if not value.isascii():
+            _check_text(value, name)
 
 
 def _tuple_of(value: object, kind: type, name: str) -> tuple[Any, ...]:
@@ -167,6 +197,9 @@ def _tuple_of(value: object, kind: type, name: str) -> tuple[Any, ...]:
             raise _fail(f"{name}[{i}]", f"a {kind.__name__}", item)
     return items
 
+
+#: An event's keys, quotes, separators and outcome: more than they take in its JSON.
+_EVENT_FRAME = 256
 
 #: Attachment contents that cannot change after the event is built.
 _IMMUTABLE_CONTENT = frozenset((str, int, float, bool, type(None)))
@@ -232,10 +265,22 @@ class Attachment:
     type_uri: str
     content: Any
     name: str | None = None
+    #: Bytes of the serialised attachment, or -1 when its content is a container
+    #: (serialised, and checked, when an event holding it is recorded).
+    size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _req_str(self.type_uri, "attachments[].typeURI")
         _opt_str(self.name, "attachments[].name")
+        size = -1
+        if type(self.content) in _IMMUTABLE_CONTENT:
+            # Plain content never changes: checked now, so an event holding it is
+            # constant and may be serialised later, off the caller's thread (Rule 3).
+            bad = _find_unencodable(self.content, "attachments[].content", 1)
+            if bad is not None:
+                raise _unencodable_error(*bad)
+            size = len(orjson.dumps(self.to_dict()))
+        object.__setattr__(self, "size", size)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -260,6 +305,7 @@ class Resource:
     domain_id: str | None = None
     application_credential_id: str | None = None
     _wire: dict[str, Any] = field(init=False, repr=False, compare=False)
+    _size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _req_str(self.type_uri, "resource.typeURI")
@@ -278,7 +324,12 @@ class Resource:
         _opt_str(self.application_credential_id, "resource.application_credential_id")
         # Built once: a resource is immutable and often shared by many events (the
         # observer, a service's own targets), and this halves the cost of record().
-        object.__setattr__(self, "_wire", self.to_dict())
+        wire = self.to_dict()
+        object.__setattr__(self, "_wire", wire)
+        # Its serialised size, for the size check of a constant event (-1: an
+        # attachment holds a container, so the event is serialised inside record()).
+        object.__setattr__(self, "_size", len(orjson.dumps(wire))
+                           if _constant_attachments(self.attachments) else -1)
 
     def to_dict(self) -> dict[str, Any]:
         """The CADF mapping (fresh dicts, safe to modify)."""
@@ -341,11 +392,15 @@ class Reason:
     reason_type: str
     reason_code: str
     _wire: dict[str, Any] = field(init=False, repr=False, compare=False)
+    _size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _req_str(self.reason_type, "reason.reasonType")
         _req_str(self.reason_code, "reason.reasonCode")
         object.__setattr__(self, "_wire", self.to_dict())
+        # A bound, not a serialisation: a reason is built with every from_request event.
+        object.__setattr__(self, "_size",
+                           6 * (len(self.reason_type) + len(self.reason_code)) + 40)
 
     def to_dict(self) -> dict[str, Any]:
         return {"reasonType": self.reason_type, "reasonCode": self.reason_code}
@@ -359,6 +414,7 @@ class Observer:
     name: str
     id: str
     _dict: dict[str, Any] = field(init=False, repr=False, compare=False)
+    _size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _req_str(self.type_uri, "observer.typeURI")
@@ -366,6 +422,7 @@ class Observer:
         _req_str(self.id, "observer.id")
         object.__setattr__(self, "_dict",
                            {"typeURI": self.type_uri, "name": self.name, "id": self.id})
+        object.__setattr__(self, "_size", len(orjson.dumps(self._dict)))
 
     def to_dict(self) -> dict[str, Any]:
         """The observer as a CADF resource (a fresh dict each call)."""
@@ -401,6 +458,11 @@ class Event:
     #: thread instead of inside ``record()``: the bytes are the same either way. (Only
     #: for ``Event`` itself: a subclass may carry state this flag cannot see.)
     constant: bool = field(init=False, repr=False, compare=False)
+    #: For a constant event: at least the bytes it serialises to, excluding the observer
+    #: when it has none of its own (the Auditor adds its own observer's). A cheap bound,
+    #: so ``record()`` refuses an event too large for its store or broker without
+    #: serialising it. -1 for an event that is not constant (serialised in the call).
+    size_bound: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _req_str(self.action, "action")
@@ -431,12 +493,25 @@ class Event:
         _req_str(self.event_type, "eventType")
         _req_str(self.type_uri, "typeURI")
         observer = self.observer
-        object.__setattr__(self, "constant", (
-            _constant_attachments(self.attachments)
-            and _constant_attachments(self.initiator.attachments)
-            and _constant_attachments(self.target.attachments)
-            and (not isinstance(observer, Resource)
-                 or _constant_attachments(observer.attachments))))
+        constant = (_constant_attachments(self.attachments)
+                    and _constant_attachments(self.initiator.attachments)
+                    and _constant_attachments(self.target.attachments)
+                    and (not isinstance(observer, Resource)
+                         or _constant_attachments(observer.attachments)))
+        object.__setattr__(self, "constant", constant)
+        bound = -1
+        if constant:
+            # The event's own strings at 6 bytes a character (orjson's worst case: a
+            # control character becomes \u00XX), its keys and punctuation, and the
+            # exact sizes its parts took when they were built.
+            bound = (6 * (len(self.action) + len(self.id) + len(self.event_time)
+                          + len(self.event_type) + len(self.type_uri)
+                          + len(self.request_path or ""))
+                     + _EVENT_FRAME + self.initiator._size + self.target._size
+                     + (self.reason._size if self.reason is not None else 0)
+                     + (observer._size if observer is not None else 0)
+                     + sum(a.size + 1 for a in self.attachments))
+        object.__setattr__(self, "size_bound", bound)
 
     @classmethod
     def from_request(
@@ -504,6 +579,8 @@ class Event:
 
     def to_json(self, observer: Mapping[str, Any] | None = None) -> bytes:
         """The event as orjson bytes (see :meth:`to_dict`)."""
+        if self.constant and type(self) is Event:
+            return _dump_constant(self.wire_dict(observer))
         return dump_event(self.wire_dict(observer))
 
     @classmethod
@@ -549,13 +626,130 @@ def _check_time(value: object, name: str) -> None:
 
 
 def dump_event(event: Mapping[str, Any]) -> bytes:
-    """orjson bytes of an event mapping; what orjson cannot encode is InvalidEventError."""
+    """orjson bytes of an event mapping; what JSON cannot carry is InvalidEventError
+    naming the field (Rule 2).
+
+    orjson refuses most of it itself (bytes, sets, integers beyond 64 bits, non-string
+    keys, lone surrogates, nesting deeper than 255 levels), without saying where: only
+    then is the event walked to name the field. NaN and infinity it writes as ``null``,
+    silently, so a body holding ``null`` is walked too (a few microseconds; bodies
+    without ``null``, the common case, cost one substring search).
+    """
     try:
-        return orjson.dumps(event if type(event) is dict else dict(event))
+        body = orjson.dumps(event if type(event) is dict else dict(event))
     except TypeError as exc:
-        raise InvalidEventError(
-            f"invalid CADF event: not JSON-serialisable ({exc}); use str, int, float, bool, "
-            "None, lists and dicts with string keys", None) from None
+        bad = _find_unencodable(event, "", 1)
+        if bad is None:  # refused for a reason the walk does not know: say what orjson said
+            raise InvalidEventError(
+                f"invalid CADF event: not JSON-serialisable ({exc}); use str, int, float, "
+                "bool, None, lists and dicts with string keys", None) from None
+        raise _unencodable_error(*bad) from None
+    if b"null" in body:
+        bad = _find_unencodable(event, "", 1)
+        if bad is not None:
+            raise _unencodable_error(*bad)
+    return body
+
+
+def _orjson_depth_limit() -> int:
+    """How many levels of containers orjson serialises (the event itself is level 1):
+    found once, by trying, since it is orjson's constant, not JSON's."""
+    value: list[Any] = []
+    depth = 1
+    while depth < 10_000:
+        try:
+            orjson.dumps(value)
+        except TypeError:
+            return depth - 1
+        value = [value]
+        depth += 1
+    return depth  # pragma: no cover - no limit worth naming
+
+
+def _dump_constant(event: dict[str, Any]) -> bytes:
+    """:func:`dump_event` for the wire dict of a constant :class:`Event` (its strings and
+    plain attachment contents were checked when it was built: no value JSON cannot carry
+    is left, so the search for a ``null`` written for a NaN is skipped). Anything else
+    goes through :func:`dump_event`."""
+    try:
+        return orjson.dumps(event)
+    except TypeError:  # not constant after all (a bug): name the field as dump_event does
+        return dump_event(event)
+
+
+#: orjson's nesting limit: containers at most this many levels deep.
+_MAX_DEPTH = _orjson_depth_limit()
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+#: Types orjson serialises natively besides the JSON ones (not walked into).
+_NATIVE = (datetime, date, dt_time, uuid.UUID, enum.Enum)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _find_unencodable(value: Any, path: str, depth: int) -> tuple[str, str, Any] | None:
+    """The first value under ``path`` that orjson refuses or writes as ``null`` although
+    it is not None: ``(field, what is expected, the value)``; None if there is none."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                return (path or "event",
+                        f"valid Unicode text (a lone surrogate at index {exc.start}; decode "
+                        "bytes with errors='replace' or send them base64-encoded)", value)
+        return None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if _INT_MIN <= value <= _INT_MAX:
+            return None
+        return (path or "event", "an integer of at most 64 bits (send a larger one as a "
+                "string)", value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return (path or "event", "a finite number (JSON has no NaN or infinity; orjson "
+                "would send null)", value)
+    if isinstance(value, dict | list | tuple):
+        if depth > _MAX_DEPTH:
+            return (path or "event", f"nested at most {_MAX_DEPTH} levels deep (a cycle, "
+                    "or data too deep for the serialiser)", value)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return (f"{path or 'event'}[{key!r}]", "a dict with string keys", key)
+                if not key.isascii():
+                    bad = _find_unencodable(key, path, depth)
+                    if bad is not None:  # named escaped: the name itself must print
+                        escaped = key.encode("utf-8", "backslashreplace").decode("ascii")
+                        return _join(path, escaped), f"a key of {bad[1]}", key
+                name = _join(path, key)
+                bad = _find_unencodable(item, name, depth + 1)
+                if bad is not None:
+                    return bad
+            return None
+        for i, item in enumerate(value):
+            bad = _find_unencodable(item, f"{path or 'event'}[{i}]", depth + 1)
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(value, _NATIVE) or dataclasses.is_dataclass(value):
+        return None  # orjson writes these itself (a date as ISO text, a dataclass as an object)
+    return (path or "event", "str, int, float, bool, None, a list or a dict with string "
+            "keys", value)
+
+
+def _unencodable_error(name: str, expected: str, value: Any) -> InvalidEventError:
+    shown = name if len(name) <= 120 else f"{name[:50]}...{name[-50:]}"
+    value_text = repr(value)
+    if len(value_text) > 60:
+        value_text = value_text[:57] + "..."
+    return InvalidEventError(
+        f"invalid CADF event: {shown} is not JSON-serialisable: it must be {expected}, got "
+        f"{type(value).__name__} {value_text}", name)
 
 
 # ------------------------------------------------------------------ mapping check

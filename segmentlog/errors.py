@@ -84,6 +84,29 @@ class InvalidEventError(SegmentLogError, ValueError):
         self.field = field
 
 
+class EventTooLargeError(InvalidEventError, RecordTooLargeError):
+    """An audit event is larger than its backing store or the broker can ever take.
+
+    Raised by ``Auditor.record()`` before anything is buffered (both an
+    :class:`InvalidEventError` and a :class:`RecordTooLargeError`); the message gives
+    the size, the limit and the setting that sets it.
+    """
+
+
+class UndeliveredEventsError(SegmentLogError):
+    """``Auditor.close()`` could neither deliver nor store some recorded events.
+
+    ``count`` is how many; ``events`` holds each one's ``(id, JSON bytes)``, so the
+    caller can still keep them elsewhere. The message says why (e.g. the store full
+    with the broker down, or the memory store's events at close).
+    """
+
+    def __init__(self, message: str, events: list[tuple[str, bytes]]) -> None:
+        super().__init__(message)
+        self.events = events
+        self.count = len(events)
+
+
 __all__ = [
     "BackingStoreError",
     "BackingStoreFull",
@@ -91,6 +114,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "DurabilityError",
+    "EventTooLargeError",
     "InvalidEventError",
     "LogClosedError",
     "LogFullError",
@@ -98,4 +122,5 @@ __all__ = [
     "PublishError",
     "RecordTooLargeError",
     "SegmentLogError",
+    "UndeliveredEventsError",
 ]

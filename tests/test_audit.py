@@ -47,6 +47,7 @@ from segmentlog.errors import (
     ConfigError,
     InvalidEventError,
     LogClosedError,
+    UndeliveredEventsError,
 )
 from segmentlog.store import BackingStore, Commit, FileStore, MemoryStore
 
@@ -158,13 +159,18 @@ def test_a_constant_model_that_fails_to_serialise_is_counted_and_the_rest_delive
         return wire_dict(self, observer)
 
     monkeypatch.setattr(Event, "wire_dict", broken)
-    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as auditor:
-        auditor.record(good[0])
-        auditor.record(bad)
-        auditor.record(good[1])
-        assert auditor.flush(30)
-        assert _value(auditor, "audittools_failed_submissions_total") == 1
-        assert _value(auditor, "audittools_successful_submissions_total") == 2
+    auditor = Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue)
+    auditor.record(good[0])
+    auditor.record(bad)
+    auditor.record(good[1])
+    # The rest is delivered; flush() does not claim the set-aside one was.
+    assert not auditor.flush(30)
+    assert _value(auditor, "audittools_failed_submissions_total") == 1
+    assert _value(auditor, "audittools_successful_submissions_total") == 2
+    # Set aside, not dropped: close() reports it (issue 15: nothing lost silently).
+    with pytest.raises(UndeliveredEventsError, match="cannot be serialised") as info:
+        auditor.close()
+    assert [mid for mid, _ in info.value.events] == [bad.id]
     monkeypatch.undo()
     assert check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in good]) == 0
     assert any("cannot be serialised" in r.getMessage() and bad.id in r.getMessage()
@@ -581,9 +587,14 @@ def test_close_with_memory_store_and_broker_down_reports_the_lost_events(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     proxy.refuse()
     auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue, connect_wait=0)
-    _record_all(auditor, make_events(50))
-    with caplog.at_level(logging.ERROR, logger="segmentlog.audit"):
+    recorded = _record_all(auditor, make_events(50))
+    with caplog.at_level(logging.ERROR, logger="segmentlog.audit"), \
+            pytest.raises(UndeliveredEventsError, match="memory store") as info:
         auditor.close(timeout=0.5)
+    # Reported to the caller with their bytes (a return value nobody checks, or a log
+    # line alone, would lose them silently), and counted.
+    assert info.value.count == 50
+    assert info.value.events == recorded
     assert _value(auditor, "segmentlog_auditor_undelivered_at_close_events_total") == 50
     assert "50 event(s) undelivered in the memory store" in caplog.text
 
@@ -604,6 +615,73 @@ def test_bad_events_are_rejected_before_they_are_buffered(rabbitmq_url: str, que
         assert auditor.flush(30)
         assert _value(auditor, "segmentlog_auditor_recorded_events_total") == 1
     assert check_delivery(consume(rabbitmq_url, queue), [(good[0].id, wire(good[0]))]) == 0
+
+
+@pytest.mark.parametrize("write_ahead", [False, True])
+def test_values_json_cannot_carry_are_refused_by_record_naming_the_field(
+        rabbitmq_url: str, queue: str, tmp_path: Path, write_ahead: bool) -> None:
+    # Issue 15 item 8: NaN and infinity went out as null; a lone surrogate was accepted
+    # and dropped later on the delivery thread with a log line.
+    model = make_events(1)[0]
+    bad: list[tuple[Any, str]] = [
+        (dict(_mapping(1), ratio=float("nan")), "ratio"),
+        (dict(_mapping(1), initiator={"typeURI": "u", "id": "u-1", "name": "caf\udce9"}),
+         "initiator.name"),
+        (dict(_mapping(1), extra={"n": 2**70}), "extra.n"),
+        (dict(_mapping(1), extra={"blob": b"raw"}), "extra.blob"),
+        (dict(_mapping(1), extra={7: "seven"}), "extra[7]"),
+        (dataclasses.replace(model, id="", attachments=[
+            Attachment(type_uri="mime:application/json", content={"v": [float("inf")]})]),
+         "attachments[0].content.v[0]"),
+    ]
+    store = FileStore(tmp_path / "buf", registry=CollectorRegistry())
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                     backing_store=store, write_ahead=write_ahead) as auditor:
+            for event, field in bad:
+                with pytest.raises(InvalidEventError) as info:
+                    auditor.record(event)
+                assert info.value.field == field, str(info.value)
+            assert _value(auditor, "segmentlog_auditor_recorded_events_total") == 0
+            assert store.log.stats()["next_seq"] == 0
+            auditor.record(model)
+            assert auditor.flush(30)
+    finally:
+        store.close()
+    assert check_delivery(consume(rabbitmq_url, queue), [(model.id, wire(model))]) == 0
+
+
+def test_a_model_holding_a_lone_surrogate_is_refused_when_built_not_dropped_later() -> None:
+    # A constant model is serialised on the delivery thread, where an error could only
+    # be logged: so it is checked when built.
+    with pytest.raises(InvalidEventError) as info:
+        dataclasses.replace(make_events(1)[0], request_path="/v1/\udc80")
+    assert info.value.field == "requestPath"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"full_timeout": float("nan")}, "full_timeout=nan must be a finite number"),
+        ({"full_timeout": float("inf")}, "full_timeout=inf .* or None to block"),
+        ({"full_timeout": "5"}, "full_timeout='5' must be a finite number"),
+        ({"full_timeout": -1}, "full_timeout=-1"),
+        ({"connect_wait": float("nan")}, "connect_wait=nan"),
+        ({"publisher_options": {"max_message_size": 0}}, "max_message_size"),
+    ],
+)
+def test_bad_numbers_raise_config_error_naming_the_setting(
+        rabbitmq_url: str, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name="q", **kwargs)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:s3cr3t-PW", "amqp://guest:s3cr3t-PW/%2F",
+                                 "amqp://guest:s3cr3t-PW@"])
+def test_a_url_without_host_is_refused_without_showing_the_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="host") as info:
+        Auditor(OBSERVER, connection_url=url, queue_name="q", connect_wait=0)
+    assert "s3cr3t" not in str(info.value)
 
 
 def test_write_ahead_rejects_bad_events_before_the_store(
@@ -638,6 +716,22 @@ def test_write_ahead_rejects_bad_events_before_the_store(
          "AUDIT_QUEUE_ARGUMENTS must be a JSON object"),
         ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"queue-version": 2}'},
          "'queue-version' is not an x- argument"),
+        # Issue 15: these were not checked (the host was spliced into the URL; a wrong
+        # argument type made the broker refuse every declaration: an endless outage).
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "rmq.example:5672"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "user@rmq.example"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "amqp://rmq"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_HOSTNAME": "rmq example"}, "AUDIT_HOSTNAME"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-queue-version": "2"}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-queue-version' must be a JSON integer"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-queue-version": 3}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-queue-version' must be 1 or 2"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-max-length": 1.5}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-max-length' must be a JSON integer"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-queue-type": 1}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-queue-type' must be a non-empty JSON string"),
+        ({"AUDIT_QUEUE_NAME": "q", "AUDIT_QUEUE_ARGUMENTS": '{"x-custom": {"a": 1}}'},
+         "AUDIT_QUEUE_ARGUMENTS: 'x-custom' must be a string, number or boolean"),
     ],
 )
 def test_bad_configuration_raises_config_error_naming_the_variable(
@@ -686,6 +780,10 @@ def test_auditor_that_fails_to_start_frees_its_label_on_a_shared_registry(
 def test_connection_from_env_uses_the_originals_defaults() -> None:
     assert connection_from_env("A", {"A_QUEUE_NAME": "audit"}) == (
         "amqp://guest:guest@localhost:5672/%2F", "audit")
+    for host, netloc in (("10.0.0.7", "10.0.0.7"), ("::1", "[::1]"), ("[fe80::1]", "[fe80::1]"),
+                         ("rmq-0.rmq.svc.cluster.local", "rmq-0.rmq.svc.cluster.local")):
+        url, _ = connection_from_env("A", {"A_QUEUE_NAME": "q", "A_HOSTNAME": host})
+        assert url == f"amqp://guest:guest@{netloc}:5672/%2F"
     url, _ = connection_from_env("A", {"A_QUEUE_NAME": "q", "A_HOSTNAME": "rmq.example",
                                        "A_PORT": "5673", "A_USERNAME": "svc",
                                        "A_PASSWORD": "p@ss/w:rd"})

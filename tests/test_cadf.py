@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from segmentlog.cadf import (
+    _MAX_DEPTH,
     CADF_EVENT_TYPE_URI,
     Address,
     Attachment,
@@ -164,6 +165,96 @@ def test_unserialisable_values_are_refused_with_invalid_event_error() -> None:
         dump_event(checked)
     with pytest.raises(InvalidEventError, match="not JSON-serialisable"):
         dump_event(_mapping(extra={1: "non-string key"}))
+
+
+_DEEP: dict[str, Any] = {}
+_node = _DEEP
+for _ in range(300):
+    _node["k"] = {}
+    _node = _node["k"]
+_CYCLE: dict[str, Any] = {}
+_CYCLE["self"] = _CYCLE
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "problem"),
+    [
+        # Issue 15 item 8: orjson writes NaN and infinity as null, silently...
+        ({"ratio": float("nan")}, "ext.ratio", "finite number"),
+        ({"list": [1.0, float("-inf")]}, "ext.list[1]", "finite number"),
+        # ...and refuses the rest without saying where.
+        ({"name": "caf\udce9"}, "ext.name", "lone surrogate"),
+        ({"big": 2**70}, "ext.big", "64 bits"),
+        ({"raw": b"bytes"}, "ext.raw", "got bytes"),
+        ({"set": {1, 2}}, "ext.set", "got set"),
+        ({"map": {1: "one"}}, "ext.map[1]", "string keys"),
+        # The event is level 1, ext 2, "deep" 3: the first container too deep is named.
+        ({"deep": _DEEP}, "ext.deep" + ".k" * (_MAX_DEPTH - 2), "levels deep"),
+        ({"cycle": _CYCLE}, "ext.cycle" + ".self" * (_MAX_DEPTH - 2), "levels deep"),
+    ],
+)
+def test_what_json_cannot_carry_is_refused_naming_the_field(
+        extra: dict[str, Any], field: str, problem: str) -> None:
+    with pytest.raises(InvalidEventError, match=problem) as info:
+        dump_event(_mapping(ext=extra))
+    assert info.value.field == field, str(info.value)
+    assert "not JSON-serialisable" in str(info.value)
+
+
+def test_a_null_that_is_a_none_is_kept_and_a_nan_is_not_taken_for_one() -> None:
+    # The walk after a "null" in the bytes only refuses floats that are not finite.
+    body = dump_event(_mapping(ext={"gone": None, "text": "null"}))
+    assert orjson.loads(body)["ext"] == {"gone": None, "text": "null"}
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        # A model is checked when built: a constant one is serialised later, off the
+        # caller's thread, where an error could only be logged (issue 15 item 8).
+        (lambda: Resource(type_uri="t", id="x", name="caf\udce9"), "resource.name"),
+        (lambda: Host(agent="\ud800"), "host.agent"),
+        (lambda: Event(action="read\udfff", outcome="success", initiator=USER,
+                       target=PROJECT), "action"),
+        (lambda: Event(action="a", outcome="success", initiator=USER, target=PROJECT,
+                       request_path="/p/\udc80"), "requestPath"),
+        (lambda: Attachment(type_uri="t", content=float("nan")), "attachments[].content"),
+        (lambda: Attachment(type_uri="t", content=float("inf")), "attachments[].content"),
+        (lambda: Attachment(type_uri="t", content=2**70), "attachments[].content"),
+        (lambda: Attachment(type_uri="t", content="\udc80"), "attachments[].content"),
+    ],
+)
+def test_model_refuses_what_json_cannot_carry_when_built(build: Any, field: str) -> None:
+    with pytest.raises(InvalidEventError) as info:
+        build()
+    assert info.value.field == field, str(info.value)
+
+
+def test_a_container_attachment_is_checked_when_the_event_is_serialised() -> None:
+    event = Event(action="a", outcome="success", initiator=USER, target=PROJECT,
+                  observer=OBSERVER, attachments=[
+                      Attachment(type_uri="t", content={"ok": 1}),
+                      Attachment(type_uri="t", content={"r": [float("nan")]})])
+    assert not event.constant
+    with pytest.raises(InvalidEventError, match="finite number") as info:
+        event.to_json()
+    assert info.value.field == "attachments[1].content.r[0]"
+
+
+def test_size_bound_of_a_constant_event_is_at_least_its_serialised_size() -> None:
+    for event in (
+        Event.from_request(action="update/set", reason_code=200, initiator=USER,
+                           target=PROJECT, request_path="/v1/\n\x01\u00e9\U0001f600"),
+        Event(action="a" * 1000, outcome="unknown", initiator=USER, target=PROJECT,
+              observer=OBSERVER, attachments=[Attachment(type_uri="t", content="\x00" * 99),
+                                              Attachment(type_uri="t", content=1.5e300)]),
+    ):
+        assert event.constant
+        own = len(event.to_json(OBSERVER.to_dict()))
+        assert event.size_bound >= own - (0 if event.observer else
+                                          len(orjson.dumps(OBSERVER.to_dict())) + 12)
+    assert Event(action="a", outcome="success", initiator=USER, target=PROJECT, attachments=[
+        Attachment(type_uri="t", content=[1])]).size_bound == -1
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,10 @@ def test_tracker_matches_a_simple_model(script: tuple[int, list[tuple[str, int, 
     ("amqp://u:a@b@host/", "amqp://u:***@host/"),  # unencoded '@'
     ("amqp://user@host/", "amqp://user@host/"),  # no password: unchanged
     ("amqp://host:5672/", "amqp://host:5672/"),
+    ("amqp://[::1]:5672/", "amqp://[::1]:5672/"),
+    # "@host" left out: the "port" is the password (issue 15).
+    ("amqp://guest:s3cr3t", "amqp://guest:***"),
+    ("amqp://guest:s3cr3t/%2F", "amqp://guest:***/%2F"),
 ])
 def test_redact_url_hides_the_password_and_keeps_the_rest(url: str, expected: str) -> None:
     assert redact_url(url) == expected

@@ -18,6 +18,7 @@ from segmentlog import SegmentLog
 from segmentlog.errors import (
     BackingStoreError,
     BackingStoreFull,
+    ConfigError,
     LogLockedError,
     RecordTooLargeError,
 )
@@ -115,6 +116,92 @@ def test_record_that_is_not_json_is_dead_lettered_and_the_store_keeps_working(
     assert lines[0]["reason"].startswith("invalid JSON")
     assert lines[1]["reason"] == "not a JSON object"
     assert base64.b64decode(lines[1]["raw_base64"]) == b"[1, 2]"
+
+
+def test_a_foreign_segment_named_file_does_not_crash_the_drain_of_a_record_not_json(
+    tmp_path: Any,
+) -> None:
+    # Issue 15: "notes.seg" (not the log's: not 20 digits) made the dead-letter step
+    # raise a raw ValueError, and the read had already moved past the batch: the next
+    # read found nothing although the good record was still pending.
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json at all")
+        log.append(orjson.dumps(ev(1)))
+    with open(os.path.join(d, "notes.seg"), "wb") as f:
+        f.write(b"operator's notes, not JSON\n")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        bodies, ids, commit = store.read_encoded_up_to(10)
+        assert (bodies, ids) == ([orjson.dumps(ev(1))], ["event-1"])
+        assert commit is not None
+        commit()
+        assert store.pending() == 0
+    with open(os.path.join(d, JSON_DEADLETTER_NAME), "rb") as f:
+        [entry] = [orjson.loads(x) for x in f]
+    assert (entry["seq"], entry["segment"]) == (0, "00000000000000000000.seg")
+    assert base64.b64decode(entry["raw_base64"]) == b"not json at all"
+    with open(os.path.join(d, "notes.seg"), "rb") as f:
+        assert f.read() == b"operator's notes, not JSON\n"  # not ours: left alone
+
+
+def test_a_read_that_fails_while_dead_lettering_skips_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+        log.append(orjson.dumps(ev(1)))
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        real_open = os.open
+
+        def no_dead_letter_file(path: Any, *args: Any, **kw: Any) -> int:
+            if str(path).endswith(JSON_DEADLETTER_NAME):
+                raise OSError(errno.EROFS, "Read-only file system", path)
+            return real_open(path, *args, **kw)
+
+        monkeypatch.setattr(os, "open", no_dead_letter_file)
+        with pytest.raises(BackingStoreError, match="read failed"):
+            store.read_batch()
+        monkeypatch.undo()
+        # Read again from the same records: the bad one is kept (not taken for "kept
+        # already" because the failed attempt had noted it), the good one read.
+        events, commit = store.read_batch()
+        assert [e["seq"] for e in events] == [1]
+        assert commit is not None
+    with open(os.path.join(d, JSON_DEADLETTER_NAME), "rb") as f:
+        [entry] = [orjson.loads(x) for x in f]
+    assert base64.b64decode(entry["raw_base64"]) == b"not json"
+
+
+def test_a_symlinked_json_dead_letter_file_is_not_followed(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+        log.append(orjson.dumps(ev(1)))
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious\n")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
+        # Placed while the store runs (at open it is refused: test_special_files).
+        os.symlink(target, os.path.join(d, JSON_DEADLETTER_NAME))
+        with pytest.raises(BackingStoreError, match=JSON_DEADLETTER_NAME):
+            store.read_batch()
+        os.unlink(os.path.join(d, JSON_DEADLETTER_NAME))
+        events, _ = store.read_batch()  # moved away: kept in a new file, read goes on
+        assert [e["seq"] for e in events] == [1]
+    assert target.read_bytes() == b"precious\n"
+
+
+def test_a_fifo_named_like_the_json_dead_letter_file_does_not_hang_the_store(
+    tmp_path: Any,
+) -> None:
+    d = str(tmp_path / "audit")
+    with SegmentLog(d, segment_size=SMALL) as log:
+        log.append(b"not json")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store, \
+            pytest.raises(BackingStoreError, match="not a regular file"):
+        # Placed while the store runs: opening it to append would block forever.
+        os.mkfifo(os.path.join(d, JSON_DEADLETTER_NAME))
+        store.read_batch()
 
 
 def test_dead_lettered_record_is_not_kept_twice_after_a_restart(tmp_path: Any) -> None:
@@ -276,3 +363,58 @@ def test_event_larger_than_a_segment_is_refused_naming_max_file_size(tmp_path: A
         with pytest.raises(RecordTooLargeError, match="max_file_size"):
             s.write_many([ev(0), {"blob": "x" * SMALL}])
         assert s.read_batch() == ([], None)  # neither the event nor its batch-mates
+
+
+# -- limits the Auditor reads (Rules 7 and 8 of base.py) --------------------------------------
+
+
+def test_max_event_size_is_a_segments_payload_and_one_byte_more_is_refused(
+    tmp_path: Any,
+) -> None:
+    with FileStore(str(tmp_path / "a"), max_file_size=SMALL, registry=CollectorRegistry()) as s:
+        limit = s.max_event_size
+        assert limit == s.log.max_record_size
+        skeleton = len(orjson.dumps({"x": ""}))
+        s.write({"x": "a" * (limit - skeleton)})
+        with pytest.raises(RecordTooLargeError):
+            s.write({"x": "a" * (limit - skeleton + 1)})
+
+
+@pytest.mark.parametrize("size", [10, 500, 3000])
+def test_room_is_a_lower_bound_of_the_events_that_still_fit(tmp_path: Any, size: int) -> None:
+    with FileStore(str(tmp_path / "a"), max_file_size=SMALL, max_total_size=4 * SMALL,
+                   registry=CollectorRegistry()) as s:
+        event = {"x": "a" * (size - len(orjson.dumps({"x": ""})))}
+        assert len(orjson.dumps(event)) == size
+        room = s.room(size)
+        assert room > 0
+        s.write_many([event] * room)  # every event room() promised fits
+        assert s.room(size) == 0 or s.room(size) < room
+        written = room
+        while True:  # and it erred low, not high
+            try:
+                s.write(event)
+            except BackingStoreFull:
+                break
+            written += 1
+        assert s.room(size) == 0
+        assert written >= room
+
+
+def test_the_base_store_does_not_know_its_limits() -> None:
+    class Custom(BackingStore):
+        def write(self, event: Any) -> None: ...
+        def read_batch(self, max_events: int | None = None) -> Any:
+            return [], None
+        def close(self) -> None: ...
+
+    assert Custom().max_event_size is None
+    assert Custom().room(100) is None
+
+
+@pytest.mark.parametrize("interval", [float("inf"), float("nan"), 0, -1, "0.5", True])
+def test_fsync_interval_must_be_a_finite_number_of_seconds(tmp_path: Any, interval: Any) -> None:
+    # inf was passed on to the log, whose flush thread then died (issue 15).
+    with pytest.raises(ConfigError, match="fsync_interval"):
+        FileStore(str(tmp_path / "a"), fsync="interval", fsync_interval=interval,
+                  registry=CollectorRegistry())

@@ -63,11 +63,48 @@ from segmentlog.amqp.frames import CONTENT_TYPE, PublishFrames
 from segmentlog.amqp.metrics import PublisherMetrics
 from segmentlog.errors import BrokerUnavailableError, ConfigError, LogClosedError, PublishError
 
-__all__ = ["Publisher", "backoff_delay", "redact_url"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Publisher", "backoff_delay", "redact_url"]
 
 LOG = logging.getLogger("segmentlog.amqp.publisher")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+#: RabbitMQ's default ``max_message_size`` (3.8 and later): the broker refuses larger
+#: message bodies (it closes the channel).
+DEFAULT_MAX_MESSAGE_SIZE = 128 << 20
+#: RabbitMQ's hard upper limit of ``max_message_size``.
+_BROKER_MESSAGE_CEILING = 512 << 20
+
+
+def _check_url(url: object) -> None:
+    """Refuse a broker URL without a host, naming it redacted: ``amqp://user:password``
+    (the ``@host`` forgotten) would otherwise be read as host ``user``, port
+    ``password``, and the parser's error would show the password."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"Publisher: a broker URL must be a non-empty string, got "
+                          f"{type(url).__name__}; expected amqp[s]://user:password@host:port/vhost")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("amqp", "amqps"):
+        raise ConfigError(f"Publisher: broker URL {redact_url(url)} must start with amqp:// "
+                          "or amqps://; expected amqp[s]://user:password@host:port/vhost")
+    _, at, hostpart = rest.rpartition("@")
+    hostport = hostpart.split("/", 1)[0].split("?", 1)[0]
+    host, port = hostport, ""
+    if hostport.startswith("["):
+        host, _, tail = hostport.partition("]")
+        port = tail[1:] if tail.startswith(":") else ""
+        host += "]"
+    elif ":" in hostport:
+        host, port = hostport.rsplit(":", 1)
+    if at and not host:
+        raise ConfigError(f"Publisher: broker URL {redact_url(url)} has no host after '@'; "
+                          "expected amqp[s]://user:password@host:port/vhost")
+    if port and not port.isdigit():
+        # Without '@' this is most likely user:password with the host left out.
+        raise ConfigError(f"Publisher: broker URL {redact_url(url)} has no valid host:port "
+                          "(is '@host' missing after user:password?); expected "
+                          "amqp[s]://user:password@host:port/vhost")
 
 
 def redact_url(url: str) -> str:
@@ -81,10 +118,18 @@ def redact_url(url: str) -> str:
     if not sep:
         scheme, rest = "", url
     userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo:
+    prefix = f"{scheme}://" if sep else ""
+    if not at:
+        # No user info: "host:port". A "port" that is not a number may be a password
+        # whose "@host" was left out (amqp://user:password): hide it.
+        hostport, slash, path = rest.partition("/")
+        host, colon, port = hostport.rpartition(":")
+        if colon and port and not port.isdigit() and not hostport.endswith("]"):
+            return f"{prefix}{host}:***{slash}{path}"
+        return url
+    if ":" not in userinfo:
         return url
     user = userinfo.split(":", 1)[0]
-    prefix = f"{scheme}://" if sep else ""
     return f"{prefix}{user}:***@{hostpart}"
 
 
@@ -213,6 +258,10 @@ class Publisher:
     blocked_grace:
         When the broker blocks the connection mid-batch, how long to wait for the
         messages already sent before giving up on them (reported LOST).
+    max_message_size:
+        The broker's ``max_message_size`` in bytes (RabbitMQ's default, 128 MiB, unless
+        given). AMQP does not announce it; a larger body closes the channel, so users
+        (the Auditor's ``record()``) refuse a larger message before it is queued.
     ssl_context:
         Used for ``amqps://`` URLs (default: ``ssl.create_default_context()``).
     registry:
@@ -240,6 +289,7 @@ class Publisher:
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,
         blocked_grace: float = 1.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ssl_context: ssl.SSLContext | None = None,
         registry: CollectorRegistry | None = None,
         metrics_name: str | None = None,
@@ -264,6 +314,15 @@ class Publisher:
                 raise ConfigError(f"Publisher: {name}={value} must be > 0")
         if max_attempts < 1:
             raise ConfigError(f"Publisher: max_attempts={max_attempts} must be >= 1")
+        if (isinstance(max_message_size, bool) or not isinstance(max_message_size, int)
+                or not 1 <= max_message_size <= _BROKER_MESSAGE_CEILING):
+            raise ConfigError(
+                f"Publisher: max_message_size={max_message_size!r} must be an integer of "
+                f"bytes 1-{_BROKER_MESSAGE_CEILING} (the broker's max_message_size; "
+                f"RabbitMQ's default is {DEFAULT_MAX_MESSAGE_SIZE})")
+        for url in url_list:
+            _check_url(url)
+        self.max_message_size = max_message_size
         self._urls = url_list
         self._redacted = [redact_url(u) for u in url_list]
         self._secrets = _passwords(url_list)

@@ -40,6 +40,18 @@ Rule 6: ``pending()`` is the number of events stored and not yet committed (a ba
         stores answer in O(1): no scan, no ``COUNT(*)``. Other writers (processes) may
         change it at any moment, so it is a reading, not a reservation.
 
+Rule 7: ``max_event_size`` is the size in bytes of the largest serialised event the
+        store can ever take (the file store: a segment's payload), or ``None`` when it
+        has no limit of its own (the default). A writer refuses a larger event before
+        it buffers it: it could never be stored, and a batch holding it would be
+        refused whole (Rule 2). The Auditor refuses it in ``record()``.
+
+Rule 8: ``room(event_size)`` is at least how many more events of ``event_size``
+        serialised bytes the store can take now, or ``None`` when it cannot tell (the
+        default). Like ``pending()`` it is a reading, not a reservation; it errs low.
+        The Auditor holds no more events in memory than a durable store has room for,
+        so what it accepts can still be stored if the broker goes away.
+
 Custom stores written before ``max_events`` existed define ``read_batch(self)``. They
 keep working: drainers call :meth:`BackingStore.read_batch_up_to`, which passes
 ``max_events`` only to a ``read_batch`` whose signature accepts it (checked once per
@@ -178,6 +190,17 @@ class BackingStore(ABC):
 
     def pending(self) -> int | None:
         """Events stored and not yet committed, or ``None`` if unknown (Rule 6)."""
+        return None
+
+    def room(self, event_size: int) -> int | None:
+        """At least how many more events of ``event_size`` bytes fit, or ``None`` if
+        unknown (Rule 8)."""
+        return None
+
+    @property
+    def max_event_size(self) -> int | None:
+        """Bytes of the largest serialised event this store can take, or ``None`` when
+        it sets no limit of its own (Rule 7)."""
         return None
 
     def update_metrics(self) -> None:  # noqa: B027 - optional hook, no-op by default

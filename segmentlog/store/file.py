@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import base64
 import bisect
+import errno
+import logging
 import mmap
 import os
 import threading
@@ -50,10 +52,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from .._format import SEGMENT_HEADER_SIZE, frame_size, parse_segment_name
 from ..errors import (
     BackingStoreError,
     BackingStoreFull,
     ConfigError,
+    CorruptionError,
     DurabilityError,
     LogClosedError,
     LogFullError,
@@ -66,6 +70,8 @@ from .memory import _dumps
 from .metrics import StoreMetrics
 
 _T = TypeVar("_T")
+
+LOG = logging.getLogger("segmentlog.store.file")
 
 
 def _event(raw: bytes, event: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +143,12 @@ class FileStore(BackingStore):
         check_int(max_file_size, "max_file_size", minimum=1, unit="bytes")
         check_int(max_total_size, "max_total_size", minimum=0, unit="bytes; 0 = unlimited")
         self._batch_size = check_int(batch_size, "batch_size", minimum=1, unit="events")
+        if (isinstance(fsync_interval, bool) or not isinstance(fsync_interval, int | float)
+                or not 0 < fsync_interval < float("inf")):
+            # The log takes inf, and its flush thread then dies (issue 15): refused here.
+            raise ConfigError(
+                "file backing store: parameter 'fsync_interval' must be a finite number of "
+                f"seconds > 0, got {fsync_interval!r}")
         if fsync not in _FSYNC:
             raise ConfigError(
                 f"file backing store: parameter 'fsync' must be one of {', '.join(_FSYNC)}, "
@@ -214,6 +226,35 @@ class FileStore(BackingStore):
     def metrics_label(self) -> str:
         return self._metrics.label
 
+    def room(self, event_size: int) -> int:
+        """At least how many more events of ``event_size`` bytes fit (Rule 8 of
+        base.py): the rest of the active segment, plus whole segments up to
+        ``max_total_size`` and up to the free space of the device, each holding as many
+        frames of that size as fit (a segment's tail too short for one is not counted).
+        Segments prepared or recycled ahead are not counted: it errs low."""
+        with self._read_lock:
+            self._check_open()
+            try:
+                stats = self._log.stats()
+                device = os.statvfs(self._directory)
+            except OSError as exc:
+                raise BackingStoreError(f"{self._what}: cannot read the free space: "
+                                        f"{exc}") from exc
+        size = int(stats["segment_size"])
+        frame = frame_size(max(0, int(event_size)))
+        free = device.f_bavail * device.f_frsize // size
+        limit = stats["max_total_size"]
+        if limit:
+            free = min(free, max(0, int(limit) // size - int(stats["segments"])))
+        active = max(0, size - int(stats["write_offset"])) // frame
+        return int(active + free * ((size - SEGMENT_HEADER_SIZE) // frame))
+
+    @property
+    def max_event_size(self) -> int:
+        """A segment's payload (Rule 7 of base.py): the log refuses a larger record with
+        RecordTooLargeError. Raise ``max_file_size`` to store larger events."""
+        return int(self._log.max_record_size)
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _prepare_directory(self) -> None:
@@ -233,16 +274,23 @@ class FileStore(BackingStore):
         # Records already dead-lettered by an earlier run (crash before commit): kept once.
         seqs: set[int] = set()
         try:
-            with os.fdopen(open_regular(self._dead_path, os.O_RDONLY), "rb") as f:
+            # Not a regular file: CorruptionError, as the log refuses one under its names.
+            with open(open_regular(self._dead_path, os.O_RDONLY), "rb") as f:
                 for line in f:
                     try:
                         item = orjson.loads(line)
                     except orjson.JSONDecodeError:
                         continue  # a torn last line: that entry is written again
-                    if isinstance(item, dict) and isinstance(item.get("seq"), int):
-                        seqs.add(item["seq"])
+                    seq = item.get("seq") if isinstance(item, dict) else None
+                    if type(seq) is int:
+                        seqs.add(seq)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # A report, not state the store needs: without it an entry may be written
+            # twice after a restart, never lost. Writing to it will fail loudly.
+            LOG.warning("%s: cannot read %s (%s); records dead-lettered by an earlier "
+                        "run may be listed again", self._what, self._dead_path, exc)
         return seqs
 
     # -- writes -------------------------------------------------------------------------
@@ -318,12 +366,18 @@ class FileStore(BackingStore):
                     # fsynced): consume them and read on.
                     self._log.commit(batch)
                     self._forget_dead_below(batch.last_seq + 1)
-            except DurabilityError as exc:
+            except Exception as exc:
+                # The log's reader moved past the batch, and no commit was handed out to
+                # bring it back: rewind, so the next read starts from the same records
+                # (none is skipped because this read failed).
                 self._metrics.error("read")
-                raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
-            except OSError as exc:
-                self._metrics.error("read")
-                raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
+                try:
+                    self._log.rewind()
+                except Exception as again:  # the error below says the read failed
+                    exc.add_note(f"rewind after the failed read also failed: {again}")
+                if isinstance(exc, OSError | ValueError):
+                    raise BackingStoreError(f"{self._what}: read failed: {exc}") from exc
+                raise
             self._metrics.read(len(events))
 
             def do_commit() -> None:
@@ -383,10 +437,14 @@ class FileStore(BackingStore):
         return out
 
     def _dead_letter(self, bad: list[tuple[int | None, bytes, str]]) -> None:
+        # Only the log's own segment names: any other file here (a foreign notes.seg)
+        # is not ours and says nothing about where a record was.
         segments = sorted(
-            int(n.split(".")[0]) for n in os.listdir(self._directory) if n.endswith(".seg")
+            base for base in map(parse_segment_name, os.listdir(self._directory))
+            if base is not None
         )
         lines = []
+        kept: list[int] = []
         now = time.time()
         for seq, raw, reason in bad:
             if seq is not None and seq in self._dead_seqs:
@@ -410,17 +468,29 @@ class FileStore(BackingStore):
                 + b"\n"
             )
             if seq is not None:
-                self._dead_seqs.add(seq)
+                kept.append(seq)
         self._metrics.error("read_unmarshal", len(bad))
         if not lines:
             return
         # fsynced before the batch can be committed: the bytes outlive their segment.
-        fd = os.open(self._dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open_dead_letter(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, b"".join(lines))
             os.fsync(fd)
         finally:
             os.close(fd)
+        # Known as kept only now: a failed write is retried by the next read (which
+        # starts again from the same records), not skipped as "kept already".
+        self._dead_seqs.update(kept)
+
+    def _open_dead_letter(self, flags: int) -> int:
+        """Open deadletter-json.jsonl itself (``open_regular``: never through a symlink,
+        never a FIFO or device); not a regular file is an OSError naming the path and the
+        fix, which the store's callers already turn into its own errors."""
+        try:
+            return open_regular(self._dead_path, flags, 0o600)
+        except CorruptionError as exc:
+            raise OSError(errno.EINVAL, str(exc)) from exc
 
     # -- metrics and closing -------------------------------------------------------------
 

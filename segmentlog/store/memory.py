@@ -122,6 +122,11 @@ class MemoryStore(BackingStore):
             self._metrics.wrote(len(payloads))
             self._publish_gauges()
 
+    def room(self, event_size: int) -> int:
+        """Free places of ``max_events`` (Rule 8; the size does not matter here)."""
+        with self._lock:
+            return max(0, self._max_events - len(self._entries))
+
     def read_batch(
         self, max_events: int | None = None
     ) -> tuple[list[dict[str, Any]], Commit | None]:

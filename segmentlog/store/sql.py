@@ -495,6 +495,11 @@ class SQLStore(BackingStore):
 
         return do_commit
 
+    def room(self, event_size: int) -> int:
+        """Free places under ``max_events`` (Rule 8 of base.py; one counter read). Other
+        writers of the same table may take them meanwhile: a reading, not a promise."""
+        return max(0, self._max_events - self.pending())
+
     def pending(self) -> int:
         """The meta counter: events stored and not committed (Rule 5; one round trip)."""
         self._check_open()
