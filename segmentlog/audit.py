@@ -965,6 +965,13 @@ class Auditor(AuditorBase):
             except Exception:  # metrics must never stop delivery
                 LOG.debug("auditor %r: store.update_metrics failed", self.queue_name,
                           exc_info=True)
+            # The backlog of processes that are gone (a worker that exited or was
+            # killed): delivered by this one (BackingStore Rule 9).
+            try:
+                if self._store.adopt():
+                    self._backlog = True
+            except Exception:  # a store that cannot look now tries again next time
+                LOG.warning("auditor %r: store.adopt failed", self.queue_name, exc_info=True)
             # Also between writes and commits: other writers of a shared store show up.
             self._sync_backlog(self._backlog_events)
             self._update_room()

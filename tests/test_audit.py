@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 import uuid
@@ -581,6 +582,31 @@ def test_close_with_broker_down_persists_to_the_file_store_for_the_next_auditor(
         assert second.flush(30)
         assert _value(second, "segmentlog_auditor_drain_events_total") == 700
     assert check_delivery(consume(rabbitmq_url, queue), recorded) == 0
+
+
+def test_a_live_auditor_delivers_the_backlog_a_closed_one_left_in_the_shared_directory(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
+    # Issue 16: workers share one configuration; a worker that exits during an outage
+    # leaves its log, and a live worker delivers it once the broker is back (not only a
+    # restart of that same worker).
+    config = {"AUDIT_QUEUE_NAME": queue, "AUDIT_HOSTNAME": "127.0.0.1",
+              "AUDIT_PORT": str(proxy.port),
+              "AUDIT_BACKING_STORE": orjson.dumps(
+                  {"type": "file", "params": {"directory": str(tmp_path / "buf")}}).decode()}
+    proxy.refuse()
+    with Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0) as live:
+        gone = Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0)
+        recorded = _record_all(gone, make_events(300, tag="gone"))
+        gone.close(timeout=1)
+        proxy.accept()
+        deadline = time.monotonic() + 60  # adoption is checked every few seconds
+        while (_value(live, "segmentlog_auditor_drain_events_total") < 300
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        assert _value(live, "segmentlog_auditor_drain_events_total") == 300
+    # Consumed once the drain is over (consume_all acks what it is sent), at least once.
+    check_delivery(consume(rabbitmq_url, queue), recorded)
+    assert not os.listdir(tmp_path / "buf" / "logs")  # delivered logs are removed
 
 
 def test_close_with_memory_store_and_broker_down_reports_the_lost_events(

@@ -186,7 +186,8 @@ def test_log_tightens_an_existing_open_directory_like_the_file_store(logdir: str
 @pytest.mark.parametrize("how", ["fifo", "dangling_symlink", "symlink_to_a_file"])
 def test_file_store_json_dead_letter_file_must_be_a_regular_file(
         logdir: str, how: str) -> None:
-    os.makedirs(logdir, mode=0o700)
+    with SegmentLog(logdir) as log:  # a log at the top: the store takes it (pool Rule 5)
+        log.append(b"{}")
     path = os.path.join(logdir, JSON_DEADLETTER_NAME)
     MAKERS[how](path)
     with no_hang(), pytest.raises(CorruptionError, match="remove or rename it"):

@@ -7,6 +7,8 @@ import base64
 import errno
 import os
 import stat
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -19,7 +21,6 @@ from segmentlog.errors import (
     BackingStoreError,
     BackingStoreFull,
     ConfigError,
-    LogLockedError,
     RecordTooLargeError,
 )
 from segmentlog.store import BackingStore, FileStore, create_backing_store
@@ -60,11 +61,13 @@ def test_new_directory_is_0700_and_every_file_0600(tmp_path: Any) -> None:
     with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
         store.write_many([ev(i) for i in range(50)])  # several segments
         drain(store)
+        own = store.log.directory  # this process's log inside the shared directory
+        paths = [d, os.path.dirname(own), own] + [
+            os.path.join(where, n) for where in (d, own) for n in os.listdir(where)]
+        assert any(p.endswith(".seg") for p in paths)
+        for path in paths:
+            assert mode(path) & 0o077 == 0, path
     assert mode(d) == 0o700
-    names = os.listdir(d)
-    assert any(n.endswith(".seg") for n in names)
-    for name in names:
-        assert mode(os.path.join(d, name)) & 0o077 == 0, name
 
 
 def test_existing_open_directory_is_tightened_to_0700(tmp_path: Any) -> None:
@@ -257,7 +260,8 @@ def test_record_failing_its_checksum_is_skipped_kept_and_counted(tmp_path: Any) 
     d = str(tmp_path / "audit")
     with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as store:
         store.write_many([ev(i) for i in range(4)])
-    (seg,) = segment_files(d)
+        own = store.log.directory
+    (seg,) = segment_files(own)  # left in the directory: its events are pending
     offset, seq, length = frames(seg)[1]
     assert seq == 1
     flip_bit(seg, offset + 24 + length // 2)  # a bit inside record 1's payload
@@ -268,7 +272,8 @@ def test_record_failing_its_checksum_is_skipped_kept_and_counted(tmp_path: Any) 
         assert errors(reg, "read_corrupt") == 1
         store.update_metrics()
         assert errors(reg, "read_corrupt") == 1  # a delta, not the total again
-    assert os.path.exists(os.path.join(d, "deadletter.jsonl"))
+        assert store.log.directory == own  # the free log was claimed, not a new one
+    assert os.path.exists(os.path.join(own, "deadletter.jsonl"))
 
 
 # -- faults --------------------------------------------------------------------------------
@@ -297,10 +302,15 @@ def test_full_log_is_backing_store_full_and_an_fsync_failure_is_not(tmp_path: An
     store.close()
 
 
-def test_second_store_on_the_same_directory_is_refused(tmp_path: Any) -> None:
+def test_second_store_on_the_same_directory_gets_a_log_of_its_own(tmp_path: Any) -> None:
+    # Issue 16: workers share one configuration; LogLockedError refused the second.
     d = str(tmp_path / "audit")
-    with FileStore(d, registry=CollectorRegistry()), pytest.raises(LogLockedError):
-        FileStore(d, registry=CollectorRegistry())
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as a, \
+            FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as b:
+        assert a.log.directory != b.log.directory
+        a.write(ev(1))
+        b.write(ev(2))
+        assert drain(a) == [1] and drain(b) == [2]
 
 
 def test_unwritable_directory_is_a_backing_store_error_naming_it(tmp_path: Any) -> None:
@@ -344,7 +354,7 @@ def test_metrics_report_bytes_files_and_events(tmp_path: Any) -> None:
         assert get("audittools_backing_store_events", {"store": "file"}) == 300
         files = get("audittools_backing_store_files_count", {"store": "file"})
         size = get("audittools_backing_store_size_bytes", {"store": "file"})
-        segments = len(segment_files(d))
+        segments = len(segment_files(store.log.directory))
         assert segments >= 3
         # Segments, plus the next one if the background preparer had made it already.
         assert files is not None and segments <= files <= segments + 1
@@ -418,3 +428,76 @@ def test_fsync_interval_must_be_a_finite_number_of_seconds(tmp_path: Any, interv
     with pytest.raises(ConfigError, match="fsync_interval"):
         FileStore(str(tmp_path / "a"), fsync="interval", fsync_interval=interval,
                   registry=CollectorRegistry())
+
+
+# -- many processes (issue 16) ------------------------------------------------------------
+
+
+def test_a_closed_stores_backlog_is_adopted_and_its_log_removed(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as live:
+        gone = FileStore(d, max_file_size=SMALL, registry=CollectorRegistry())
+        gone.write_many([ev(i) for i in range(5)])
+        left = gone.log.directory
+        gone.close()  # could not deliver: its log stays for another process
+        assert os.path.isdir(left)
+        live.write(ev(100))
+        assert live.adopt() == 5
+        assert live.pending() == 6
+        assert drain(live) == [0, 1, 2, 3, 4, 100]  # adopted first, in recorded order
+        assert not os.path.exists(left)  # delivered, then removed: churn does not grow it
+
+
+def test_a_killed_processes_backlog_is_adopted(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    child = (
+        "import sys, orjson\n"
+        "from prometheus_client import CollectorRegistry\n"
+        "from segmentlog.store import FileStore\n"
+        f"s = FileStore({d!r}, max_file_size={SMALL}, registry=CollectorRegistry())\n"
+        "s.write_many([{'seq': i} for i in range(20)])\n"
+        "print(s.log.directory, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with FileStore(d, max_file_size=SMALL, registry=CollectorRegistry()) as live:
+        proc = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            assert live.adopt() == 0  # alive: its log is its own
+        finally:
+            proc.kill()
+            proc.communicate()
+        assert live.adopt() == 20
+        assert drain(live) == list(range(20))
+
+
+def test_a_store_made_before_fork_gives_the_child_a_log_of_its_own(tmp_path: Any) -> None:
+    d = str(tmp_path / "audit")
+    store = FileStore(d, max_file_size=SMALL, registry=CollectorRegistry())
+    store.write(ev(1))  # recorded before the fork: the parent's to deliver
+    parent_log = store.log.directory
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write, report where, leave without delivering
+        code = 1
+        try:
+            store.write(ev(2))
+            os.write(w, store.log.directory.encode())
+            store.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child_log = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_log != parent_log
+    try:
+        assert drain(store) == [1]  # the parent's log holds only its own event
+        assert store.adopt() == 1  # the child's, left behind when it closed
+        assert drain(store) == [2]
+    finally:
+        store.close()

@@ -52,6 +52,13 @@ Rule 8: ``room(event_size)`` is at least how many more events of ``event_size``
         The Auditor holds no more events in memory than a durable store has room for,
         so what it accepts can still be stored if the broker goes away.
 
+Rule 9: ``adopt()`` takes over events that processes which are gone left in a store
+        shared by many processes and that no live process would otherwise deliver (the
+        file store: the logs of gone processes in its directory); it returns how many
+        events it adopted (0 by default: the SQL stores are drained by any process
+        already). A drainer calls it every few seconds; adopted events are then read
+        like the store's own.
+
 Custom stores written before ``max_events`` existed define ``read_batch(self)``. They
 keep working: drainers call :meth:`BackingStore.read_batch_up_to`, which passes
 ``max_events`` only to a ``read_batch`` whose signature accepts it (checked once per
@@ -202,6 +209,11 @@ class BackingStore(ABC):
         """Bytes of the largest serialised event this store can take, or ``None`` when
         it sets no limit of its own (Rule 7)."""
         return None
+
+    def adopt(self) -> int:
+        """Take over the backlog of gone processes sharing this store; how many events
+        it adopted (Rule 9)."""
+        return 0
 
     def update_metrics(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Refresh gauges; cheap enough to call every few seconds."""

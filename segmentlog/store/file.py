@@ -41,14 +41,16 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
 import errno
 import logging
 import mmap
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 
@@ -105,6 +107,138 @@ def _round_segment_size(size: int) -> int:
     return pages * _PAGE
 
 
+class _Source:
+    """One log the store reads: its own, or an adopted one of a gone process (module
+    docstring, "Many processes"), with the JSON dead-letter bookkeeping of that log's
+    directory. Called with the store's read lock held."""
+
+    def __init__(self, log: SegmentLog, what: str, metrics: StoreMetrics) -> None:
+        self.log = log
+        self.what = what
+        self.metrics = metrics
+        self.dead_path = os.path.join(log.directory, JSON_DEADLETTER_NAME)
+        # Only entries at or above the committed position matter: reading never goes
+        # back below it in this process (rewind stops there, reopen starts there).
+        self.dead_seqs = self.known_dead_seqs()
+        self.forget_dead_below(int(log.stats()["committed_seq"]))
+
+    def pending(self) -> int:
+        """Records appended and not committed, less those already dead-lettered."""
+        stats = self.log.stats()
+        first, end = int(stats["committed_seq"]), int(stats["next_seq"])
+        dead = sum(1 for s in self.dead_seqs if first <= s < end)
+        return max(0, int(stats["pending_records"]) - dead)
+
+    def known_dead_seqs(self) -> set[int]:
+        # Records already dead-lettered by an earlier run (crash before commit): kept once.
+        seqs: set[int] = set()
+        try:
+            # Not a regular file: CorruptionError, as the log refuses one under its names.
+            with open(open_regular(self.dead_path, os.O_RDONLY), "rb") as f:
+                for line in f:
+                    try:
+                        item = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue  # a torn last line: that entry is written again
+                    seq = item.get("seq") if isinstance(item, dict) else None
+                    if type(seq) is int:
+                        seqs.add(seq)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # A report, not state the store needs: without it an entry may be written
+            # twice after a restart, never lost. Writing to it will fail loudly.
+            LOG.warning("%s: cannot read %s (%s); records dead-lettered by an earlier "
+                        "run may be listed again", self.what, self.dead_path, exc)
+        return seqs
+
+    def forget_dead_below(self, seq: int) -> None:
+        # Committed records are never read again in this process, so their entries can
+        # go: the set (and pending()'s walk over it) stays as small as the dead records
+        # still ahead of the reader. The file keeps every entry for a restart.
+        if self.dead_seqs:
+            self.dead_seqs = {s for s in self.dead_seqs if s >= seq}
+
+    def parse(self, batch: Batch, keep: Callable[[bytes, dict[str, Any]], _T]) -> list[_T]:
+        """Parse each record of ``batch`` and return ``keep(record, event)`` for each;
+        records that are not JSON objects go to the dead-letter file."""
+        out: list[_T] = []
+        bad: list[tuple[int | None, bytes, str]] = []
+        # Sequence numbers are first_seq + i unless the log skipped damage inside the
+        # batch; then they are unknown and the entry says so (seq null).
+        exact = batch.last_seq - batch.first_seq + 1 == len(batch.records)
+        loads = orjson.loads
+        for i, raw in enumerate(batch.records):
+            try:
+                event = loads(raw)
+            except orjson.JSONDecodeError as exc:
+                bad.append((batch.first_seq + i if exact else None, raw, f"invalid JSON: {exc}"))
+                continue
+            if type(event) is not dict:
+                bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
+                continue
+            out.append(keep(raw, event))
+        if bad:
+            self.dead_letter(bad)
+        return out
+
+    def dead_letter(self, bad: list[tuple[int | None, bytes, str]]) -> None:
+        # Only the log's own segment names: any other file here (a foreign notes.seg)
+        # is not ours and says nothing about where a record was.
+        segments = sorted(
+            base for base in map(parse_segment_name, os.listdir(self.log.directory))
+            if base is not None
+        )
+        lines = []
+        kept: list[int] = []
+        now = time.time()
+        for seq, raw, reason in bad:
+            if seq is not None and seq in self.dead_seqs:
+                continue  # kept already (read again after a rewind or a restart)
+            segment = None
+            if seq is not None and segments:
+                i = bisect.bisect_right(segments, seq) - 1
+                if i >= 0:
+                    segment = f"{segments[i]:020d}.seg"
+            lines.append(
+                orjson.dumps(
+                    {
+                        "time": now,
+                        "seq": seq,
+                        "segment": segment,
+                        "reason": reason,
+                        "length": len(raw),
+                        "raw_base64": base64.b64encode(raw).decode("ascii"),
+                    }
+                )
+                + b"\n"
+            )
+            if seq is not None:
+                kept.append(seq)
+        self.metrics.error("read_unmarshal", len(bad))
+        if not lines:
+            return
+        # fsynced before the batch can be committed: the bytes outlive their segment.
+        fd = self.open_dead_letter(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, b"".join(lines))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # Known as kept only now: a failed write is retried by the next read (which
+        # starts again from the same records), not skipped as "kept already".
+        self.dead_seqs.update(kept)
+
+    def open_dead_letter(self, flags: int) -> int:
+        """Open deadletter-json.jsonl itself (``open_regular``: never through a symlink,
+        never a FIFO or device); not a regular file is an OSError naming the path and the
+        fix, which the store's callers already turn into its own errors."""
+        try:
+            return open_regular(self.dead_path, flags, 0o600)
+        except CorruptionError as exc:
+            raise OSError(errno.EINVAL, str(exc)) from exc
+
+
 class FileStore(BackingStore):
     """Segment-log store (``type: "file"``).
 
@@ -135,7 +269,7 @@ class FileStore(BackingStore):
         registry: CollectorRegistry | None = None,
         name: str | None = None,
     ) -> None:
-        from ..log import SegmentLog
+        from ..pool import LogPool
 
         self._directory = os.fspath(directory)
         if not self._directory:
@@ -157,7 +291,9 @@ class FileStore(BackingStore):
         self._what = f"file backing store {self._directory}"
         self._prepare_directory()
         try:
-            self._log: SegmentLog = SegmentLog(
+            # Each process (each store) writes a log of its own inside the directory,
+            # claimed from the pool: any number of workers share one configuration.
+            self._pool = LogPool(
                 self._directory,
                 segment_size=_round_segment_size(max_file_size),
                 max_total_size=max_total_size or None,
@@ -166,26 +302,76 @@ class FileStore(BackingStore):
             )
         except ConfigError as exc:
             raise ConfigError(f"file backing store: {exc}") from exc
-        self._read_lock = threading.Lock()
+        self._read_lock, self._claim_lock = threading.Lock(), threading.Lock()
         self._closed = False
         self._batches = BatchTracker(self._read_lock, self._what, self._check_open)
-        self._dead_path = os.path.join(self._directory, JSON_DEADLETTER_NAME)
-        # Only entries at or above the committed position matter: reading never goes
-        # back below it in this process (rewind stops there, reopen starts there).
         self._damaged_seen = 0
+        self._written = 0  # records appended by logs this store wrote before (a fork)
+        self._adopted: list[_Source] = []  # logs of gone processes, drained first
+        self._reading: _Source | None = None  # the log of the batch handed out last
+        self._own: _Source | None = None
+        # writes_total is the log's count of appended records, read at scrape time:
+        # write() then pays for no counter of its own.
+        self._metrics = StoreMetrics(registry, self.TYPE, name, written=self._count)
         try:
-            self._dead_seqs = self._known_dead_seqs()
-            self._forget_dead_below(int(self._log.stats()["committed_seq"]))
-            # writes_total is the log's count of appended records, read at scrape time:
-            # write() then pays for no counter of its own (~0.15 us of ~2.5 us).
-            first_seq = int(self._log.stats()["next_seq"])
-            self._metrics = StoreMetrics(
-                registry, self.TYPE, name,
-                written=lambda: int(self._log.stats()["next_seq"]) - first_seq)
+            self._claim()
         except BaseException:
-            self._log.close()  # e.g. a foreign collector owns the names: release the lock
+            self._metrics.release()
             raise
+        _STORES.add(self)
         self.update_metrics()
+
+    def _claim(self) -> None:
+        """Take this process's own log from the pool (at creation, and in a forked child
+        at first use)."""
+        try:
+            self._log: SegmentLog = self._pool.claim()
+        except ConfigError as exc:
+            raise ConfigError(f"file backing store: {exc}") from exc
+        self._first_seq = int(self._log.stats()["next_seq"])
+        try:
+            self._own = _Source(self._log, self._what, self._metrics)
+        except BaseException:
+            self._log.close()
+            raise
+
+    def _count(self) -> int:
+        if self._own is None:  # not claimed (yet) in a forked child: nothing written here
+            return self._written
+        return self._written + int(self._log.stats()["next_seq"]) - self._first_seq
+
+    def _own_source(self) -> _Source:
+        if self._own is None:  # a forked child's first use (_after_fork_in_child)
+            with self._claim_lock:
+                if self._own is None:
+                    self._claim()
+        assert self._own is not None
+        return self._own
+
+    def _next_source(self) -> _Source:
+        return self._adopted[0] if self._adopted else self._own_source()
+
+    def _retire(self, src: _Source) -> None:
+        """An adopted log read to its end: give it back to the pool (removed if nothing
+        is pending; closed and left for another process otherwise)."""
+        self._adopted.remove(src)
+        if self._reading is src:
+            self._reading = None
+        removed = self._pool.retire(src.log)
+        LOG.info("%s: the adopted log %s is delivered%s", self._what, src.log.directory,
+                 " and removed" if removed else "")
+
+    def _after_fork_in_child(self) -> None:
+        """The child of a fork: the logs this store holds belong to the parent (which
+        goes on writing and draining them). Forget them without closing them (closing
+        would write to the parent's files) and claim a log of the child's own at first
+        use."""
+        with contextlib.suppress(Exception):
+            self._written = self._count()
+        self._adopted, self._reading, self._own = [], None, None
+        self._log = cast(Any, _ClaimOnUse(self))
+        self._read_lock, self._claim_lock = threading.Lock(), threading.Lock()
+        self._batches = BatchTracker(self._read_lock, self._what, self._check_open)
 
     @classmethod
     def from_params(
@@ -219,8 +405,9 @@ class FileStore(BackingStore):
 
     @property
     def log(self) -> SegmentLog:
-        """The underlying segment log (for stats and tools; do not read or commit it)."""
-        return self._log
+        """This process's own segment log (for stats and tools; do not read or commit
+        it)."""
+        return self._own_source().log
 
     @property
     def metrics_label(self) -> str:
@@ -269,29 +456,6 @@ class FileStore(BackingStore):
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError(f"{self._what} is closed; create a new store")
-
-    def _known_dead_seqs(self) -> set[int]:
-        # Records already dead-lettered by an earlier run (crash before commit): kept once.
-        seqs: set[int] = set()
-        try:
-            # Not a regular file: CorruptionError, as the log refuses one under its names.
-            with open(open_regular(self._dead_path, os.O_RDONLY), "rb") as f:
-                for line in f:
-                    try:
-                        item = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue  # a torn last line: that entry is written again
-                    seq = item.get("seq") if isinstance(item, dict) else None
-                    if type(seq) is int:
-                        seqs.add(seq)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            # A report, not state the store needs: without it an entry may be written
-            # twice after a restart, never lost. Writing to it will fail loudly.
-            LOG.warning("%s: cannot read %s (%s); records dead-lettered by an earlier "
-                        "run may be listed again", self._what, self._dead_path, exc)
-        return seqs
 
     # -- writes -------------------------------------------------------------------------
 
@@ -352,27 +516,34 @@ class FileStore(BackingStore):
             self._check_open()
             rewind = self._batches.outstanding
             self._batches.drop()
+            # The batch outstanding is read again from its own log; else the oldest
+            # adopted log first, then this process's own.
+            src = self._reading if rewind and self._reading else self._next_source()
             try:
                 if rewind:
-                    self._log.rewind()
+                    src.log.rewind()
                 while True:
-                    batch = self._log.read_batch(max_records=limit)
+                    batch = src.log.read_batch(max_records=limit)
                     if not batch:
-                        return [], None
-                    events = self._parse(batch, keep)
+                        if src is self._own:
+                            return [], None
+                        self._retire(src)  # an adopted log, all of it delivered
+                        src = self._next_source()
+                        continue
+                    events = src.parse(batch, keep)
                     if events:
                         break
                     # Every record was dead-lettered (kept in deadletter-json.jsonl,
                     # fsynced): consume them and read on.
-                    self._log.commit(batch)
-                    self._forget_dead_below(batch.last_seq + 1)
+                    src.log.commit(batch)
+                    src.forget_dead_below(batch.last_seq + 1)
             except Exception as exc:
                 # The log's reader moved past the batch, and no commit was handed out to
                 # bring it back: rewind, so the next read starts from the same records
                 # (none is skipped because this read failed).
                 self._metrics.error("read")
                 try:
-                    self._log.rewind()
+                    src.log.rewind()
                 except Exception as again:  # the error below says the read failed
                     exc.add_note(f"rewind after the failed read also failed: {again}")
                 if isinstance(exc, OSError | ValueError):
@@ -380,122 +551,53 @@ class FileStore(BackingStore):
                 raise
             self._metrics.read(len(events))
 
+            self._reading = src
+
             def do_commit() -> None:
                 try:
-                    self._log.commit(batch)
+                    src.log.commit(batch)
                 except OSError as exc:
                     self._metrics.error("commit")
                     raise BackingStoreError(
                         f"{self._what}: commit failed ({exc}); the batch stays stored and "
                         "will be read again"
                     ) from exc
-                self._forget_dead_below(batch.last_seq + 1)
+                src.forget_dead_below(batch.last_seq + 1)
 
             return events, self._batches.issue(do_commit)
 
-    def _forget_dead_below(self, seq: int) -> None:
-        # Committed records are never read again in this process, so their entries can
-        # go: the set (and pending()'s walk over it) stays as small as the dead records
-        # still ahead of the reader. The file keeps every entry for a restart.
-        if self._dead_seqs:
-            self._dead_seqs = {s for s in self._dead_seqs if s >= seq}
-
     def pending(self) -> int:
-        """Records appended and not committed, less those already dead-lettered."""
+        """Records appended and not committed, less those already dead-lettered, in this
+        process's log and the logs it adopted."""
         with self._read_lock:
             self._check_open()
             try:
-                stats = self._log.stats()
+                return sum(src.pending() for src in [self._own_source(), *self._adopted])
             except OSError as exc:
                 raise BackingStoreError(f"{self._what}: cannot read the log's counters: "
                                         f"{exc}") from exc
-            first, end = int(stats["committed_seq"]), int(stats["next_seq"])
-            dead = sum(1 for s in self._dead_seqs if first <= s < end)
-            return max(0, int(stats["pending_records"]) - dead)
 
-    def _parse(self, batch: Batch, keep: Callable[[bytes, dict[str, Any]], _T]) -> list[_T]:
-        """Parse each record of ``batch`` and return ``keep(record, event)`` for each;
-        records that are not JSON objects go to the dead-letter file."""
-        out: list[_T] = []
-        bad: list[tuple[int | None, bytes, str]] = []
-        # Sequence numbers are first_seq + i unless the log skipped damage inside the
-        # batch; then they are unknown and the entry says so (seq null).
-        exact = batch.last_seq - batch.first_seq + 1 == len(batch.records)
-        loads = orjson.loads
-        for i, raw in enumerate(batch.records):
+    def adopt(self) -> int:
+        """Take over the logs of gone processes configured with this directory (module
+        docstring, "Many processes"); returns how many events they hold. Their events are
+        read before this process's own; each adopted log is removed once drained."""
+        with self._read_lock:
+            self._check_open()
             try:
-                event = loads(raw)
-            except orjson.JSONDecodeError as exc:
-                bad.append((batch.first_seq + i if exact else None, raw, f"invalid JSON: {exc}"))
-                continue
-            if type(event) is not dict:
-                bad.append((batch.first_seq + i if exact else None, raw, "not a JSON object"))
-                continue
-            out.append(keep(raw, event))
-        if bad:
-            self._dead_letter(bad)
-        return out
-
-    def _dead_letter(self, bad: list[tuple[int | None, bytes, str]]) -> None:
-        # Only the log's own segment names: any other file here (a foreign notes.seg)
-        # is not ours and says nothing about where a record was.
-        segments = sorted(
-            base for base in map(parse_segment_name, os.listdir(self._directory))
-            if base is not None
-        )
-        lines = []
-        kept: list[int] = []
-        now = time.time()
-        for seq, raw, reason in bad:
-            if seq is not None and seq in self._dead_seqs:
-                continue  # kept already (read again after a rewind or a restart)
-            segment = None
-            if seq is not None and segments:
-                i = bisect.bisect_right(segments, seq) - 1
-                if i >= 0:
-                    segment = f"{segments[i]:020d}.seg"
-            lines.append(
-                orjson.dumps(
-                    {
-                        "time": now,
-                        "seq": seq,
-                        "segment": segment,
-                        "reason": reason,
-                        "length": len(raw),
-                        "raw_base64": base64.b64encode(raw).decode("ascii"),
-                    }
-                )
-                + b"\n"
-            )
-            if seq is not None:
-                kept.append(seq)
-        self._metrics.error("read_unmarshal", len(bad))
-        if not lines:
-            return
-        # fsynced before the batch can be committed: the bytes outlive their segment.
-        fd = self._open_dead_letter(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        try:
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # Known as kept only now: a failed write is retried by the next read (which
-        # starts again from the same records), not skipped as "kept already".
-        self._dead_seqs.update(kept)
-
-    def _open_dead_letter(self, flags: int) -> int:
-        """Open deadletter-json.jsonl itself (``open_regular``: never through a symlink,
-        never a FIFO or device); not a regular file is an OSError naming the path and the
-        fix, which the store's callers already turn into its own errors."""
-        try:
-            return open_regular(self._dead_path, flags, 0o600)
-        except CorruptionError as exc:
-            raise OSError(errno.EINVAL, str(exc)) from exc
+                logs = self._pool.adopt()
+            except OSError as exc:
+                raise BackingStoreError(f"{self._what}: cannot look for logs to adopt: "
+                                        f"{exc}") from exc
+            for log in logs:
+                LOG.info("%s: adopted the backlog of %s (%d events)", self._what,
+                         log.directory, log.stats()["pending_records"])
+                self._adopted.append(_Source(log, self._what, self._metrics))
+            return sum(src.pending() for src in self._adopted)
 
     # -- metrics and closing -------------------------------------------------------------
 
     def update_metrics(self) -> None:
-        if self._closed:
+        if self._closed or self._own is None:
             return
         try:
             stats = self._log.stats()
@@ -512,12 +614,42 @@ class FileStore(BackingStore):
             self._damaged_seen = damaged
 
     def close(self) -> None:
+        """Close the store. This process's log is removed when nothing in it is pending;
+        otherwise it stays in the directory and the next process configured with it (a
+        new worker, or any live one within a few seconds) delivers it. Adopted logs not
+        yet delivered are given back the same way."""
         with self._read_lock:
             if self._closed:
                 return
             self._closed = True
             self._batches.drop()
         try:
-            self._log.close()
+            for src in [*self._adopted, self._own]:
+                if src is not None:
+                    self._pool.retire(src.log)
         finally:
+            _STORES.discard(self)
             self._metrics.release()
+
+
+class _ClaimOnUse:
+    """A forked child's stand-in for the store's log: the first use claims the child's
+    own log from the pool (FileStore._after_fork_in_child)."""
+
+    def __init__(self, store: FileStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        self._store._own_source()
+        return getattr(self._store._log, name)
+
+
+_STORES: weakref.WeakSet[FileStore] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_forked)
