@@ -600,6 +600,7 @@ class Auditor(AuditorBase):
             options["queue_arguments"] = env_queue_args
         options.update(publisher_options or {})
         options["registry"] = self.registry
+        self._publisher_args = (urls, options)  # a forked child makes its own publisher
         try:
             self._publisher = Publisher(urls, self.queue_name, **options)
         except ValueError as exc:  # ConfigError, or a foreign collector on the registry
@@ -697,6 +698,37 @@ class Auditor(AuditorBase):
 
         self._close_at_exit = close_at_exit
         atexit.register(close_at_exit)
+        _AUDITORS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """The child of a fork (gunicorn --preload, a module-level auditor, a prefork
+        pool): the delivery thread did not come along, the broker connection is the
+        parent's, and every event recorded before the fork is the parent's to deliver
+        (in its memory, or in its log). Start over with the child's own: the same
+        settings, a new publisher and delivery thread, nothing queued. The store looks
+        after itself (the file store claims a log of the child's own, the memory store
+        starts empty)."""
+        if self._closed:
+            return
+        old = self._publisher
+        _forget_connection(old)
+        with contextlib.suppress(Exception):
+            old.metrics.release()  # the child's copy of the label, for the new publisher
+        self._lock, self._wake = threading.Lock(), threading.Event()
+        self._room, self._settled = threading.Condition(), threading.Condition()
+        self._queue.clear()
+        self._pending.clear()
+        self._t_record, self._lost, self._lost_reasons = {}, [], []
+        self._accepted = self._delivered_upto = 0
+        self._waiters, self._idle, self._stopping, self._failure = 0, False, False, None
+        self._drain_skip, self._backlog = [], True
+        self._refused = False
+        urls, options = self._publisher_args
+        self._publisher = Publisher(urls, self.queue_name, **options)
+        self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
+                                        daemon=True)
+        self._publisher.start()  # connects in the background; events buffer meanwhile
+        self._thread.start()
 
     # ------------------------------------------------------------------ caller side
     def record(self, event: EventLike) -> None:
@@ -1385,3 +1417,22 @@ class Auditor(AuditorBase):
         with contextlib.suppress(Exception):  # metrics only
             self._store.update_metrics()
 
+
+def _forget_connection(publisher: Publisher) -> None:
+    """In a forked child: close the child's copy of the parent's broker socket without a
+    word on it (a Connection.Close would end the parent's connection), so the connection
+    ends when the parent closes it. Best effort: pika's internals may change."""
+    with contextlib.suppress(Exception):
+        sock = publisher._conn._transport._sock
+        os.close(sock.detach())
+
+
+_AUDITORS: weakref.WeakSet[Auditor] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for auditor in list(_AUDITORS):
+        auditor._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_forked)

@@ -999,3 +999,56 @@ def test_recording_auditor_expects_events_ignoring_id_time_and_observer() -> Non
     auditor.close()
     with pytest.raises(LogClosedError):
         auditor.record(_mapping(1))
+
+
+def _fork(child: Any) -> int:
+    """Fork; run ``child()`` in the child and leave with its status (0: it returned)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_an_auditor_made_before_fork_delivers_every_event_once(
+        rabbitmq_url: str, queue: str, tmp_path: Path, store: str) -> None:
+    # Issue 16: an Auditor made before fork (gunicorn --preload, a module-level auditor)
+    # failed in the child with the parent's connection; events recorded before the fork
+    # must be delivered by the parent only.
+    params = ({"type": "memory", "params": {}} if store == "memory" else
+              {"type": "file", "params": {"directory": str(tmp_path / "buf")}})
+    where = urlsplit(rabbitmq_url)
+    config = {"AUDIT_QUEUE_NAME": queue, "AUDIT_HOSTNAME": str(where.hostname),
+              "AUDIT_PORT": str(where.port), "AUDIT_BACKING_STORE": orjson.dumps(params).decode()}
+    auditor = Auditor(OBSERVER, env_prefix="AUDIT", environ=config)
+    recorded = _record_all(auditor, make_events(50, tag="before"))
+    children = []
+    for name in ("child-1", "child-2"):
+        def child(name: str = name) -> None:
+            mine = _record_all(auditor, make_events(40, tag=name))
+            auditor.close(timeout=30)  # raises if anything was neither delivered nor kept
+            (tmp_path / name).write_bytes(orjson.dumps([[m, b.decode()] for m, b in mine]))
+        children.append((name, _fork(child)))
+    recorded += _record_all(auditor, make_events(30, tag="after"))
+    auditor.close(timeout=30)
+    for name, pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        recorded += [(m, b.encode()) for m, b in orjson.loads((tmp_path / name).read_bytes())]
+    messages = consume(rabbitmq_url, queue)
+    got = {mid for mid, _ in messages}
+    assert got == {mid for mid, _ in recorded}
+    assert len(messages) == len(recorded), "an event was delivered twice"

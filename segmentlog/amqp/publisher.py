@@ -408,6 +408,12 @@ class Publisher:
                 return
         raise BrokerUnavailableError(self._unavailable_message())
 
+    def start(self) -> None:
+        """Start connecting in the background and return at once (``connect`` without
+        the wait); ``is_available()`` turns True when a channel is ready."""
+        self._check_open()
+        self._start()
+
     def is_available(self) -> bool:
         """True when a batch could be published now (channel open, not blocked)."""
         return self._ready and not self._blocked and not self._closed

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import bisect
-import contextlib
 import errno
 import logging
 import mmap
@@ -366,8 +365,10 @@ class FileStore(BackingStore):
         goes on writing and draining them). Forget them without closing them (closing
         would write to the parent's files) and claim a log of the child's own at first
         use."""
-        with contextlib.suppress(Exception):
-            self._written = self._count()
+        # Nothing here may take a lock: another thread of the parent may have held it
+        # at the fork, and it stays held in the child. Counters start again at 0 (each
+        # process reports what it wrote).
+        self._written = 0
         self._adopted, self._reading, self._own = [], None, None
         self._log = cast(Any, _ClaimOnUse(self))
         self._read_lock, self._claim_lock = threading.Lock(), threading.Lock()

@@ -19,7 +19,9 @@ store had the same limit; it does not meet PCI DSS / SOC 2 completeness on its o
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -75,6 +77,15 @@ class MemoryStore(BackingStore):
         self._metrics = StoreMetrics(registry, self.TYPE, name)
         self._metrics.set_files(0)
         self._publish_gauges()
+        _STORES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts empty: the events held here are the parent's to deliver
+        (a copy delivered by the child too would be a duplicate)."""
+        self._lock = threading.Lock()
+        self._batches = BatchTracker(self._lock, "memory backing store", self._check_open)
+        self._entries.clear()
+        self._bytes = 0
 
     @classmethod
     def from_params(
@@ -192,3 +203,14 @@ class MemoryStore(BackingStore):
         """Events buffered now."""
         with self._lock:
             return len(self._entries)
+
+
+_STORES: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_forked)
