@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from segmentlog import _fs
 from segmentlog._format import DEADLETTER_NAME
 from segmentlog.segment import open_regular
 
@@ -88,8 +89,8 @@ def append(directory: str, entries: list[dict[str, Any]]) -> None:
             # The last line was torn (a crash mid-append): end it, so this entry is not
             # glued to it and lost with it.
             lines.insert(0, b"\n")
-        os.write(fd, b"".join(lines))
-        os.fsync(fd)
+        _fs.fs.write(fd, b"".join(lines))
+        _fs.fs.fsync(fd)
     finally:
         os.close(fd)
 
