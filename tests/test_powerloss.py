@@ -1,10 +1,10 @@
 """Power loss: every acknowledged record survives every crash state (tests/powerloss.py).
 
 Workloads under each fsync policy (appends, batches, sync, rotation, reads, commits with
-recycling and with deletion, appender threads) run under the
-recording file system; then every crash state of the run, conservative and ALICE-like,
-is reopened with a real SegmentLog and checked. The layer's own tests show it catches a
-broken durability rule, and pin its model on small hand-made runs.
+recycling and with deletion, a reopen, a damaged record dead-lettered, appender threads)
+run under the recording file system; then every crash state of the run, conservative
+and ALICE-like, is reopened with a real SegmentLog and checked. The layer's own tests
+show it catches a broken durability rule, and pin its model on small hand-made runs.
 
 ``SEGMENTLOG_POWERLOSS_LONG=<n>``: the exhaustive mode, ``n`` seeds of longer workloads.
 """
@@ -33,6 +33,8 @@ SCENARIOS = {
     # consumed segments deleted (renamed to *.tmp, unlinked), and reclaimed at rotation
     # when max_total_size is reached
     "delete": {"recycle": False, "max_total_size": 4 * SEGMENT},
+    # a record damaged on the disk, dead-lettered; the log closed and reopened midway
+    "damage": {"damage": True, "reopen_at": STEPS // 5},
     # three appender threads (group commit with fsync="always") while one consumes
     "threads": {"threads": 3},
 }
@@ -67,6 +69,22 @@ def test_every_acknowledged_record_survives_every_crash_state(
     states, problems = _verify(tmp_path, w)
     assert states > 20, "the run left too few crash states to mean anything"
     assert not problems, "\n".join(problems[:10])
+
+
+# ---------------------------------------------------------------------- regressions
+
+
+def test_a_new_deadletter_file_survives_power_loss_once_the_reader_moved_past(
+    tmp_path: Any,
+) -> None:
+    """deadletter.append fsynced the file but not the directory when it created it: a
+    power loss then took the file's name, and with it every entry, though the reader had
+    already moved past the damage (and a commit may delete the segment holding it)."""
+    w = pl.Workload(fsync="always", seed=3, steps=200, segment_size=SEGMENT, damage=True)
+    rec = pl.run(os.path.join(tmp_path, "log"), w)
+    assert any(e[:2] == ("mark", "deadletter") for e in rec.events), "no damage was read"
+    _, problems = pl.verify(rec, w, os.path.join(tmp_path, "scratch"), alice=0)
+    assert not [p for p in problems if "dead-letter entries lost" in p], problems[:3]
 
 
 # ---------------------------------------------------------------------- the layer catches
