@@ -62,6 +62,18 @@ before it (the ``mark`` events):
    commit.
 5. Every dead-letter entry the reader had moved past is in the state's dead-letter file
    (the entry is durable before the reader moves on).
+
+A second crash (:func:`starts`, ``Workload.start``): a crash state of one run, ALICE-like
+ones included (torn writes, half-done renames), is where a second recorded run starts,
+so the log's recovery (zeroing a torn tail, deleting leftovers, writing a missing
+checkpoint, starting a segment past a checkpoint ahead of the data) is itself crashed
+at every point. The records a reopen of the start state returned count as acknowledged;
+the first run's other records are known (a record read back must be one of them, by
+number) but not expected.
+
+Cost: a state is reopened once (states are cached by content), with a file system
+without fsyncs. The tests sample the ALICE-like states (every n-th crash point) and keep
+runs short; ``SEGMENTLOG_POWERLOSS_LONG`` runs longer ones at every point.
 """
 
 from __future__ import annotations
@@ -390,7 +402,7 @@ def _marked(exp: Expected, kind: str, value: Any) -> Expected:
         return dataclasses.replace(exp, damaged=exp.damaged | {value})
     if kind == "deadletter":
         return dataclasses.replace(exp, deadletter=exp.deadletter | {value})
-    if kind == "appended":
+    if kind in ("appended", "known", "survived"):
         return exp
     raise AssertionError(kind)
 
@@ -408,6 +420,24 @@ class Reopened:
     batches: list[tuple[int, int, list[bytes]]] = dataclasses.field(default_factory=list)
     new_seq: int = -1
     deadletter: frozenset[tuple[str, int]] = frozenset()
+    # After settle(): the numbers of the records read, and what was wrong with them
+    # (the records themselves are dropped: a run's states would hold them all).
+    seqs: list[int] = dataclasses.field(default_factory=list)
+    record_problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def settle(got: Reopened, payloads: dict[int, bytes], by_payload: dict[bytes, int]) -> None:
+    """Check the records ``got`` read against those appended (rule 2), keep their numbers
+    and the problems, drop the records."""
+    numbered, problems = number_records(got, by_payload)
+    for seq, data in numbered:
+        if payloads.get(seq) != data:
+            problems.append(f"record {seq} is not the one appended: {data[:40]!r}")
+    got.seqs = [n for n, _ in numbered]
+    if any(b <= a for a, b in itertools.pairwise(got.seqs)):
+        problems.append(f"sequence numbers not increasing: {got.seqs}")
+    got.record_problems = problems
+    got.batches = []
 
 
 def reopen(files: dict[str, bytes], scratch: str, segment_size: int, fsync: str) -> Reopened:
@@ -451,37 +481,20 @@ def _deadletter_keys(data: bytes) -> frozenset[tuple[str, int]]:
     return frozenset(keys)
 
 
-def check_state(state: CrashState, got: Reopened, payloads: dict[int, bytes],
-                by_payload: dict[bytes, int]) -> list[str]:
-    """The rules of the module docstring for one crash state; the broken ones, worded.
-    ``payloads``: every record appended, by sequence number; ``by_payload`` the reverse
-    (payloads are unique)."""
+def check_state(state: CrashState, got: Reopened, ours: set[int]) -> list[str]:
+    """The rules of the module docstring for one crash state (``got`` settled); the
+    broken ones, worded. ``ours``: the records this run appended or started with (an
+    earlier run's records lost in its crash are known, never expected)."""
     exp = state.expected
-    problems = []
     if got.error is not None:
         return [f"does not reopen: {got.error}"]
-    seqs = []
-    for first, last, records in got.batches:
-        if len(records) == last - first + 1:
-            numbered = list(zip(range(first, last + 1), records, strict=True))
-        else:
-            # Damage skipped inside the batch: each record's number is the one it was
-            # appended with, if it was; it must lie within the batch's numbers.
-            numbered = [(by_payload.get(r, -1), r) for r in records]
-            if any(not first <= n <= last for n, _ in numbered):
-                problems.append(f"batch {first}..{last} holds records of other numbers: "
-                                f"{[n for n, _ in numbered]}")
-        for seq, data in numbered:
-            if payloads.get(seq) != data:
-                problems.append(f"record {seq} is not the one appended: {data[:40]!r}")
-        seqs += [n for n, _ in numbered]
-    if any(b <= a for a, b in itertools.pairwise(seqs)):
-        problems.append(f"sequence numbers not increasing: {seqs}")
+    problems = list(got.record_problems)
+    seqs = got.seqs
     returned = set(seqs)
     floors = [exp.commit_max] + ([got.checkpoint] if got.checkpoint is not None else [])
     floor = min(floors)
     lost = [s for s in range(floor, exp.acked + 1)
-            if s not in returned and s not in exp.damaged and s in payloads]
+            if s not in returned and s not in exp.damaged and s in ours]
     if lost:
         problems.append(f"acknowledged records lost: {_ranges(lost)} (checkpoint "
                         f"{got.checkpoint}, commit asked up to {exp.commit_max})")
@@ -505,18 +518,54 @@ def _ranges(seqs: list[int]) -> str:
     return ", ".join(out)
 
 
-def payloads_of(rec: Recorder) -> dict[int, bytes]:
-    """Every record the run appended, by sequence number (from its ``appended`` marks)."""
+def number_records(got: Reopened,
+                   by_payload: dict[bytes, int]) -> tuple[list[tuple[int, bytes]], list[str]]:
+    """(sequence number, record) of every record read, and the batches that disagree."""
+    out: list[tuple[int, bytes]] = []
+    problems = []
+    for first, last, records in got.batches:
+        if len(records) == last - first + 1:
+            out += zip(range(first, last + 1), records, strict=True)
+            continue
+        # Damage skipped inside the batch: each record's number is the one it was
+        # appended with, if it was; it must lie within the batch's numbers.
+        numbered = [(by_payload.get(r, -1), r) for r in records]
+        if any(not first <= n <= last for n, _ in numbered):
+            problems.append(f"batch {first}..{last} holds records of other numbers: "
+                            f"{[n for n, _ in numbered]}")
+        out += numbered
+    return out, problems
+
+
+def payloads_of(rec: Recorder) -> tuple[dict[int, bytes], set[int]]:
+    """Every record the run appended, by sequence number (from its ``appended`` marks),
+    and those an earlier run appended (``known``); and the numbers of those the run
+    appended or started with (``survived``)."""
     out: dict[int, bytes] = {}
+    ours: set[int] = set()
     for ev in rec.events:
         if ev[0] == "mark" and ev[1] == "appended":
             first, records = ev[2]
             for i, data in enumerate(records):
                 out[first + i] = data
-    return out
+            ours.update(range(first, first + len(records)))
+        elif ev[0] == "mark" and ev[1] in ("known", "survived"):
+            out.update(ev[2])  # the start of the run: appends that follow override
+            if ev[1] == "survived":
+                ours.update(ev[2])
+    return out, ours
 
 
 # ---------------------------------------------------------------------- workloads
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    files: dict[str, bytes]
+    known: dict[int, bytes]  # every record the earlier run appended, by sequence number
+    survived: dict[int, bytes]  # the records a reopen of ``files`` returned
+    checkpoint: int | None  # the checkpoint ``files`` hold, if sound
+    origin: str  # which run and state it comes from
 
 
 @dataclasses.dataclass
@@ -530,6 +579,9 @@ class Workload:
     damage: bool = False
     reopen_at: int | None = None  # close and reopen the log (recorded) at this step
     threads: int = 0  # this many appender threads (the run's thread syncs and consumes)
+    # The run starts in the crash state of an earlier one (a second crash, during or
+    # after recovery): its files, and the records a reopen of them returned.
+    start: Start | None = dataclasses.field(default=None, repr=False)
     # Called with each log opened and the recorder: the layer's own tests break a rule here.
     tamper: Callable[[SegmentLog, Recorder], None] | None = dataclasses.field(
         default=None, repr=False)
@@ -538,7 +590,18 @@ class Workload:
 def run(directory: str, w: Workload) -> Recorder:
     """Run workload ``w`` in ``directory`` under a Recorder; return it."""
     os.makedirs(directory, exist_ok=True)
-    rec = Recorder(directory)
+    if w.start is not None:
+        for name, data in w.start.files.items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(data)
+    rec = Recorder(directory)  # what is there now is durable
+    if w.start is not None:
+        rec.mark("known", w.start.known)
+        if w.start.survived:
+            rec.mark("survived", w.start.survived)
+            rec.mark("acked", max(w.start.survived))
+        if w.start.checkpoint is not None:
+            rec.mark("commit", w.start.checkpoint)  # committed by the earlier run
     with _fs.installed(rec):
         _Driver(rec, w).run()
     if rec.errors:
@@ -685,7 +748,7 @@ def verify(rec: Recorder, w: Workload, scratch: str, *,
            alice: int = 0) -> tuple[int, list[str]]:
     """Reopen every crash state of ``rec`` (ALICE-like ones at every ``alice``-th point);
     (states reopened, problems found)."""
-    payloads = payloads_of(rec)
+    payloads, ours = payloads_of(rec)
     by_payload = {data: seq for seq, data in payloads.items()}
     cache: dict[str, Reopened] = {}
     problems: list[str] = []
@@ -694,10 +757,29 @@ def verify(rec: Recorder, w: Workload, scratch: str, *,
         got = cache.get(key)
         if got is None:
             got = cache[key] = reopen(state.files, scratch, w.segment_size, w.fsync)
-        for p in check_state(state, got, payloads, by_payload):
+            settle(got, payloads, by_payload)
+        for p in check_state(state, got, ours):
             problems.append(f"{w} crash after event {state.index} "
                             f"({_describe(rec.events, state.index)}), {state.variant}: {p}")
     return len(cache), problems
+
+
+def starts(rec: Recorder, w: Workload, scratch: str, count: int) -> list[Start]:
+    """``count`` crash states of ``rec`` spread over the run (ALICE-like ones among
+    them), with the records a reopen of each returns: where a second run starts."""
+    payloads, _ = payloads_of(rec)
+    by_payload = {data: seq for seq, data in payloads.items()}
+    states = [s for s in crash_states(rec, alice=1) if s.variant != "conservative"]
+    out = []
+    for k in range(count):
+        state = states[(2 * k + 1) * len(states) // (2 * count)]
+        got = reopen(state.files, scratch, w.segment_size, w.fsync)
+        assert got.error is None, got.error
+        numbered, problems = number_records(got, by_payload)
+        assert not problems, problems
+        out.append(Start(state.files, payloads, dict(numbered), got.checkpoint,
+                         f"{w} after event {state.index}, {state.variant}"))
+    return out
 
 
 def _describe(events: list[Event], index: int) -> str:
