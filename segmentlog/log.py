@@ -303,8 +303,8 @@ class SegmentLog:
         self._read_lock = threading.Lock()
         self._closed = False
         self._failed: DurabilityError | None = None
-        self._fsync_default = os.fdatasync  # see _fsync_fn; the seam's unless replaced
-        self._fsync_hook = _fs.fs.fdatasync
+        self._fsync_default = _fs.DEFAULT.fdatasync  # see _fsync_fn
+        self._fsync_hook = _fs.fs.fdatasync  # the seam's (a replaced one closes the committer)
         self._fsync_dir_fn = fsync_dir  # likewise
         self._unlink_fn = _fs.fs.unlink  # likewise (consumed segments, outside the lock)
 
