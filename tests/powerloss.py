@@ -97,6 +97,7 @@ from segmentlog import _pure as pure
 from segmentlog._format import (
     CHECKPOINT_NAME,
     DEADLETTER_NAME,
+    LOCK_NAME,
     SEGMENT_HEADER_SIZE,
     parse_segment_name,
 )
@@ -224,6 +225,15 @@ class Recorder(_fs.FileSystem):
             os.unlink(path)
             if name is not None and self.live.pop(name, None) is not None:
                 self.events.append(("unlink", name))
+
+    def check_directory(self) -> None:
+        """Raise SeamBypassed if the directory holds other names than the seam saw made
+        (a create, rename or unlink made past it); ``lock`` is not the seam's."""
+        actual = set(os.listdir(self.directory)) - {LOCK_NAME}
+        if actual != set(self.live):
+            raise self._fail(f"the directory changed past the seam: it holds "
+                             f"{sorted(actual - set(self.live))} the seam never saw made, "
+                             f"and lacks {sorted(set(self.live) - actual)}")
 
     # -------------------------------------------------------------- the test's own events
 
@@ -614,6 +624,7 @@ def run(directory: str, w: Workload) -> Recorder:
             rec.mark("commit", w.start.checkpoint)  # committed by the earlier run
     with _fs.installed(rec):
         _Driver(rec, w).run()
+    rec.check_directory()
     if rec.errors:
         raise SeamBypassed("; ".join(rec.errors))
     return rec

@@ -253,6 +253,17 @@ def test_seam_default_calls_the_os_function_when_it_runs(
     assert _fs.fs is _fs.DEFAULT and _fs.fs.fdatasync is _fs.DEFAULT.fdatasync
 
 
+def test_layer_notices_a_directory_change_made_past_the_seam(tmp_path: Any) -> None:
+    d = os.fspath(tmp_path)
+    rec = pl.Recorder(d)
+    with _fs.installed(rec):
+        os.close(_open(os.path.join(d, "a")))
+        rec.check_directory()
+        os.rename(os.path.join(d, "a"), os.path.join(d, "b"))  # not through the seam
+    with pytest.raises(pl.SeamBypassed, match=r"\['b'\] the seam never saw made"):
+        rec.check_directory()
+
+
 def test_a_log_opened_under_a_replaced_seam_fdatasyncs_every_record_through_it(
     tmp_path: Any,
 ) -> None:
