@@ -21,6 +21,7 @@ import powerloss as pl
 import pytest
 
 from segmentlog import SegmentLog, _fs, checkpoint
+from segmentlog._format import frame_size
 
 SEGMENT = 16384
 LONG = int(os.environ.get("SEGMENTLOG_POWERLOSS_LONG", "0") or 0)
@@ -31,9 +32,9 @@ ALICE_EVERY = 1 if LONG else 4  # ALICE-like states at every n-th crash point
 SCENARIOS = {
     # consumed segments recycled (renamed to next.prep / spare.prep)
     "recycle": {},
-    # consumed segments deleted (renamed to *.tmp, unlinked), and reclaimed at rotation
-    # when max_total_size is reached
-    "delete": {"recycle": False, "max_total_size": 4 * SEGMENT},
+    # consumed segments deleted (renamed to *.tmp, unlinked), and reclaimed by the writer
+    # when max_total_size (two segments) is reached
+    "delete": {"recycle": False, "max_total_size": 2 * SEGMENT},
     # a record damaged on the disk, dead-lettered; the log closed and reopened midway
     "damage": {"damage": True, "reopen_at": STEPS // 5},
     # three appender threads (group commit with fsync="always") while one consumes
@@ -92,6 +93,66 @@ def test_a_second_crash_during_or_after_recovery_loses_nothing(
         rec2 = pl.run(os.path.join(tmp_path, f"second-{i}"), second)
         _, found = pl.verify(rec2, second, scratch, alice=ALICE_EVERY)
         problems += [f"from {start.origin}: {p}" for p in found]
+    assert not problems, "\n".join(problems[:10])
+
+
+@pytest.mark.parametrize("recycle", [True, False])
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_segments_the_writer_reclaims_at_max_total_size_survive_power_loss(
+    tmp_path: Any, fsync: str, recycle: bool
+) -> None:
+    """The writer's own reclaiming (max_total_size reached at rotation: a segment below
+    the durable checkpoint that commit could not free, as it was still being written)
+    deletes or recycles only what the durable checkpoint covers, at every crash point."""
+    d = os.path.join(tmp_path, "log")
+    os.makedirs(d)
+    rec = pl.Recorder(d)
+    w = pl.Workload(fsync=fsync, seed=0, segment_size=SEGMENT, recycle=recycle,
+                    max_total_size=2 * SEGMENT)
+    reclaimed = 0
+    with _fs.installed(rec):
+        log = SegmentLog(d, segment_size=SEGMENT, fsync=fsync, recycle=recycle,
+                         max_total_size=2 * SEGMENT)
+        real = log._reclaim_for_writer
+
+        def counting() -> bool:
+            nonlocal reclaimed
+            freed = real()
+            reclaimed += freed
+            return freed
+
+        log._reclaim_for_writer = counting  # type: ignore[method-assign]
+        record = bytes(1000)
+        n = 0
+
+        def append() -> None:
+            nonlocal n
+            data = b"%06d|" % n + record
+            seq = log.append(data)
+            rec.mark("appended", (seq, [data]))
+            n += 1
+
+        for _ in range(3):
+            # Fill the active segment up to its last frame, commit everything while it
+            # is still active, then write on through two more rotations.
+            while log.stats()["write_offset"] + frame_size(6 + len(record)) <= SEGMENT:
+                append()
+            while batch := log.read_batch(max_records=1000):
+                rec.mark("commit", batch.last_seq + 1)
+                log.commit(batch)
+            if fsync != "always":
+                log.close()  # the checkpoint is written (durable with "interval")
+                log = SegmentLog(d, segment_size=SEGMENT, fsync=fsync, recycle=recycle,
+                                 max_total_size=2 * SEGMENT)
+                real = log._reclaim_for_writer
+                log._reclaim_for_writer = counting  # type: ignore[method-assign]
+            for _ in range(20):
+                append()
+            log.sync()
+            rec.mark("acked", n - 1)
+        log.close()
+    _, problems = pl.verify(rec, w, os.path.join(tmp_path, "scratch"), alice=1)
+    assert reclaimed, "the writer never reclaimed a segment"
     assert not problems, "\n".join(problems[:10])
 
 
