@@ -16,7 +16,8 @@ Rule 2: install a replacement before a log is opened and restore the default aft
 closed (:func:`installed`): a log keeps the ``fdatasync`` it found when it was opened, and
 while that is not the default one its C group committer stays closed, so every
 ``fdatasync`` of records passes here.
-Reads are not part of the seam: they change nothing a crash could lose.
+Every open of the log's files passes here too (``segment.open_regular``), so a
+replacement knows each descriptor; reads do not: they change nothing a crash could lose.
 """
 
 from __future__ import annotations

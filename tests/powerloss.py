@@ -230,10 +230,11 @@ class Recorder(_fs.FileSystem):
         """Raise SeamBypassed if the directory holds other names than the seam saw made
         (a create, rename or unlink made past it); ``lock`` is not the seam's."""
         actual = set(os.listdir(self.directory)) - {LOCK_NAME}
-        if actual != set(self.live):
+        seen = set(self.live) - {LOCK_NAME}
+        if actual != seen:
             raise self._fail(f"the directory changed past the seam: it holds "
-                             f"{sorted(actual - set(self.live))} the seam never saw made, "
-                             f"and lacks {sorted(set(self.live) - actual)}")
+                             f"{sorted(actual - seen)} the seam never saw made, "
+                             f"and lacks {sorted(seen - actual)}")
 
     # -------------------------------------------------------------- the test's own events
 
