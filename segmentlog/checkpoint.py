@@ -13,6 +13,7 @@ import errno
 import os
 import time
 
+from segmentlog import _fs
 from segmentlog._backend import impl
 from segmentlog._format import CHECKPOINT, CHECKPOINT_MAGIC, CHECKPOINT_NAME, TMP_SUFFIX
 from segmentlog.segment import fsync_dir, open_regular
@@ -57,10 +58,10 @@ def write(directory: str, next_seq: int, durable: bool) -> None:
     try:
         fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            if os.write(fd, data) != len(data):
+            if _fs.fs.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
             if durable:
-                os.fdatasync(fd)
+                _fs.fs.fdatasync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
@@ -71,10 +72,10 @@ def write(directory: str, next_seq: int, durable: bool) -> None:
         # (its block exists). A torn overwrite fails its checksum, and a damaged
         # checkpoint makes the log re-read from its oldest segment: re-delivery, no loss.
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            _fs.fs.unlink(tmp)
         _overwrite(path, data)
         return
-    os.replace(tmp, path)
+    _fs.fs.rename(tmp, path)
     if durable:
         fsync_dir(directory)
 
@@ -82,8 +83,8 @@ def write(directory: str, next_seq: int, durable: bool) -> None:
 def _overwrite(path: str, data: bytes) -> None:
     fd = open_regular(path, os.O_WRONLY)
     try:
-        os.pwrite(fd, data, 0)
-        os.fdatasync(fd)
+        _fs.fs.pwrite(fd, data, 0)
+        _fs.fs.fdatasync(fd)
     finally:
         os.close(fd)
 
@@ -92,7 +93,7 @@ def make_durable(directory: str) -> None:
     """fsync a checkpoint written earlier with ``durable=False`` (and its directory entry)."""
     fd = open_regular(os.path.join(directory, CHECKPOINT_NAME), os.O_RDONLY)
     try:
-        os.fdatasync(fd)
+        _fs.fs.fdatasync(fd)
     finally:
         os.close(fd)
     fsync_dir(directory)

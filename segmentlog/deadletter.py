@@ -3,8 +3,8 @@
 One JSON object per line in ``deadletter.jsonl`` beside the segments: when, which
 segment and offset, why, which sequence numbers are missing, and the raw bytes
 (base64; an all-zero region is recorded by its length only). Each entry is fsynced
-before the reader moves past the damage, so the bytes survive even if the segment is
-deleted right after.
+(and the file's name, when the entry created it) before the reader moves past the
+damage, so the bytes survive even if the segment is deleted right after.
 
 The file is a report, not state the log needs: no content of it may stop the log from
 opening. Every parser goes through :func:`entries`, which yields a line as an entry only
@@ -24,8 +24,9 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from segmentlog import _fs
 from segmentlog._format import DEADLETTER_NAME
-from segmentlog.segment import open_regular
+from segmentlog.segment import fsync_dir, open_regular
 
 _U64 = 1 << 64  # sequence numbers and byte offsets are u64 on disk
 
@@ -88,10 +89,15 @@ def append(directory: str, entries: list[dict[str, Any]]) -> None:
             # The last line was torn (a crash mid-append): end it, so this entry is not
             # glued to it and lost with it.
             lines.insert(0, b"\n")
-        os.write(fd, b"".join(lines))
-        os.fsync(fd)
+        _fs.fs.write(fd, b"".join(lines))
+        _fs.fs.fsync(fd)
     finally:
         os.close(fd)
+    if not size:
+        # A new file: its name is durable only once the directory is fsynced, and a
+        # power loss before that would take every entry with it, after the reader moved
+        # past the damage (a commit may then delete the segment that held it).
+        fsync_dir(directory)
 
 
 def entries(directory: str) -> Iterator[tuple[int, dict[str, Any] | None, bytes]]:

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, cast
 
-from segmentlog import checkpoint, deadletter
+from segmentlog import _fs, checkpoint, deadletter
 from segmentlog._backend import impl
 from segmentlog._format import (
     FRAME_ALIGN,
@@ -303,9 +303,10 @@ class SegmentLog:
         self._read_lock = threading.Lock()
         self._closed = False
         self._failed: DurabilityError | None = None
-        self._fsync_default = self._fsync_hook = os.fdatasync  # see _fsync_fn
+        self._fsync_default = _fs.DEFAULT.fdatasync  # see _fsync_fn
+        self._fsync_hook = _fs.fs.fdatasync  # the seam's (a replaced one closes the committer)
         self._fsync_dir_fn = fsync_dir  # likewise
-        self._unlink_fn = os.unlink  # likewise (consumed segments, outside the lock)
+        self._unlink_fn = _fs.fs.unlink  # likewise (consumed segments, outside the lock)
 
         # writer state (under _lock)
         self._segments: list[int] = []  # bases of the segment files, ascending
@@ -414,7 +415,7 @@ class SegmentLog:
             if name.endswith(TMP_SUFFIX) or name in (PREPARED_NAME, SPARE_NAME):
                 # A checkpoint being written or a segment being prepared when the last
                 # process stopped: neither holds records, both are made again.
-                os.unlink(os.path.join(self.directory, name))
+                _fs.fs.unlink(os.path.join(self.directory, name))
         names = self._restore_names(names)
         self._segments = sorted(b for b in map(parse_segment_name, names) if b is not None)
         self._deadletter_keys = deadletter.known_keys(self.directory)
@@ -484,12 +485,12 @@ class SegmentLog:
         join = functools.partial(os.path.join, self.directory)
         for name, own, _ in moves:
             if name == own:
-                os.rename(join(own), join(own + MOVING_SUFFIX))
+                _fs.fs.rename(join(own), join(own + MOVING_SUFFIX))
         fsync_dir(self.directory)
         for _, own, wants in moves:
             for target in (segment_name(wants), own, own + ".damaged"):
                 if not os.path.lexists(join(target)):
-                    os.rename(join(own + MOVING_SUFFIX), join(target))
+                    _fs.fs.rename(join(own + MOVING_SUFFIX), join(target))
                     if target != own:
                         self._note(f"segment file {own} holds the segment of base {wants} "
                                    f"(its header says so): now named {target}")
@@ -593,7 +594,7 @@ class SegmentLog:
         """Rename segment ``base`` to ``NAME.seg.damaged``: its bytes are kept for
         inspection (verify reports it) and the log no longer reads it."""
         path = os.path.join(self.directory, segment_name(base))
-        os.rename(path, path + ".damaged")
+        _fs.fs.rename(path, path + ".damaged")
         fsync_dir(self.directory)
         self._segments.remove(base)
         self._note(f"segment {path} {why}: kept as {path}.damaged")
@@ -620,7 +621,7 @@ class SegmentLog:
         prep = os.path.join(self.directory, PREPARED_NAME)
         if not self._prepared:
             if self._spare:
-                os.rename(os.path.join(self.directory, SPARE_NAME), prep)
+                _fs.fs.rename(os.path.join(self.directory, SPARE_NAME), prep)
                 self._spare = False
                 self._prep_recycled = True
             else:
@@ -630,10 +631,10 @@ class SegmentLog:
         recycled = self._prep_recycled
         fd = open_regular(prep, os.O_RDWR)
         try:
-            os.pwrite(fd, encode_header(base), 0)
+            _fs.fs.pwrite(fd, encode_header(base), 0)
             try:
                 self._fsync_fn(fd)  # the header is on disk before the name is
-                os.rename(prep, path)
+                _fs.fs.rename(prep, path)
                 self._fsync_dir_fn(self.directory)  # the name before any record in it
             except OSError as exc:
                 # An fsync error is never retried (module docstring): fail the log here
@@ -970,7 +971,7 @@ class SegmentLog:
         assert seg is not None
         try:
             while data:
-                n = os.pwrite(seg.fd, data, off)
+                n = _fs.fs.pwrite(seg.fd, data, off)
                 data, off = data[n:], off + n
         except OSError as exc:
             self._write_window = -1
@@ -1346,7 +1347,7 @@ class SegmentLog:
                     continue
                 if self._spare:
                     # A consumed segment kept for reuse: no bytes to write at all.
-                    os.rename(os.path.join(self.directory, SPARE_NAME), prep)
+                    _fs.fs.rename(os.path.join(self.directory, SPARE_NAME), prep)
                     self._spare, self._prepared, self._prep_recycled = False, True, True
                     continue
                 files = len(self._segments) + self._spare + self._deleting
@@ -1639,19 +1640,19 @@ class SegmentLog:
             # A consumed segment becomes the next one: its blocks are already written and
             # likely cached. Its old records keep their (lower) sequence numbers, so they
             # can never read as new ones.
-            os.rename(path, os.path.join(self.directory, PREPARED_NAME))
+            _fs.fs.rename(path, os.path.join(self.directory, PREPARED_NAME))
             self._prepared = self._prep_recycled = True
             self._counters["recycled"] += 1
         elif self.recycle and not self._closed and not self._spare:
-            os.rename(path, os.path.join(self.directory, SPARE_NAME))
+            _fs.fs.rename(path, os.path.join(self.directory, SPARE_NAME))
             self._spare = True
             self._counters["recycled"] += 1
         elif defer:
-            os.rename(path, path + TMP_SUFFIX)
+            _fs.fs.rename(path, path + TMP_SUFFIX)
             self._deleting += 1
             doomed.append(path + TMP_SUFFIX)
         else:
-            os.unlink(path)
+            _fs.fs.unlink(path)
         self._segments.remove(base)
         return doomed
 

@@ -26,6 +26,7 @@ import fcntl
 import os
 import stat
 
+from segmentlog import _fs
 from segmentlog._backend import impl
 from segmentlog._format import (
     CHECKPOINT_NAME,
@@ -109,7 +110,7 @@ def open_regular(path: str, flags: int, mode: int = FILE_MODE) -> int:
     on a FIFO, and returns a descriptor of a regular file only, else CorruptionError
     naming ``path`` and the fix. OSError as os.open raises it otherwise."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        fd = _fs.fs.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
         # ELOOP: a symlink (O_NOFOLLOW); EISDIR: a directory opened for writing; ENXIO: a
         # FIFO opened for writing with no reader, or a socket.
@@ -180,11 +181,7 @@ def header_problem(data: bytes | memoryview, base_seq: int) -> str | None:
 
 def fsync_dir(path: str) -> None:
     """Make creates, renames and unlinks in directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fs.fs.fsync_dir(path)
 
 
 def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = True,
@@ -201,7 +198,7 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
     fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         try:
-            os.posix_fallocate(fd, 0, size)
+            _fs.fs.posix_fallocate(fd, 0, size)
         except OSError as exc:
             # Some file systems (tmpfs on old kernels, some FUSE) lack fallocate; writing
             # the zeros below reserves the space just as well, and still fails on ENOSPC.
@@ -211,9 +208,9 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
         written = 0 if zero_fill else size
         while written < size:
             n = min(len(_ZERO_CHUNK), size - written)
-            written += os.pwrite(fd, _ZERO_CHUNK[:n], written)
+            written += _fs.fs.pwrite(fd, _ZERO_CHUNK[:n], written)
         if sync:
-            os.fdatasync(fd)
+            _fs.fs.fdatasync(fd)
         if warm:
             chunk, done = bytearray(len(_ZERO_CHUNK)), 0
             while done < size and (n := os.preadv(fd, [chunk], done)) > 0:
@@ -221,7 +218,7 @@ def reserve_and_zero(path: str, size: int, zero_fill: bool = True, sync: bool = 
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            _fs.fs.unlink(path)
         raise
     os.close(fd)
 
