@@ -452,7 +452,15 @@ class SegmentLog:
         if problem == "checkpoint_missing":
             # A new log starts with a checkpoint, so a missing one later means damage.
             checkpoint.write(self.directory, committed, durable=True)
-        self._durable_seq = self._next_seq - 1
+        # The records found here may still be only in the page cache (a process killed,
+        # or closed with fsync="never"): none counts as durable until the next sync round
+        # has synced its segment (the older ones by name), before sync() returns or the
+        # group committer opens.
+        active = self._active.base if self._active is not None else None
+        self._durable_seq = min(self._next_seq, self._segments[0] if self._segments
+                                else self._next_seq) - 1
+        sealed = {seg.base for seg in self._unsynced} | set(self._unsynced_bases)
+        self._unsynced_bases += [b for b in self._segments if b not in sealed and b != active]
         self._committed_seq = self._checkpoint_seq = self._durable_committed = committed
         self._seek(committed)
 
@@ -1243,7 +1251,8 @@ class SegmentLog:
         # sealed segment waits for a sync and no round of ours is syncing one.
         opened = False
         if (self._write_window > 0 and seg is not None and not self._syncing
-                and not self._unsynced and self._fsync_hook is self._fsync_default):
+                and not self._unsynced and not self._unsynced_bases
+                and self._fsync_hook is self._fsync_default):
             try:
                 self._flush_group()  # records queued by the locked path reach the file
             except DurabilityError:
@@ -1315,7 +1324,8 @@ class SegmentLog:
             with self._lock:
                 if self._closed or self._failed:
                     return
-                if self._durable_seq >= self._next_seq - 1 and not self._unsynced:
+                if (self._durable_seq >= self._next_seq - 1 and not self._unsynced
+                        and not self._unsynced_bases):
                     continue
                 if self._syncing:
                     continue

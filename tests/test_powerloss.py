@@ -172,11 +172,6 @@ def test_a_new_deadletter_file_survives_power_loss_once_the_reader_moved_past(
     assert not [p for p in problems if "dead-letter entries lost" in p], problems[:3]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open takes every record it finds as durable (log.py _open: _durable_seq = "
-    "_next_seq - 1, no segment listed as unsynced): a sync() makes no fsync of them, so "
-    "records left in the page cache (close with fsync='never', or a killed process) are "
-    "lost to a power loss after that sync() returned"))
 @pytest.mark.parametrize("sealed", [False, True])
 def test_sync_after_a_reopen_makes_the_records_found_at_open_durable(
     tmp_path: Any, sealed: bool
