@@ -20,7 +20,8 @@ Durability (``fsync``):
   pwrites the queue (one C call, one syscall), syncs with the lock released, and wakes
   the appenders it covered, one after the other.
 * ``"interval"``: a background thread syncs every ``fsync_interval`` seconds.
-* ``"never"``: the page cache only; ``sync()`` and ``close()`` are the only fsyncs.
+* ``"never"``: the page cache only; ``sync()`` is the only fsync (``close()`` makes
+  nothing durable: call ``sync()`` first).
 An fsync error is never retried or ignored: the log refuses every later write with
 :class:`DurabilityError` (the page cache may have dropped the data; only a reopen, which
 re-reads the disk, tells what survived).
