@@ -35,6 +35,8 @@ open. The checks, per case:
   reader already passed; **append_lost**: an acknowledged append not read back;
 * **verify_silent**: ``verify`` finds the log intact although a pending record was
   touched (except where the format cannot tell: see ``_verify_must_fail``);
+  **verify_refused**/**stats_refused**: ``segmentlog verify``/``stats --json`` exit 2;
+  **verify_mismatch**: its exit status disagrees with segmentlog.inspect;
 * **forged_accepted**: a forged frame returned whose sequence number its segment could
   not hold (more records than fit before its offset).
 
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import io
 import json
 import logging
 import os
@@ -182,10 +185,14 @@ def build_template(cfg: TemplateConfig, root: str) -> Template:
 @dataclass
 class SimFile:
     origin: str | None  # the template segment whose bytes this file holds, if any
-    size: int
-    touched: list[tuple[int, int]] = field(default_factory=list)
+    data: bytearray  # its bytes now
+    touched: list[tuple[int, int]] = field(default_factory=list)  # ranges of changed bytes
     regular: bool = True
     resized: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 class Plan:
@@ -197,7 +204,8 @@ class Plan:
         self.ops: list[tuple[Any, ...]] = []
         self.files: dict[str, SimFile] = {}
         for name, data in tpl.files.items():
-            self.files[name] = SimFile(name if name in tpl.by_segment else None, len(data))
+            self.files[name] = SimFile(name if name in tpl.by_segment else None,
+                                       bytearray(data))
         # The consumer position the format says the log must start at: the template's
         # checkpoint, unless a mutation rewrote it validly (the log cannot tell that from
         # a commit) or destroyed it (then every record still present is read again).
@@ -221,7 +229,17 @@ class Plan:
         if not data:
             return
         self.ops.append(("write", name, off, data))
-        f.touched.append((off, off + len(data)))
+        # Only bytes that change touch a record (a zero written over a zero does not).
+        run = None
+        for i, b in enumerate(data):
+            if f.data[off + i] != b and run is None:
+                run = off + i
+            elif f.data[off + i] == b and run is not None:
+                f.touched.append((run, off + i))
+                run = None
+        if run is not None:
+            f.touched.append((run, off + len(data)))
+        f.data[off : off + len(data)] = data
 
     def truncate(self, name: str, size: int) -> None:
         f = self.files[name]
@@ -229,7 +247,7 @@ class Plan:
         self.ops.append(("truncate", name, size))
         if size < f.size:
             f.touched.append((size, f.size))
-            f.size = size
+            del f.data[size:]
             f.resized = True
 
     def unlink(self, name: str) -> None:
@@ -247,24 +265,25 @@ class Plan:
     def copy(self, a: str, b: str) -> None:
         self.ops.append(("copy", a, b))
         src = self.files[a]
-        self.files[b] = SimFile(src.origin, src.size, list(src.touched), True, src.resized)
+        self.files[b] = SimFile(src.origin, bytearray(src.data), list(src.touched), True,
+                                src.resized)
 
     def put(self, name: str, data: bytes) -> None:
         """Create or replace ``name`` with ``data`` (a foreign file, a checkpoint...)."""
         self.ops.append(("put", name, data))
-        self.files[name] = SimFile(None, len(data))
+        self.files[name] = SimFile(None, bytearray(data))
 
     def special(self, name: str, what: str) -> None:
         """Replace ``name`` by a FIFO, a directory or a dangling symlink."""
         self.ops.append(("special", name, what))
-        self.files[name] = SimFile(None, 0, regular=False)
+        self.files[name] = SimFile(None, bytearray(), regular=False)
         if name == "checkpoint":
             self.checkpoint = None
 
     def append_deadletter(self, lines: bytes) -> None:
         self.ops.append(("append", "deadletter.jsonl", lines))
-        f = self.files.setdefault("deadletter.jsonl", SimFile(None, 0))
-        f.size += len(lines)
+        f = self.files.setdefault("deadletter.jsonl", SimFile(None, bytearray()))
+        f.data += lines
 
     # -- what the operations did
 
@@ -394,7 +413,7 @@ def m_bitflip(plan: Plan) -> None:
         off = _where(plan, name)
         if off >= plan.files[name].size:
             continue
-        old = plan.tpl.files[plan.files[name].origin or name][off]
+        old = plan.files[name].data[off]
         plan.write(name, off, bytes([old ^ (1 << plan.rng.randrange(8))]))
 
 
@@ -577,9 +596,8 @@ def m_forge_misdirected(plan: Plan) -> None:
 def m_forge_low(plan: Plan) -> None:
     """Valid frames with old (already used) sequence numbers: stale bytes."""
     name = _segment_choice(plan)
-    seq = plan.rng.randint(0, max(plan.tpl.checkpoint, 1))
-    plan.forged[seq] = False
-    plan.write(name, _forge_offset(plan, name), forge_frame(seq, forged_payload(seq, plan.rng)))
+    _forge_into(plan, name, [plan.rng.randint(0, max(plan.tpl.checkpoint, 1))],
+                _forge_offset(plan, name))
 
 
 def _ckpt(seq: int, crc_ok: bool = True) -> bytes:
@@ -701,7 +719,12 @@ def m_special(plan: Plan) -> None:
     plan.special(name, what)
 
 
+def m_none(plan: Plan) -> None:
+    """The control: nothing changed, so every check must pass."""
+
+
 KINDS: dict[str, Callable[[Plan], None]] = {
+    "none": m_none,
     "bitflip": m_bitflip,
     "overwrite_random": m_overwrite_random,
     "overwrite_zero": m_overwrite_zero,
@@ -733,7 +756,12 @@ ALL_KINDS = [*KINDS, MIXED]
 class CaseHang(BaseException):
     """The per-case alarm fired (a BaseException: no ``except Exception`` swallows it)."""
 
-    outcome: Outcome | None = None
+    def __init__(self, outcome: Outcome | None = None) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+
+_ALARM = [0]  # the worker's per-case alarm, in seconds (0 outside a worker: no alarm)
 
 
 @dataclass
@@ -744,7 +772,8 @@ class Failure:
     where: str = ""  # the innermost segmentlog frame of an exception
 
     def key(self) -> str:
-        return f"{self.check}|{self.phase}|{self.where}|{re.sub(r'[0-9]+', 'N', self.detail)}"
+        detail = re.sub(r"[0-9]+", "N", re.sub(r"/\S*/", "", self.detail))
+        return f"{self.check}|{self.phase}|{self.where}|{detail}"
 
 
 @dataclass
@@ -900,7 +929,7 @@ def _verify_must_fail(tpl: Template, plan: Plan, pending: set[int]) -> bool:
 
 
 def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outcome:
-    from segmentlog import SegmentLog
+    from segmentlog import SegmentLog, cli
     from segmentlog.errors import SegmentLogError
     from segmentlog.inspect import inspect
     from segmentlog.repair import repair
@@ -967,6 +996,7 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
                 "append2": "append_refused", "repair": "repair_refused",
                 "open_after_repair": "unopenable"}
     log = None
+    hung = False
     try:
         # -- session 1: open, read part, commit part, rewind, read all, append, read back
         phase = "open"
@@ -1025,10 +1055,12 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
         log.close()
         log = None
     except CaseHang as exc:
-        log = None  # its threads may be stuck: closing could hang again
+        # Its threads may be stuck: closing could hang again. The second copy is still
+        # verified and repaired (under a fresh alarm); the worker is replaced after.
+        log = None
         chk.fail("hang", phase, "the per-case alarm fired", _innermost(exc))
-        exc.outcome = out
-        raise
+        hung = True
+        signal.alarm(_ALARM[0])
     except SegmentLogError as exc:
         if phase.startswith("append") and chk.passed >= 2**64 - 64:
             out.notes.append(f"sequence space exhausted, append refused: {exc}")
@@ -1053,6 +1085,17 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
         if report.ok and _verify_must_fail(tpl, plan, pending_touched):
             chk.fail("verify_silent", phase, f"verify exits 0 with {len(pending_touched)} "
                      f"pending record(s) touched, first {min(pending_touched)}")
+        # The command line (python -m segmentlog verify/stats): the same answer as an
+        # exit status, 2 only for a clear refusal, never a traceback.
+        for tool in ("verify", "stats"):
+            phase = f"cli_{tool}"
+            sink = io.StringIO()
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                rc = cli.main([tool, "--json", dirs[1]])
+            if rc == 2:
+                chk.fail(f"{tool}_refused", phase, sink.getvalue().strip()[-200:])
+            elif tool == "verify" and rc != (0 if report.ok else 1):
+                chk.fail("verify_mismatch", phase, f"exit {rc} but inspect ok={report.ok}")
         phase = "repair"
         result = repair(dirs[1])
         phase = "verify_after_repair"
@@ -1067,10 +1110,12 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
         log.close()
         log = None
     except CaseHang as exc:
-        log = None  # its threads may be stuck: closing could hang again
+        # Its threads may be stuck: closing could hang again. The second copy is still
+        # verified and repaired (under a fresh alarm); the worker is replaced after.
+        log = None
         chk.fail("hang", phase, "the per-case alarm fired", _innermost(exc))
-        exc.outcome = out
-        raise
+        hung = True
+        signal.alarm(_ALARM[0])
     except SegmentLogError as exc:
         if phase.startswith("append") and chk.passed >= 2**64 - 64:
             out.notes.append(f"sequence space exhausted, append refused: {exc}")
@@ -1085,6 +1130,8 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
                 log.close()
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+    if hung:
+        raise CaseHang(out)
     # A failure repeated in every phase counts once per (check, phase).
     seen = set()
     unique = []
@@ -1100,9 +1147,9 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
 
 
 class _FifoWatch:
-    """Linux: a case blocked opening or reading a FIFO never comes back, so do not wait for
-    the alarm: when the main thread sleeps in the kernel's FIFO wait for a second, send it
-    SIGALRM at once (the alarm stays the general rule for every other hang)."""
+    """Linux: a case blocked opening or reading a FIFO never comes back, so do not wait
+    for the alarm: when the main thread sleeps in the kernel's FIFO wait for half a
+    second, send it SIGALRM at once (the alarm stays the rule for every other hang)."""
 
     WAITS = frozenset({"wait_for_partner", "fifo_open", "pipe_read", "pipe_write",
                        "pipe_wait"})
@@ -1118,7 +1165,7 @@ class _FifoWatch:
     def _run(self, path: str) -> None:
         blocked = 0
         while True:
-            time.sleep(0.1)
+            time.sleep(0.05)
             try:
                 with open(path) as f:
                     wchan = f.read().strip()
@@ -1126,7 +1173,8 @@ class _FifoWatch:
                 return
             blocked = blocked + 1 if self.armed and wchan in self.WAITS else 0
             if blocked >= 10 and self.main is not None:
-                blocked = -50  # once: the alarm handler takes it from here
+                # The handler raises CaseHang in the main thread, which leaves the wait.
+                blocked = 0
                 signal.pthread_kill(self.main, signal.SIGALRM)
 
 
@@ -1141,6 +1189,7 @@ def _worker(scratch: str, alarm: int) -> int:
         raise CaseHang()
 
     signal.signal(signal.SIGALRM, on_alarm)
+    _ALARM[0] = alarm
     watch = _FifoWatch()
     templates: dict[int, Template] = {}
     root = tempfile.mkdtemp(prefix="fuzz-logdir-", dir=scratch)
@@ -1312,7 +1361,8 @@ class Summary:
                  "pending records not returned, summed over reads"]
         cols = ["cases", "harness_error", "crash", "hang", "wrong_record", "order", "batch_bounds",
                 "unopenable", "append_refused", "repair_refused", "stale_append",
-                "append_lost", "verify_silent", "forged_accepted", "loss",
+                "append_lost", "verify_silent", "verify_refused", "verify_mismatch",
+                "stats_refused", "refused", "forged_accepted", "loss",
                 "loss_amplification", "loss_cannot_tell", "touched_pending"]
         lines.append("kind".ljust(22) + " ".join(c[:8].rjust(8) for c in cols))
         lines.append("".ljust(22) + " ".join(c[8:16].rjust(8) for c in cols))
@@ -1357,6 +1407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", type=int, default=None, help="run only this case number")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this long")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--out", default=None, help="also write the JSON summary here")
     parser.add_argument("--alarm", type=int, default=20, help="seconds before a case hangs")
     parser.add_argument("--scratch", default=None, help="where case directories go")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -1394,6 +1445,9 @@ def main(argv: list[str] | None = None) -> int:
     with Runner(args.scratch, args.alarm, args.verbose) as runner:
         summary = run_cases(kinds, count, args.seed, runner=runner, deadline=deadline,
                             first_case=first, on_outcome=show)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary.to_json(), f, indent=1)
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
     else:

@@ -8,8 +8,12 @@ worker's alarm); four tests per kind then check one group of goals each:
   frame accepted that its segment could not hold, the log opens, appends and repairs;
 * ``loss``: every intact pending record returned (loss amplification 0), appends read
   back, never numbered below what the reader passed;
-* ``verify``: ``verify`` reports damage when a pending record was touched;
+* ``verify``: ``verify`` reports damage when a pending record was touched; the command
+  line's verify and stats answer without refusing (exit 2);
 * ``batch_bounds``: a batch's first_seq and last_seq are its first and last records' numbers.
+
+The kind ``none`` mutates nothing: the control, which must pass every goal. The last
+tests check the harness's own model of which records a mutation touched.
 
 A (kind, goal) that fails today is marked xfail(strict=True) with the issue 15 item that
 fixes it: when the fix lands the test XPASSes, which fails the run until its mark is
@@ -18,10 +22,20 @@ removed. A failure prints the command that replays the case.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 
 import pytest
-from fuzz_logdir import ALL_KINDS, MIXED, Outcome, Runner
+from fuzz_logdir import (
+    ALL_KINDS,
+    MIXED,
+    TEMPLATES,
+    Outcome,
+    Plan,
+    Runner,
+    Template,
+    build_template,
+)
 
 SEED = 15
 CASES = 16
@@ -31,7 +45,7 @@ GROUPS = {
     "safety": {"crash", "hang", "wrong_record", "order", "forged_accepted", "unopenable",
                "append_refused", "repair_refused", "refused", "harness_error"},
     "loss": {"loss", "append_lost", "stale_append"},
-    "verify": {"verify_silent"},
+    "verify": {"verify_silent", "verify_refused", "stats_refused", "verify_mismatch"},
     "batch_bounds": {"batch_bounds"},
 }
 
@@ -117,3 +131,49 @@ def test_mutation_kind_meets_goal(outcomes: Callable[[str], list[Outcome]], kind
                        f" (replay: python tests/fuzz_logdir.py --seed {SEED} --kind {kind} "
                        f"--case {out.case} --in-process)")
     assert not bad, f"{len(bad)} of {CASES} cases fail:\n" + "\n".join(bad)
+
+
+# ------------------------------------------------------------------ the harness's own model
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    return build_template(TEMPLATES[0], str(tmp_path_factory.mktemp("fuzz-template")))
+
+
+def _plan(template: Template) -> Plan:
+    return Plan(template, random.Random(0))
+
+
+def test_touched_counts_the_checksummed_bytes_of_a_frame(template: Template) -> None:
+    seq = template.checkpoint + 5
+    fr = template.frames[seq]
+    plan = _plan(template)
+    plan.write(fr.segment, fr.end - 1, bytes([template.files[fr.segment][fr.end - 1] ^ 1]))
+    assert plan.touched() == {seq}
+    plan = _plan(template)
+    plan.write(fr.segment, fr.offset, b"\xff")  # the marker's first byte
+    assert plan.touched() == {seq}
+
+
+def test_touched_ignores_padding_and_unchanged_bytes(template: Template) -> None:
+    fr = next(f for f in template.frames.values() if f.size > f.end - f.offset)
+    plan = _plan(template)
+    plan.write(fr.segment, fr.end, b"\x01")  # padding: not covered by the checksum
+    plan.write(fr.segment, 0, b"\x00")  # the segment header: no record
+    same = template.files[fr.segment][fr.offset : fr.end]
+    plan.write(fr.segment, fr.offset, same)  # the same bytes again: nothing changes
+    assert plan.touched() == set()
+
+
+def test_touched_follows_renames_copies_and_truncation(template: Template) -> None:
+    first, second = template.segments[:2]
+    plan = _plan(template)
+    plan.rename(first, "00000000000000999999.seg")  # bytes intact under another name
+    assert plan.touched() == set()
+    plan.truncate("00000000000000999999.seg", 32)
+    assert plan.touched() == set(template.by_segment[first])
+    plan = _plan(template)
+    plan.copy(second, "00000000000000888888.seg")
+    plan.unlink(second)  # the copy still holds every frame intact
+    assert plan.touched() == set()
