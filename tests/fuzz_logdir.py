@@ -901,11 +901,28 @@ class _Checker:
             missing = [s for s in missing if s not in set(hidden)]
         if missing:
             self.out.loss += len(missing)
-            # A hint for grouping failures by cause: damage below where the read started
-            # (the position is found again after it: issue 15 item 1 skips that many).
-            below = any(s < lo for s in self.plan.touched())
             self.fail("loss", phase, f"{len(missing)} intact record(s) not returned, first "
-                      f"{min(missing)}" + (" (damage below the start)" if below else ""))
+                      f"{min(missing)}" + self._pattern(missing, lo, hi))
+
+    def _pattern(self, missing: list[int], lo: int, hi: int | None) -> str:
+        """Tag the loss of issue 15 item 1: the reader finds its start position by counting
+        records from the start of its segment, so N damaged records of that segment below
+        the start make it skip the first N intact records at or after it."""
+        base = max((b for b in self._bases() if b <= lo), default=None)
+        if base is None:
+            return ""
+        damaged = len([s for s in self.plan.touched() if base <= s < lo])
+        expected = sorted(s for s in self.tpl.frames if s >= lo and (hi is None or s < hi)
+                          and self.plan.intact(s))
+        if damaged and sorted(missing) == expected[: len(missing)] \
+                and len(missing) <= damaged:
+            return " (the first ones after the start: item 1 pattern)"
+        return ""
+
+    def _bases(self) -> list[int]:
+        from segmentlog._format import parse_segment_name
+
+        return [b for b in map(parse_segment_name, self.tpl.segments) if b is not None]
 
 
 def _verify_must_fail(tpl: Template, plan: Plan, pending: set[int]) -> bool:
@@ -1178,7 +1195,7 @@ class _FifoWatch:
                 signal.pthread_kill(self.main, signal.SIGALRM)
 
 
-def _worker(scratch: str, alarm: int) -> int:
+def _worker(root: str, alarm: int) -> int:
     """Run cases named on stdin ("kind case seed" per line), one JSON outcome per line on
     the original stdout. Anything the library prints goes to stderr."""
     logging.getLogger("segmentlog").setLevel(logging.CRITICAL + 1)
@@ -1192,7 +1209,7 @@ def _worker(scratch: str, alarm: int) -> int:
     _ALARM[0] = alarm
     watch = _FifoWatch()
     templates: dict[int, Template] = {}
-    root = tempfile.mkdtemp(prefix="fuzz-logdir-", dir=scratch)
+    os.makedirs(root, exist_ok=True)
     try:
         for line in sys.stdin:
             kind, case_s, seed_s = line.split()
@@ -1237,16 +1254,19 @@ class Runner:
         self.verbose = verbose
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
+        self.root: str | None = None  # the worker's directory, removed with it
 
     def _start(self) -> subprocess.Popen[str]:
         import segmentlog
+
+        self.root = tempfile.mkdtemp(prefix="fuzz-logdir-", dir=self.scratch)
 
         env = dict(os.environ if self.env is None else self.env)
         # The worker tests the same segmentlog this process imported.
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(segmentlog.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
         return subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", "--scratch", self.scratch,
+            [sys.executable, os.path.abspath(__file__), "--worker", "--scratch", self.root,
              "--alarm", str(self.alarm)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=None if self.verbose else subprocess.DEVNULL, text=True, env=env)
@@ -1275,7 +1295,7 @@ class Runner:
             return out
         if ready:  # EOF: the worker died
             rc = proc.wait()
-            self.proc = None
+            self.close()
             return Outcome(kind, case, seed, [Failure("crash", "worker",
                                                       f"worker exited with {rc}")])
         self.close()
@@ -1292,6 +1312,9 @@ class Runner:
                     if f is not None:
                         f.close()
             self.proc = None
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
 
     def __enter__(self) -> Runner:
         return self
@@ -1416,8 +1439,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run --case in this process (tracebacks, a debugger)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        return _worker(args.scratch or _default_scratch(), args.alarm)
+    if args.worker:  # --scratch is the directory the parent made for this worker
+        return _worker(args.scratch, args.alarm)
     if args.in_process:
         kind = (args.kind or [MIXED])[0]
         case = args.case or 0
