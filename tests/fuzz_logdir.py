@@ -281,21 +281,35 @@ class Plan:
             self.checkpoint = None
 
     def append_deadletter(self, lines: bytes) -> None:
-        self.ops.append(("append", "deadletter.jsonl", lines))
         f = self.files.setdefault("deadletter.jsonl", SimFile(None, bytearray()))
+        if not f.regular:
+            raise NoTarget()  # an earlier mutation of a mixed case made it a FIFO...
+        self.ops.append(("append", "deadletter.jsonl", lines))
         f.data += lines
 
     # -- what the operations did
 
     def intact(self, seq: int) -> bool:
+        """Some file holding a copy of the record's segment still has the bytes its
+        checksum covers unchanged, and the whole frame: a file cut inside a frame's
+        padding leaves a frame the format calls truncated (it runs past the end)."""
         fr = self.tpl.frames[seq]
         return any(
-            f.origin == fr.segment and f.regular and f.size >= fr.end
+            f.origin == fr.segment and f.regular and f.size >= fr.offset + fr.size
             and not any(a < fr.end and fr.offset < b for a, b in f.touched)
             for f in self.files.values())
 
     def touched(self) -> set[int]:
         return {s for s in self.tpl.frames if not self.intact(s)}
+
+
+def _remove(path: str) -> None:
+    """Remove whatever ``path`` is (a file, a FIFO, a symlink, a directory), if anything."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def apply(ops: list[tuple[Any, ...]], d: str) -> None:
@@ -315,8 +329,7 @@ def apply(ops: list[tuple[Any, ...]], d: str) -> None:
             shutil.copyfile(os.path.join(d, op[1]), os.path.join(d, op[2]))
         elif kind == "put":
             p = os.path.join(d, op[1])
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+            _remove(p)
             with open(p, "wb") as f:
                 f.write(op[2])
         elif kind == "append":
@@ -324,8 +337,7 @@ def apply(ops: list[tuple[Any, ...]], d: str) -> None:
                 f.write(op[2])
         elif kind == "special":
             p = os.path.join(d, op[1])
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+            _remove(p)
             if op[2] == "fifo":
                 os.mkfifo(p)
             elif op[2] == "dir":
@@ -707,7 +719,7 @@ def m_special(plan: Plan) -> None:
 
     rng = plan.rng
     what = rng.choice(("fifo", "dir", "symlink"))
-    bases = _bases(plan)
+    bases = _bases(plan) or [plan.tpl.next_seq]
     where = rng.choice(("new_segment", "new_segment", "checkpoint", "deadletter.jsonl"))
     if where == "new_segment":
         name = rng.choice((segment_name(plan.tpl.next_seq + rng.randint(0, 100)),
@@ -905,19 +917,29 @@ class _Checker:
                       f"{min(missing)}" + self._pattern(missing, lo, hi))
 
     def _pattern(self, missing: list[int], lo: int, hi: int | None) -> str:
+        from segmentlog._format import segment_name
+
         """Tag the loss of issue 15 item 1: the reader finds its start position by counting
         records from the start of its segment, so N damaged records of that segment below
         the start make it skip the first N intact records at or after it."""
         base = max((b for b in self._bases() if b <= lo), default=None)
         if base is None:
             return ""
-        damaged = len([s for s in self.plan.touched() if base <= s < lo])
+        # Damage below the start in its segment: touched records, or a forged frame (the
+        # log skips the numbers it jumps over, more than the records it damaged).
+        name = segment_name(base)
+        damaged = any(base <= s < lo for s in self.plan.touched()) or any(
+            op[0] == "write" and op[1] == name and op[2] < self._offset_of(lo)
+            for op in self.plan.ops)
         expected = sorted(s for s in self.tpl.frames if s >= lo and (hi is None or s < hi)
                           and self.plan.intact(s))
-        if damaged and sorted(missing) == expected[: len(missing)] \
-                and len(missing) <= damaged:
+        if damaged and sorted(missing) == expected[: len(missing)]:
             return " (the first ones after the start: item 1 pattern)"
         return ""
+
+    def _offset_of(self, seq: int) -> int:
+        fr = self.tpl.frames.get(seq)
+        return fr.offset if fr is not None else 1 << 62
 
     def _bases(self) -> list[int]:
         from segmentlog._format import parse_segment_name
@@ -1195,19 +1217,24 @@ class _FifoWatch:
                 signal.pthread_kill(self.main, signal.SIGALRM)
 
 
-def _worker(root: str, alarm: int) -> int:
-    """Run cases named on stdin ("kind case seed" per line), one JSON outcome per line on
-    the original stdout. Anything the library prints goes to stderr."""
-    logging.getLogger("segmentlog").setLevel(logging.CRITICAL + 1)
-    results = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
+def _guard(alarm: int) -> _FifoWatch:
+    """Turn SIGALRM into CaseHang and watch for FIFO waits; the caller arms both."""
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise CaseHang()
 
     signal.signal(signal.SIGALRM, on_alarm)
     _ALARM[0] = alarm
-    watch = _FifoWatch()
+    return _FifoWatch()
+
+
+def _worker(root: str, alarm: int) -> int:
+    """Run cases named on stdin ("kind case seed" per line), one JSON outcome per line on
+    the original stdout. Anything the library prints goes to stderr."""
+    logging.getLogger("segmentlog").setLevel(logging.CRITICAL + 1)
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    watch = _guard(alarm)
     templates: dict[int, Template] = {}
     os.makedirs(root, exist_ok=True)
     try:
@@ -1446,9 +1473,17 @@ def main(argv: list[str] | None = None) -> int:
         case = args.case or 0
         t = random.Random(f"{args.seed}/{kind}/{case}/template").randrange(len(TEMPLATES))
         root = tempfile.mkdtemp(prefix="fuzz-logdir-", dir=args.scratch or _default_scratch())
+        watch = _guard(args.alarm)
         try:
             tpl = build_template(TEMPLATES[t], root)
-            out = run_case(tpl, kind, case, args.seed, root)
+            signal.alarm(args.alarm)
+            watch.armed = True
+            try:
+                out = run_case(tpl, kind, case, args.seed, root)
+            except CaseHang as exc:
+                out = exc.outcome or Outcome(kind, case, args.seed)
+            watch.armed = False
+            signal.alarm(0)
             print(f"template {t} {tpl.config}; segments "
                   + ", ".join(f"{n[-12:]}:{s[0] if s else '-'}..{s[-1] if s else '-'}"
                               for n, s in tpl.by_segment.items())
