@@ -56,7 +56,6 @@ import bisect
 import collections
 import contextlib
 import errno
-import functools
 import logging
 import math
 import mmap
@@ -86,14 +85,12 @@ from segmentlog._format import (
 )
 from segmentlog.errors import (
     ConfigError,
-    CorruptionError,
     DurabilityError,
     LogClosedError,
     LogFullError,
     RecordTooLargeError,
 )
 from segmentlog.segment import (
-    MOVING_SUFFIX,
     encode_header,
     fsync_dir,
     header_problem,
@@ -101,6 +98,7 @@ from segmentlog.segment import (
     prepare_directory,
     refuse_special_files,
     reserve_and_zero,
+    restore_names,
     take_lock,
 )
 from segmentlog.walk import NO_LIMIT_SEQ, Damage, torn_extent, walk
@@ -417,7 +415,7 @@ class SegmentLog:
                 # A checkpoint being written or a segment being prepared when the last
                 # process stopped: neither holds records, both are made again.
                 _fs.fs.unlink(os.path.join(self.directory, name))
-        names = self._restore_names(names)
+        names = restore_names(self.directory, names, self._note)
         self._segments = sorted(b for b in map(parse_segment_name, names) if b is not None)
         self._deadletter_keys = deadletter.known_keys(self.directory)
 
@@ -468,44 +466,6 @@ class SegmentLog:
         self._start_thread(self._prepare_loop, "segmentlog-prepare")
         if self.fsync == "interval":
             self._start_thread(self._flush_loop, "segmentlog-flush")
-
-    def _restore_names(self, names: list[str]) -> list[str]:
-        """Give segment files whose sound header names another base (renamed or swapped
-        files) their header's name back; returns the directory's names after it.
-
-        A file's name never decides which records it holds: its header (checksummed)
-        does. Files move aside first (``NAME.seg.moving``), then into place, so two
-        swapped files trade names; a file whose header's name is taken (a copy of a
-        segment that is present) goes back to its own name, or is set aside as
-        ``NAME.seg.damaged`` when that is taken too (its bytes kept). An open that stops
-        in between finds the ``.moving`` files and finishes the move.
-        """
-        moves = []
-        for name in names:
-            own = name[: -len(MOVING_SUFFIX)] if name.endswith(MOVING_SUFFIX) else name
-            base = parse_segment_name(own)
-            if base is None:
-                continue
-            wants = _header_base(os.path.join(self.directory, name))
-            if name != own or (wants is not None and wants != base):
-                moves.append((name, own, base if wants is None else wants))
-        if not moves:
-            return names
-        join = functools.partial(os.path.join, self.directory)
-        for name, own, _ in moves:
-            if name == own:
-                _fs.fs.rename(join(own), join(own + MOVING_SUFFIX))
-        fsync_dir(self.directory)
-        for _, own, wants in moves:
-            for target in (segment_name(wants), own, own + ".damaged"):
-                if not os.path.lexists(join(target)):
-                    _fs.fs.rename(join(own + MOVING_SUFFIX), join(target))
-                    if target != own:
-                        self._note(f"segment file {own} holds the segment of base {wants} "
-                                   f"(its header says so): now named {target}")
-                    break
-        fsync_dir(self.directory)
-        return os.listdir(self.directory)
 
     def _take_lock(self) -> None:
         self._lock_fd = take_lock(self.directory)
@@ -1825,25 +1785,6 @@ def _sound_frame_in(buf: Any, start: int, limit: int, lo: int, hi: int) -> bool:
                 return True
         pos += 1
     return False
-
-
-def _header_base(path: str) -> int | None:
-    """The base a segment file's header names, if the header is sound (checksum, magic,
-    version) and the base can be a segment name; None otherwise (or not a regular file)."""
-    try:
-        fd = open_regular(path, os.O_RDONLY)
-    except (OSError, CorruptionError):
-        return None  # not a regular file: the open refuses it (refuse_special_files)
-    try:
-        data = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
-    finally:
-        os.close(fd)
-    if len(data) < SEGMENT_HEADER_SIZE:
-        return None
-    base = int.from_bytes(data[16:24], "little")
-    if base >= SEQ_LIMIT or header_problem(data, base) is not None:
-        return None
-    return base
 
 
 def _refuse(payload: bytes, length: int) -> int:

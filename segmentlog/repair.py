@@ -57,7 +57,13 @@ from segmentlog.inspect import (
     inspect,
     list_directory,
 )
-from segmentlog.segment import encode_header, fsync_dir, open_regular, take_lock
+from segmentlog.segment import (
+    encode_header,
+    fsync_dir,
+    open_regular,
+    restore_names,
+    take_lock,
+)
 
 _REWRITABLE_HEADERS = frozenset({"bad_header_crc", "bad_magic", "header_name_mismatch",
                                  "zero_header"})
@@ -69,7 +75,8 @@ class Action:
     """One step of a repair: what it keeps first, then what it changes."""
 
     kind: str  # keep_region, rewrite_header, set_aside, record_gap, checkpoint,
-    #            zero_torn_tail, fix_deadletter, record_short, unrepairable
+    #            zero_torn_tail, fix_deadletter, record_short, restore_name,
+    #            unrepairable
     target: str  # the file it acts on
     text: str  # what it does, for the operator
     offset: int | None = None
@@ -385,6 +392,13 @@ def repair(directory: str, *, dry_run: bool = False,
         return result
     lock_fd = take_lock(directory)
     try:
+        # Renamed or swapped segment files first, as the log's open does: their headers
+        # say which records they hold (quarantining them would hide intact records).
+        def renamed(text: str) -> None:
+            say(text)
+            result.actions.append(Action("restore_name", directory, text))
+
+        restore_names(directory, os.listdir(directory), renamed)
         report = inspect(directory, progress)
         result.before = report
         for a in plan(report):

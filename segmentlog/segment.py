@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 
 from segmentlog import _fs
 from segmentlog._backend import impl
@@ -33,14 +34,19 @@ from segmentlog._format import (
     DEADLETTER_NAME,
     FORMAT_VERSION,
     FRAME_ALIGN,
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    FRAME_MARKER,
     LOCK_NAME,
     PREPARED_NAME,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
+    SEQ_LIMIT,
     SPARE_NAME,
     TMP_SUFFIX,
     parse_segment_name,
+    segment_name,
 )
 from segmentlog.errors import ConfigError, CorruptionError, DurabilityError, LogLockedError
 
@@ -395,3 +401,84 @@ def take_lock(directory: str) -> int:
             raise
         # A full disk: the lock is held all the same; others just cannot see our pid.
     return fd
+
+
+def restore_names(directory: str, names: list[str],
+                  note: Callable[[str], None]) -> list[str]:
+    """Give segment files whose sound header names another base (renamed or swapped
+    files) their header's name back; returns the directory's names after it (FORMAT.md,
+    "Recovery rules", 1). The log's open and ``repair`` call it, holding the writer lock.
+
+    A file's name never decides which records it holds: its header (checksummed) does.
+    Files move aside first (``NAME.seg.moving``), then into place, so two swapped files
+    trade names; an open that stops in between finds the ``.moving`` files and finishes
+    the move. A file whose header's name is taken is a copy of a present segment: the
+    longer of the two takes the name and the other is set aside as ``NAME.seg.damaged``
+    (its bytes kept), unless the copy's first frame is numbered by its own name (a
+    header damaged into another sound one): then it keeps its name.
+    """
+    moves = []
+    for name in names:
+        own = name[: -len(MOVING_SUFFIX)] if name.endswith(MOVING_SUFFIX) else name
+        base = parse_segment_name(own)
+        if base is None:
+            continue
+        wants, first = _identity(os.path.join(directory, name))
+        if name != own or (wants is not None and wants != base):
+            moves.append((name, own, base, base if wants is None else wants, first))
+    if not moves:
+        return names
+
+    def join(name: str) -> str:
+        return os.path.join(directory, name)
+
+    for name, own, *_ in moves:
+        if name == own:
+            _fs.fs.rename(join(own), join(own + MOVING_SUFFIX))
+    fsync_dir(directory)
+    for _, own, base, wants, first in moves:
+        taken = join(segment_name(wants))
+        if (os.path.isfile(taken) and not os.path.islink(taken)
+                and not os.path.lexists(taken + ".damaged")
+                and os.path.getsize(taken) < os.path.getsize(join(own + MOVING_SUFFIX))):
+            # The file under the header's name is shorter (cut short): the copy holds more
+            # of that segment. Keep both, the longer one in place.
+            _fs.fs.rename(taken, taken + ".damaged")
+            note(f"segment file {segment_name(wants)} is shorter than {own}, which holds "
+                 f"the same segment: kept as {segment_name(wants)}.damaged")
+        targets = [segment_name(wants), own + ".damaged"]
+        if first == base or wants == base:
+            targets.insert(1, own)  # its records are numbered by its own name
+        for target in targets:
+            if not os.path.lexists(join(target)):
+                _fs.fs.rename(join(own + MOVING_SUFFIX), join(target))
+                if target != own:
+                    note(f"segment file {own} holds the segment of base {wants} (its "
+                         f"header says so): now named {target}")
+                break
+    fsync_dir(directory)
+    return os.listdir(directory)
+
+
+def _identity(path: str) -> tuple[int | None, int | None]:
+    """(the base a segment file's sound header names, the number of its first sound
+    frame), each None when there is none (or the file is not a regular file)."""
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except (OSError, CorruptionError):
+        return None, None  # not a regular file: the open refuses it (special files)
+    try:
+        data = os.pread(fd, SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE, 0)
+    finally:
+        os.close(fd)
+    wants = None
+    if len(data) >= SEGMENT_HEADER_SIZE:
+        base = int.from_bytes(data[16:24], "little")
+        if base < SEQ_LIMIT and header_problem(data[:SEGMENT_HEADER_SIZE], base) is None:
+            wants = base
+    first = None
+    if len(data) == SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE:
+        marker, _, seq, _, _ = FRAME_HEADER.unpack_from(data, SEGMENT_HEADER_SIZE)
+        if marker == FRAME_MARKER:
+            first = seq  # header fields only: the frame's checksum is not verified here
+    return wants, first

@@ -15,9 +15,11 @@ worker's alarm); four tests per kind then check one group of goals each:
 The kind ``none`` mutates nothing: the control, which must pass every goal. The last
 tests check the harness's own model of which records a mutation touched.
 
-A (kind, goal) that fails today is marked xfail(strict=True) with the issue 15 item that
-fixes it: when the fix lands the test XPASSes, which fails the run until its mark is
-removed. A failure prints the command that replays the case.
+Every (kind, goal) passes: a (kind, goal) may be marked xfail(strict=True) in ``KNOWN``
+only while its fix is on the way (a strict mark fails the run once it passes). A
+failure prints the command that replays the case. A special file under a name the log
+owns is refused with a clear error by design (FORMAT.md): the harness notes it, it is
+not counted as an unopenable log.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from fuzz_logdir import (
     ALL_KINDS,
-    MIXED,
     TEMPLATES,
     Outcome,
     Plan,
@@ -49,51 +50,9 @@ GROUPS = {
     "batch_bounds": {"batch_bounds"},
 }
 
-ITEM1 = "issue 15 item 1: the read position is found by counting records past damage"
-ITEM4 = "issue 15 item 4: a damaged dead-letter line makes the log unopenable"
-ITEM5 = "issue 15 item 5: stray segment copies break sequence numbering"
-ITEM6 = "issue 15 item 6: verify exits 0 after records were cut off"
-ITEM7 = "issue 15 item 7: resync trusts any checksum-valid frame; near 2**64 appends fail"
-ITEM7_CKPT = ("issue 15 item 7 (near 2**64): a sound checkpoint near 2**64, then append "
-              "raises OverflowError")
-SPECIAL = ("issue 15 (also fix): a FIFO, directory or dangling symlink named like a log file "
-           "hangs or raises a raw OSError")
-BOUNDS = ("issue 15 (also fix): Batch.first_seq (and last_seq) can be a skipped number, not "
-          "the batch's first (last) record's")
-BY_NAME = ("not in issue 15: a segment is found by its file name only; a renamed or swapped "
-           "segment's records are lost although its header and frames say where they belong")
-
-# (kind, goal) pairs that fail today under SEED, and why. When a fix lands its pairs
-# XPASS (a failure under strict): remove them here.
-KNOWN: dict[tuple[str, str], str] = {
-    ("bitflip", "loss"): ITEM1,
-    ("bitflip", "batch_bounds"): BOUNDS,
-    ("overwrite_random", "loss"): ITEM1,
-    ("overwrite_random", "batch_bounds"): BOUNDS,
-    ("overwrite_zero", "loss"): ITEM1,
-    ("overwrite_across", "loss"): ITEM1,
-    ("truncate_last", "verify"): ITEM6,
-    ("rename_segment", "loss"): f"{BY_NAME}; {ITEM5}",
-    ("rename_segment", "batch_bounds"): BOUNDS,
-    ("duplicate_segment", "loss"): ITEM5,
-    ("duplicate_segment", "batch_bounds"): f"{ITEM5}; {BOUNDS}",
-    ("stray_copy_last_range", "loss"): ITEM5,
-    ("stray_copy_last_range", "batch_bounds"): f"{ITEM5}; {BOUNDS}",
-    ("swap_segments", "loss"): BY_NAME,
-    ("swap_segments", "batch_bounds"): BOUNDS,
-    ("forge_high_last", "safety"): ITEM7,
-    ("forge_high_last", "loss"): f"{ITEM7}; {ITEM1}",
-    ("forge_high_sealed", "loss"): ITEM1,
-    ("forge_misdirected", "loss"): ITEM1,
-    ("forge_low", "loss"): ITEM1,
-    ("forge_low", "batch_bounds"): BOUNDS,
-    ("checkpoint", "safety"): ITEM7_CKPT,
-    ("deadletter", "safety"): ITEM4,
-    ("special", "safety"): SPECIAL,
-}
-# Mixed cases combine every kind: their goals hold once all of the above are fixed; until
-# then which goal a handful of mixed cases breaks first is not worth pinning strictly.
-MIXED_REASON = "combines every kind: passes once the marks above are all gone"
+# (kind, goal) pairs that fail under SEED, and why: none since the issue 15 fixes. A new
+# failure found by a long run gets its fix (and a regression test), not an entry here.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _params() -> Iterator[object]:
@@ -101,8 +60,6 @@ def _params() -> Iterator[object]:
         for group in GROUPS:
             reason = KNOWN.get((kind, group))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            if kind == MIXED:
-                marks = [pytest.mark.xfail(strict=False, reason=MIXED_REASON)]
             yield pytest.param(kind, group, marks=marks, id=f"{kind}-{group}")
 
 
