@@ -421,8 +421,8 @@ def restore_names(directory: str, names: list[str],
     for name in names:
         own = name[: -len(MOVING_SUFFIX)] if name.endswith(MOVING_SUFFIX) else name
         base = parse_segment_name(own)
-        if base is None:
-            continue
+        if base is None or not _is_regular(os.path.join(directory, name)):
+            continue  # a special file stays where it is: the open refuses it by name
         wants, first = _identity(os.path.join(directory, name))
         if name != own or (wants is not None and wants != base):
             moves.append((name, own, base, base if wants is None else wants, first))
@@ -458,6 +458,13 @@ def restore_names(directory: str, names: list[str],
                 break
     fsync_dir(directory)
     return os.listdir(directory)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _identity(path: str) -> tuple[int | None, int | None]:
