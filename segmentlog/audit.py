@@ -135,7 +135,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from .amqp import Publisher
 from .audit_metrics import AuditorMetrics
@@ -501,7 +501,8 @@ class Auditor(AuditorBase):
         found within 0.5 s; ``window=DRAIN_WINDOW``, see "Drain speed" in the module
         doc; ``metrics_name``: this auditor's metrics label).
     :param registry: Prometheus registry for the auditor's, the publisher's and the
-        store's metrics; ``None`` gives a private one. Several auditors may share one:
+        store's metrics; ``None``: prometheus_client's default ``REGISTRY`` (what
+        ``start_http_server()`` exports), as the original. Several auditors may share one:
         every series carries the auditor's label (``auditor``, ``publisher``,
         ``store``; see audit_metrics.py).
     :param metrics_name: the ``auditor`` and ``publisher`` label of this auditor's
@@ -558,7 +559,9 @@ class Auditor(AuditorBase):
                               "queue_name")
         # Checked before anything is created (the store's files, the metrics).
         env_queue_args = queue_arguments_from_env(env_prefix, environ) if env_prefix else None
-        self.registry = registry if registry is not None else CollectorRegistry()
+        # prometheus_client's default registry, as the original: what a service's
+        # start_http_server() or multiprocess collector exports (issue 16).
+        self.registry = registry if registry is not None else REGISTRY
         self._accepted = 0  # events accepted by record(), under _lock
         self.metrics = AuditorMetrics(self.registry, lambda: self._accepted,
                                       metrics_name or self.queue_name)

@@ -1052,3 +1052,23 @@ def test_an_auditor_made_before_fork_delivers_every_event_once(
     got = {mid for mid, _ in messages}
     assert got == {mid for mid, _ in recorded}
     assert len(messages) == len(recorded), "an event was delivered twice"
+
+
+def test_metrics_go_to_the_default_registry_without_registry(
+        rabbitmq_url: str, queue: str) -> None:
+    # Issue 16: a service exporting prometheus_client's default registry (its
+    # start_http_server(), or the multiprocess collector) saw none of our series.
+    from prometheus_client import REGISTRY
+
+    with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue,
+                 metrics_name=f"default-{queue}") as first, \
+            Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=queue) as second:
+        assert first.registry is REGISTRY and second.registry is REGISTRY
+        _record_all(first, make_events(3))
+        assert first.flush(30)
+        label = {"auditor": f"default-{queue}"}
+        assert REGISTRY.get_sample_value(
+            "audittools_successful_submissions_total", label) == 3
+        assert REGISTRY.get_sample_value(
+            "segmentlog_auditor_recorded_events_total", label) == 3
+    consume(rabbitmq_url, queue)

@@ -29,6 +29,17 @@ the log itself, its bytes kept in ``<directory>/deadletter.jsonl``
 ``<directory>/deadletter-json.jsonl`` -- sequence number, segment, reason, raw bytes in
 base64 -- fsynced before its batch can be committed, and counted as ``read_unmarshal``.
 
+Many processes
+--------------
+Every process (every store) configured with one ``directory`` writes a log of its own
+inside it, claimed from a :class:`~segmentlog.pool.LogPool`: ``<directory>/logs/<name>/``
+(FORMAT.md, "Shared directory"). ``close()`` removes the log when nothing in it is
+pending and leaves it otherwise; ``adopt()`` (BackingStore Rule 9, called by the
+Auditor every few seconds) opens the logs of processes that are gone, reads them before
+the store's own and removes each once it is delivered. A forked child claims a log of
+its own at first use; the parent keeps its logs. Segments at the top of ``directory``
+(written by an earlier version, or by a plain SegmentLog) are one more log of the pool.
+
 Parameters are the original's (``directory``, ``max_file_size``, ``max_total_size``)
 plus ``fsync``, ``fsync_interval`` and ``batch_size``. ``max_file_size`` becomes the
 log's ``segment_size``, rounded up to whole pages (the log maps segments); each segment
@@ -244,7 +255,8 @@ class FileStore(BackingStore):
     :param directory: the log directory (required; created 0700).
     :param max_file_size: segment size in bytes (default 10 MiB, the original's),
         rounded up to whole pages.
-    :param max_total_size: bytes of segments at most; 0 (default) means unlimited
+    :param max_total_size: bytes of segments at most, per process's log; 0 (default)
+        means unlimited
         (then only a full disk makes the store full). Must hold two segments.
     :param fsync: ``"always"`` (default: ``write`` returns when the event is on disk),
         ``"interval"`` (synced every ``fsync_interval`` seconds; a crash loses at most
