@@ -662,6 +662,7 @@ class Auditor(AuditorBase):
         self._t_record: dict[str, float] = {}
         self._stopping = False
         self._deadline = 0.0
+        self._close_rounds = 0  # the publisher's failed rounds when close() began
         self._failure: BaseException | None = None
 
         # Delivery-thread state.
@@ -930,6 +931,9 @@ class Auditor(AuditorBase):
             self._closed = True
         atexit.unregister(self._close_at_exit)
         self._deadline = time.monotonic() + max(0.0, timeout)
+        # A broker that came back while the publisher waits out its backoff: try it now,
+        # and let a durable store's backlog wait for that round (_broker_gone).
+        self._close_rounds = self._publisher.reconnect_now()
         self._stopping = True
         self._wake.set()
         with self._room:
@@ -1017,6 +1021,13 @@ class Auditor(AuditorBase):
                 self._delivered_upto = snapshot
                 self._settled.notify_all()
 
+    def _broker_gone(self) -> bool:
+        """Closing: no channel now, and the connection round close() started (or one
+        after it) failed. Until then the broker may be back (close() is called right
+        after an outage ended): a durable store's backlog waits for that round."""
+        return (not self._publisher.is_available()
+                and self._publisher.rounds_failed > self._close_rounds)
+
     def _should_stop(self) -> bool:
         """Whether a closing auditor stops delivering now (its rest then goes to the store)."""
         if not self._stopping:
@@ -1025,7 +1036,7 @@ class Auditor(AuditorBase):
             return True
         if not self._queue and not self._pending and not self._backlog:
             return True
-        if not self._durable_store or self._publisher.is_available():
+        if not self._durable_store or not self._broker_gone():
             return False  # deliver (a memory store would lose the rest: wait for it)
         # A durable store keeps the rest for the next run: no need to wait for a broker
         # that is down, once everything held in memory is in it. What the store refuses
@@ -1378,7 +1389,7 @@ class Auditor(AuditorBase):
             return False
         if time.monotonic() >= self._deadline:
             return True
-        return self._durable_store and not self._publisher.is_available()
+        return self._durable_store and self._broker_gone()
 
     def _finish(self) -> None:
         """The delivery thread's last act: put what it holds into the store (Rule 2)."""

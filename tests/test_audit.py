@@ -609,6 +609,29 @@ def test_a_live_auditor_delivers_the_backlog_a_closed_one_left_in_the_shared_dir
     assert not os.listdir(tmp_path / "buf" / "logs")  # delivered logs are removed
 
 
+def test_close_right_after_the_broker_came_back_delivers_the_backlog(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
+    # Issue 16, item 4: close(timeout=120) returned at once and left the backlog in the
+    # store while the publisher waited out its backoff, the broker back already.
+    proxy.refuse()
+    store = FileStore(tmp_path / "buf")
+    auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                      backing_store=store, connect_wait=0,
+                      publisher_options={"backoff_initial": 30.0, "backoff_max": 30.0})
+    try:
+        recorded = _record_all(auditor, make_events(300))
+        while auditor.publisher.rounds_failed < 1:  # now waiting out a 30 s backoff
+            time.sleep(0.05)
+        proxy.accept()
+        auditor.close(timeout=60)
+        assert _value(auditor, "segmentlog_auditor_drain_events_total") == 300
+        assert store.pending() == 0
+    finally:
+        auditor.close()
+        store.close()
+    check_delivery(consume(rabbitmq_url, queue), recorded)
+
+
 def test_close_with_memory_store_and_broker_down_reports_the_lost_events(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     proxy.refuse()

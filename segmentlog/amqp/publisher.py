@@ -414,6 +414,23 @@ class Publisher:
         self._check_open()
         self._start()
 
+    def reconnect_now(self) -> int:
+        """Cut a backoff wait short: if the publisher waits for its next connection round,
+        that round starts now. Returns how many rounds had failed before it; a caller
+        waits for :meth:`is_available` or for :attr:`rounds_failed` to grow past that to
+        know the outcome."""
+        with self._cond:
+            rounds = self._rounds_failed
+        if self._ioloop is not None and not self._closed:
+            self._ioloop.add_callback_threadsafe(self._reconnect_early)
+        return rounds
+
+    @property
+    def rounds_failed(self) -> int:
+        """Connection rounds (every address tried once) that failed so far."""
+        with self._cond:
+            return self._rounds_failed
+
     def is_available(self) -> bool:
         """True when a batch could be published now (channel open, not blocked)."""
         return self._ready and not self._blocked and not self._closed
@@ -642,6 +659,13 @@ class Publisher:
 
     def _begin(self) -> None:
         self._watchdog_timer = self._ioloop.call_later(1.0, self._watchdog)
+        self._connect_next()
+
+    @_guard
+    def _reconnect_early(self) -> None:
+        if self._reconnect_timer is None or self._closing:
+            return  # connected, connecting, or closing: nothing to hurry
+        self._ioloop.remove_timeout(self._reconnect_timer)
         self._connect_next()
 
     @_guard
