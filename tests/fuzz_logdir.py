@@ -806,6 +806,20 @@ class Outcome:
                 "failures": [f.__dict__ for f in self.failures]}
 
 
+def _refused(chk: Any, out: Any, phase: str, exc: Exception, refusals: dict[str, str]) -> None:
+    """A SegmentLogError in ``phase``: a failure, unless the format says it is right."""
+    if phase.startswith("append") and chk.passed >= 2**64 - 64:
+        out.notes.append(f"sequence space exhausted, append refused: {exc}")
+    elif getattr(exc, "kind", None) == "special_file":
+        # By design (FORMAT.md, regular files only): a special file under a name the log
+        # owns is refused with an error naming it and the fix, before anything changes;
+        # nothing is lost (the file store's pool takes another log).
+        out.notes.append(f"refused clearly: {exc}"[:300])
+    else:
+        chk.fail(refusals.get(phase, "refused"), phase, f"{type(exc).__name__}: {exc}",
+                 _innermost(exc))
+
+
 def _innermost(exc: BaseException) -> str:
     """Where ``exc`` came from: the innermost frame in segmentlog (or the last frame)."""
     tb = traceback.extract_tb(exc.__traceback__)
@@ -1106,16 +1120,7 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
         hung = True
         signal.alarm(_ALARM[0])
     except SegmentLogError as exc:
-        if phase.startswith("append") and chk.passed >= 2**64 - 64:
-            out.notes.append(f"sequence space exhausted, append refused: {exc}")
-        elif getattr(exc, "kind", None) == "special_file":
-            # By design (FORMAT.md, regular files only): a special file under a name the
-            # log owns is refused with an error naming it and the fix, before anything
-            # changes; nothing is lost (the file store's pool takes another log).
-            out.notes.append(f"refused clearly: {exc}"[:300])
-        else:
-            chk.fail(refusals.get(phase, "refused"), phase, f"{type(exc).__name__}: {exc}",
-                     _innermost(exc))
+        _refused(chk, out, phase, exc, refusals)
     except Exception as exc:
         chk.fail("crash", phase, f"{type(exc).__name__}: {exc}"[:300], _innermost(exc))
     finally:
@@ -1166,16 +1171,7 @@ def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outco
         hung = True
         signal.alarm(_ALARM[0])
     except SegmentLogError as exc:
-        if phase.startswith("append") and chk.passed >= 2**64 - 64:
-            out.notes.append(f"sequence space exhausted, append refused: {exc}")
-        elif getattr(exc, "kind", None) == "special_file":
-            # By design (FORMAT.md, regular files only): a special file under a name the
-            # log owns is refused with an error naming it and the fix, before anything
-            # changes; nothing is lost (the file store's pool takes another log).
-            out.notes.append(f"refused clearly: {exc}"[:300])
-        else:
-            chk.fail(refusals.get(phase, "refused"), phase, f"{type(exc).__name__}: {exc}",
-                     _innermost(exc))
+        _refused(chk, out, phase, exc, refusals)
     except Exception as exc:
         chk.fail("crash", phase, f"{type(exc).__name__}: {exc}"[:300], _innermost(exc))
     finally:
