@@ -96,6 +96,7 @@ from segmentlog.segment import (
     header_problem,
     open_regular,
     prepare_directory,
+    quarantine_name,
     refuse_special_files,
     reserve_and_zero,
     restore_names,
@@ -562,11 +563,12 @@ class SegmentLog:
     def _set_aside(self, base: int, why: str) -> None:
         """Rename segment ``base`` to ``NAME.seg.damaged``: its bytes are kept for
         inspection (verify reports it) and the log no longer reads it."""
-        path = os.path.join(self.directory, segment_name(base))
-        _fs.fs.rename(path, path + ".damaged")
+        name = segment_name(base)
+        aside = quarantine_name(self.directory, name)
+        _fs.fs.rename(os.path.join(self.directory, name), os.path.join(self.directory, aside))
         fsync_dir(self.directory)
         self._segments.remove(base)
-        self._note(f"segment {path} {why}: kept as {path}.damaged")
+        self._note(f"segment {name} {why}: kept as {aside}")
 
     def _handle_odd_last_segment(self, path: str, base: int, size: int) -> int | None:
         """The last segment has the wrong size (damage, or another segment_size setting):

@@ -61,6 +61,7 @@ from segmentlog.segment import (
     encode_header,
     fsync_dir,
     open_regular,
+    quarantine_name,
     restore_names,
     take_lock,
 )
@@ -280,15 +281,6 @@ def _entries_to_keep(directory: str, actions: list[Action],
     return out
 
 
-def _quarantine_name(directory: str, name: str) -> str:
-    target = name + QUARANTINE_SUFFIX
-    n = 1
-    while os.path.exists(os.path.join(directory, target)):
-        target = f"{name}{QUARANTINE_SUFFIX}.{n}"
-        n += 1
-    return target
-
-
 def _fix_deadletter(directory: str) -> None:
     """Rewrite the dead-letter file with every damaged line wrapped in a valid entry that
     keeps its bytes; atomically (temp file, fsync, rename, directory fsync)."""
@@ -341,7 +333,7 @@ def apply(directory: str, report: Report, actions: list[Action],
     known = deadletter.known_keys(directory)
     keep = _entries_to_keep(directory, actions, known, report)
     set_aside = [a for a in actions if a.kind == "set_aside"]
-    renames = {a.target: _quarantine_name(directory, a.target) for a in set_aside}
+    renames = {a.target: quarantine_name(directory, a.target) for a in set_aside}
     for a in set_aside:
         keep.append({"segment": renames[a.target], "offset": 0, "kind": a.problem,
                      "first_missing_seq": a.first_seq, "resume_seq": a.resume_seq,

@@ -439,14 +439,14 @@ def restore_names(directory: str, names: list[str],
     for _, own, base, wants, first in moves:
         taken = join(segment_name(wants))
         if (os.path.isfile(taken) and not os.path.islink(taken)
-                and not os.path.lexists(taken + ".damaged")
                 and os.path.getsize(taken) < os.path.getsize(join(own + MOVING_SUFFIX))):
             # The file under the header's name is shorter (cut short): the copy holds more
             # of that segment. Keep both, the longer one in place.
-            _fs.fs.rename(taken, taken + ".damaged")
+            aside = quarantine_name(directory, segment_name(wants))
+            _fs.fs.rename(taken, join(aside))
             note(f"segment file {segment_name(wants)} is shorter than {own}, which holds "
-                 f"the same segment: kept as {segment_name(wants)}.damaged")
-        targets = [segment_name(wants), own + ".damaged"]
+                 f"the same segment: kept as {aside}")
+        targets = [segment_name(wants), quarantine_name(directory, own)]
         if first == base or wants == base:
             targets.insert(1, own)  # its records are numbered by its own name
         for target in targets:
@@ -489,3 +489,14 @@ def _identity(path: str) -> tuple[int | None, int | None]:
         if marker == FRAME_MARKER:
             first = seq  # header fields only: the frame's checksum is not verified here
     return wants, first
+
+
+def quarantine_name(directory: str, name: str) -> str:
+    """A free name to set ``name`` aside under: ``NAME.damaged``, else ``NAME.damaged.N``
+    (a file set aside earlier is never overwritten)."""
+    target = name + ".damaged"
+    n = 1
+    while os.path.lexists(os.path.join(directory, target)):
+        target = f"{name}.damaged.{n}"
+        n += 1
+    return target

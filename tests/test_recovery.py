@@ -494,3 +494,16 @@ def test_verify_names_a_segment_left_mid_move(logdir: str) -> None:
     os.rename(files[1], files[1] + ".moving")
     kinds = {p.kind for p in inspect(logdir).all_problems()}
     assert "moving_segment" in kinds and "foreign_file" not in kinds
+
+
+def test_setting_aside_never_overwrites_a_file_set_aside_before(logdir: str) -> None:
+    write_log(logdir, 20)
+    stray = os.path.join(logdir, segment_name(10_000))
+    with open(stray + ".damaged", "wb") as f:
+        f.write(b"kept from before")
+    open(stray, "wb").close()  # an empty file named like a segment: set aside on open
+    with SegmentLog(logdir, segment_size=SMALL) as log:
+        check_intact(read_all(log), list(range(20)))
+    with open(stray + ".damaged", "rb") as f:
+        assert f.read() == b"kept from before"
+    assert os.path.exists(stray + ".damaged.1")
