@@ -384,3 +384,26 @@ def test_checkpoint_write_goes_through_the_seam(tmp_path: Any) -> None:
         checkpoint.write(d, 42, durable=True)
     assert [e[0] for e in rec.events] == ["create", "write", "sync", "rename", "dirsync"]
     assert checkpoint.decode(_files(rec)["checkpoint"]) == (42, None)
+
+
+def test_a_durable_rotation_makes_the_old_segments_tail_durable_before_the_new_name(
+        tmp_path: Any) -> None:
+    """fsync="always", a batch spanning a rotation: the new segment's name became durable
+    before the old segment's last frames, and a crash in between reported those
+    never-acknowledged records as missing (damage) though nothing acknowledged was lost."""
+    fsync = "always"
+    d = os.path.join(tmp_path, "log")
+    os.makedirs(d)
+    rec = pl.Recorder(d)
+    with _fs.installed(rec):
+        log = SegmentLog(d, segment_size=SEGMENT, fsync=fsync)
+        log.append_batch([b"%d" % i + bytes(300) for i in range(80)])  # > one segment
+        log.close()
+    first = "00000000000000000000.seg"
+    fid = rec.live[first]
+    with open(os.path.join(d, first), "rb") as f:
+        final = f.read().rstrip(b"\0")
+    rotation = next(i for i, e in enumerate(rec.events)
+                    if e[0] == "rename" and e[1] == "next.prep" and e[2] != first)
+    synced = [e[2] for e in rec.events[:rotation] if e[0] == "sync" and e[1] == fid]
+    assert synced and synced[-1].rstrip(b"\0") == final
