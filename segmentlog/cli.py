@@ -14,7 +14,9 @@ terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import os
 import sys
 import time
@@ -185,7 +187,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     tool = _TOOLS.get(args.command)
     if tool is None:  # pragma: no cover - argparse rejects unknown commands
         parser.error(f"unknown command {args.command}")
-    return _run_tool(args.command, tool, args)
+    shared = _shared_logs(args.dir)
+    if shared is None:
+        return _run_tool(args.command, tool, args)
+    return _run_shared(args.command, tool, args, shared)
+
+
+def _shared_logs(directory: str) -> list[str] | None:
+    """The logs of a directory shared by several processes (FORMAT.md, "Shared
+    directory"), or None when ``directory`` is one log."""
+    from segmentlog.pool import LOGS_DIR, LogPool
+
+    if not os.path.isdir(os.path.join(directory, LOGS_DIR)):
+        return None
+    return LogPool(directory).log_paths()
+
+
+def _run_shared(name: str, tool: Callable[[argparse.Namespace], int],
+                args: argparse.Namespace, logs: list[str]) -> int:
+    """Run a tool on every log of a shared directory: one report per log (text: a
+    heading each; --json: one object, ``{"logs": {path: report}}``); the exit status is
+    the worst of theirs."""
+    worst = EXIT_OK
+    reports: dict[str, Any] = {}
+    as_json = getattr(args, "json", False)
+    for path in logs:
+        one = argparse.Namespace(**{**vars(args), "dir": path})
+        if as_json:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                status = _run_tool(name, tool, one)
+            text = out.getvalue().strip()
+            reports[path] = orjson.loads(text) if text.startswith("{") else {"output": text}
+        else:
+            print(f"== {path}")
+            sys.stdout.flush()
+            status = _run_tool(name, tool, one)
+        worst = max(worst, status)
+    if as_json:
+        _print_json({"directory": args.dir, "logs": reports})
+    else:
+        outcome = {EXIT_OK: "ok", EXIT_DAMAGE: "damage found"}.get(worst, "errors")
+        print(f"== {args.dir}: a shared directory of {len(logs)} log(s): {outcome}")
+    return worst
 
 
 # ------------------------------------------------------------------ operator tools

@@ -878,3 +878,33 @@ def test_stale_record_copied_over_a_record_is_damage(capsys: pytest.CaptureFixtu
     assert (p["kind"], p["offset"], p["first_seq"], p["resume_seq"]) == (
         "missing_records", off, bad_seq, bad_seq + 1)
     repair_then_verify(capsys, logcopy, {bad_seq})
+
+
+def test_tools_report_every_log_of_a_shared_directory(
+        capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    # Issue 16: a directory shared by worker processes holds a log per process; verify,
+    # stats, dump and repair said "not a segmentlog directory" (exit 2).
+    from segmentlog.pool import LogPool
+
+    shared = str(tmp_path / "shared")
+    pool = LogPool(shared, segment_size=SMALL, fsync="never")
+    a, b = pool.claim(), pool.claim()
+    for i in range(30):
+        a.append(record(i))
+        b.append(record(i))
+    a.close()
+    b.close()
+    code, out, _ = run(capsys, "verify", shared)
+    assert code == 0 and out.count("result: intact") == 2
+    assert "shared directory of 2 log(s): ok" in out
+    code, out, _ = run(capsys, "stats", "--json", shared)
+    assert code == 0
+    assert sorted(orjson.loads(out)["logs"]) == sorted([a.directory, b.directory])
+    seg = segment_files(b.directory)[0]
+    off, _, length = frames(seg)[3]
+    flip_bit(seg, off + 24 + length // 2)
+    code, out, _ = run(capsys, "verify", shared)
+    assert code == 1 and "damage found" in out  # the worst of its logs
+    code, _, _ = run(capsys, "repair", shared)
+    assert code == 0
+    assert run(capsys, "verify", shared)[0] == 0
