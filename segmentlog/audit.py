@@ -150,6 +150,7 @@ from .errors import (
     LogClosedError,
     UndeliveredEventsError,
 )
+from .metrics import sync_callbacks
 from .store import BackingStore, BackingStoreFactory, create_backing_store
 from .store.memory import MemoryStore
 
@@ -1004,6 +1005,7 @@ class Auditor(AuditorBase):
             except Exception:  # metrics must never stop delivery
                 LOG.debug("auditor %r: store.update_metrics failed", self.queue_name,
                           exc_info=True)
+            sync_callbacks()  # multiprocess metrics mode: counts read at scrape time
             # The backlog of processes that are gone (a worker that exited or was
             # killed): delivered by this one (BackingStore Rule 9).
             try:

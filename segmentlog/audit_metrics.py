@@ -74,7 +74,8 @@ class _RegistryMetrics(MetricSet):
             PREFIX + "recorded_events", "Events accepted by record().", LABEL)
         self.backlog = Gauge(
             PREFIX + "backlog_events",
-            "Events waiting in the backing store for the broker.", labels, registry=None)
+            "Events waiting in the backing store for the broker.", labels, registry=None,
+            multiprocess_mode="livesum")
         self.drained = Counter(
             PREFIX + "drain_events",
             "Events drained from the backing store and confirmed by the broker.",
@@ -90,7 +91,7 @@ class _RegistryMetrics(MetricSet):
         self.store_full = Gauge(
             PREFIX + "store_full",
             "1 while the backing store is full (record() may block), else 0.",
-            labels, registry=None)
+            labels, registry=None, multiprocess_mode="livemax")
         self.undelivered_at_close = Counter(
             PREFIX + "undelivered_at_close_events",
             "Events a non-durable store (memory) still held when the auditor closed, "

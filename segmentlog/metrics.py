@@ -10,22 +10,54 @@ Rule 3: a label is unique among live owners: the base name, then ``<base>-2``,
 ``<base>-3``... :func:`release` frees it and drops its gauge series (an owner that is
 gone buffers nothing); counters stay, and a later owner with the same label counts on
 from where the last one stopped, so a counter never goes backwards.
+Rule 4: under prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set
+when it is imported, the usual gunicorn setup) a scrape reads the values every process
+wrote to files, never a worker's collectors: a :class:`CallbackCounter` then also keeps
+a plain counter that :func:`sync_callbacks` brings up to date (the Auditor calls it
+every few seconds and at close), and gauges declare how processes combine
+(``livesum``: a sum over live processes; ``livemax``).
+
 This module never registers anything on prometheus-client's global registry by itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import values as _values
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CallbackCounter", "MetricSet", "claim", "register_all", "release"]
+__all__ = ["MULTIPROCESS", "CallbackCounter", "MetricSet", "claim", "register_all", "release",
+           "sync_callbacks"]
+
+#: prometheus-client writes values to files for a multiprocess scrape (Rule 4).
+MULTIPROCESS = _values.ValueClass is not _values.MutexValue
+_CALLBACKS: weakref.WeakSet[CallbackCounter] = weakref.WeakSet()
+
+
+def sync_callbacks() -> None:
+    """Multiprocess mode: bring every callback counter's file counter up to date."""
+    if MULTIPROCESS:
+        for counter in list(_CALLBACKS):
+            counter.sync()
+
+
+def _forked() -> None:
+    # prometheus-client starts a forked child's values at 0 (its own files): so do the
+    # counts synced so far; a lock another thread held at the fork stays held: replace it.
+    for counter in list(_CALLBACKS):
+        counter._lock = threading.Lock()
+        counter._synced = {}
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class MetricSet:
@@ -121,6 +153,27 @@ class CallbackCounter(Collector):
         self._lock = threading.Lock()
         self._live: dict[str, Callable[[], int]] = {}
         self._retired: dict[str, int] = {}
+        # Multiprocess mode (Rule 4): the same counts in a plain counter, kept in step by
+        # sync(); the name without "_total" (prometheus-client adds it back).
+        self._mirror = (Counter(name.removesuffix("_total"), documentation, [label],
+                                registry=None) if MULTIPROCESS else None)
+        self._synced: dict[str, int] = {}
+        _CALLBACKS.add(self)
+
+    def sync(self) -> None:
+        """Add what each live label counted since the last sync to the file counter."""
+        if self._mirror is None:
+            return
+        with self._lock:
+            for label, value in self._live.items():
+                self._sync_one(label, value())
+
+    def _sync_one(self, label: str, now: int) -> None:
+        assert self._mirror is not None
+        delta = now - self._synced.get(label, 0)
+        if delta > 0:
+            self._mirror.labels(label).inc(delta)
+        self._synced[label] = now
 
     def attach(self, label: str, value: Callable[[], int]) -> None:
         with self._lock:
@@ -130,7 +183,11 @@ class CallbackCounter(Collector):
         with self._lock:
             value = self._live.pop(label, None)
             if value is not None:
-                self._retired[label] = self._retired.get(label, 0) + value()
+                now = value()
+                self._retired[label] = self._retired.get(label, 0) + now
+                if self._mirror is not None:
+                    self._sync_one(label, now)
+                    self._synced.pop(label, None)  # a later owner counts from 0 again
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self._name, self._doc, labels=[self._label])

@@ -72,13 +72,13 @@ class _RegistryMetrics(MetricSet):
             labels, registry=None)
         self.inflight = Gauge(
             PREFIX + "inflight_messages", "Messages published and not yet answered.",
-            labels, registry=None)
+            labels, registry=None, multiprocess_mode="livesum")
         self.connected = Gauge(
             PREFIX + "connected", "1 when a confirm-mode channel is open, else 0.", labels,
-            registry=None)
+            registry=None, multiprocess_mode="livesum")
         self.blocked = Gauge(
             PREFIX + "blocked", "1 while the broker blocks the connection (resource alarm).",
-            labels, registry=None)
+            labels, registry=None, multiprocess_mode="livemax")
         self.confirm_latency = Histogram(
             PREFIX + "confirm_latency_seconds", "Time from publish to basic.ack, per message.",
             labels, buckets=LATENCY_BUCKETS, registry=None)

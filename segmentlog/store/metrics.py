@@ -89,18 +89,21 @@ class _RegistryMetrics(MetricSet):
             "Bytes the backing store occupies (files on disk, table size, or event bytes).",
             ["store"],
             registry=None,
+            multiprocess_mode="livesum",
         )
         self.files_count = Gauge(
             "audittools_backing_store_files_count",
             "Number of files the backing store occupies (0 for memory and SQL stores).",
             ["store"],
             registry=None,
+            multiprocess_mode="livesum",
         )
         self.events = Gauge(
             "audittools_backing_store_events",
             "Number of audit events buffered in the backing store.",
             ["store"],
             registry=None,
+            multiprocess_mode="livesum",
         )
 
     def collectors(self) -> tuple[Collector, ...]:
