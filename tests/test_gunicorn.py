@@ -75,6 +75,7 @@ def test_gunicorn_workers_deliver_every_acknowledged_event(
          f"127.0.0.1:{port}", "gunicorn_app:app"],
         cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     acknowledged: list[str] = []
+    by_worker: dict[str, list[str]] = {}
     try:
         deadline = time.monotonic() + 60
         while _get(port, "/ready")[0] != 200:
@@ -89,6 +90,7 @@ def test_gunicorn_workers_deliver_every_acknowledged_event(
             if status == 200:
                 event_id, pid = body.split()
                 acknowledged.append(event_id)
+                by_worker.setdefault(pid, []).append(event_id)
                 if i >= 70 and not killed:
                     os.kill(int(pid), signal.SIGKILL)  # a worker dies holding its backlog
                     killed = True
@@ -106,8 +108,12 @@ def test_gunicorn_workers_deliver_every_acknowledged_event(
             server.wait()
         server.stderr.close()  # type: ignore[union-attr]
     assert killed and len(acknowledged) == 150
-    delivered = {mid for mid, _, _ in consume_all(rabbitmq_url, queue, passive=True)}
-    missing = set(acknowledged) - delivered
+    in_queue = [mid for mid, _, _ in consume_all(rabbitmq_url, queue, passive=True)]
+    missing = set(acknowledged) - set(in_queue)
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged events lost"
+    first = list(dict.fromkeys(in_queue))  # at least once: duplicates keep their first place
+    for pid, ids in by_worker.items():  # each worker's events in the order it recorded them
+        mine = set(ids)
+        assert [m for m in first if m in mine] == ids, f"worker {pid}: order broken"
     left = list((buf / "logs").iterdir()) if (buf / "logs").exists() else []
     assert not left, f"logs left behind: {left}"
