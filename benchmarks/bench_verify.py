@@ -5,7 +5,7 @@ files in the page cache, measures in the same run and on the same bytes:
 
 * ``read``: a ``cat``-like sequential read of every segment file into a 1 MiB buffer
   (the baseline: no verifier can be faster than reading the bytes);
-* ``verify-native``: ``segmentlog.inspect.inspect`` (what ``verify`` runs) with the C core;
+* ``verify-native``: ``segmentlog.examine.inspect`` (what ``verify`` runs) with the C core;
 * ``verify-pure``: the same with the pure-Python backend, on the first segment only
   (it checksums a byte at a time).
 
@@ -69,7 +69,7 @@ def plain_read(paths: list[str]) -> tuple[float, int]:
 def child(backend: str, directory: str, limit: int | None) -> None:
     """Time one inspection (in a child process with SEGMENTLOG_BACKEND set)."""
     from segmentlog import backend as live
-    from segmentlog.inspect import inspect
+    from segmentlog.examine import inspect
 
     assert live == backend, (live, backend)
     if limit is not None:

@@ -4,8 +4,9 @@ It compiles csrc/crc32c.c, csrc/segmentlog.c, csrc/cursor.c and csrc/committer.c
 ``segmentlog._native`` and declares the narrow ABI of csrc/segmentlog.h to cffi (the
 declarations are read from the header itself: ``cdef_from_header``). It
 never runs at import time: setuptools runs it at install, and
-``python -P segmentlog/_build_native.py`` builds the extension in place for development
-(``-P``: the package's own ``inspect`` module must not shadow the standard one). Flags:
+``python segmentlog/_build_native.py`` builds the extension in place for development
+(no package module shadows a standard one any more: ``inspect.py`` became
+``examine.py``). Flags:
 ``-O2`` always; ``-Wall -Wextra -Werror`` only when ``SEGMENTLOG_STRICT_BUILD=1`` (the
 test build), so a user's newer compiler with new warnings still installs the package.
 """

@@ -1,6 +1,6 @@
 """The ``segmentlog`` command line (``python -m segmentlog``): one sub-command per tool.
 
-``verify``, ``dump`` and ``stats`` are read-only (segmentlog.inspect): safe while a
+``verify``, ``dump`` and ``stats`` are read-only (segmentlog.examine): safe while a
 writer runs, they never change a byte. ``repair`` (segmentlog.repair) takes the writer
 lock. ``bench`` measures the log (segmentlog.bench).
 
@@ -298,7 +298,7 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from segmentlog.inspect import inspect
+    from segmentlog.examine import inspect
 
     progress = _Progress("verify")
     try:
@@ -370,7 +370,7 @@ def _payload_text(payload: bytes, as_json: bool) -> tuple[str, Any]:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    from segmentlog.inspect import Problem, records
+    from segmentlog.examine import Problem, records
 
     shown = 0
     damaged = False
@@ -441,7 +441,7 @@ def payload_time(payload: bytes) -> tuple[float, str] | None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from segmentlog.inspect import inspect
+    from segmentlog.examine import inspect
 
     progress = _Progress("stats")
     try:

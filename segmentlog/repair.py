@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``repair`` inspects the directory (segmentlog.inspect), plans one action per problem,
+``repair`` inspects the directory (segmentlog.examine), plans one action per problem,
 keeps what it is about to change, then changes it, and inspects again. The state it
 leaves is the one ``verify`` reports as repaired (inspect, Rule 3), so ``verify`` after
 ``repair`` exits 0, and SegmentLog reads every record that was not damaged.
@@ -48,7 +48,7 @@ from segmentlog._format import (
     SEGMENT_HEADER_SIZE,
     TMP_SUFFIX,
 )
-from segmentlog.inspect import (
+from segmentlog.examine import (
     HEADER_KINDS,
     QUARANTINE_SUFFIX,
     Report,

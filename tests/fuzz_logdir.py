@@ -15,7 +15,7 @@ dead-letter files, special files...) and computes, from byte ranges, exactly whi
 records it *touched*: a record is intact when some file holding a copy of its segment
 still has the frame's checksummed bytes unchanged. It then drives the log through
 open, partial read, commit, rewind, read, append, reopen, read, append; and, on a second
-copy of the mutated directory, ``verify`` (segmentlog.inspect), ``repair`` and a last
+copy of the mutated directory, ``verify`` (segmentlog.examine), ``repair`` and a last
 open. The checks, per case:
 
 * **crash**: any exception that is not a :class:`SegmentLogError` (a raw ValueError,
@@ -36,7 +36,7 @@ open. The checks, per case:
 * **verify_silent**: ``verify`` finds the log intact although a pending record was
   touched (except where the format cannot tell: see ``_verify_must_fail``);
   **verify_refused**/**stats_refused**: ``segmentlog verify``/``stats --json`` exit 2;
-  **verify_mismatch**: its exit status disagrees with segmentlog.inspect;
+  **verify_mismatch**: its exit status disagrees with segmentlog.examine;
 * **forged_accepted**: a forged frame returned whose sequence number its segment could
   not hold (more records than fit before its offset).
 
@@ -984,7 +984,7 @@ def _verify_must_fail(tpl: Template, plan: Plan, pending: set[int]) -> bool:
 def run_case(tpl: Template, kind: str, case: int, seed: int, work: str) -> Outcome:
     from segmentlog import SegmentLog, cli
     from segmentlog.errors import SegmentLogError
-    from segmentlog.inspect import inspect
+    from segmentlog.examine import inspect
     from segmentlog.repair import repair
 
     rng = random.Random(f"{seed}/{kind}/{case}")

@@ -39,7 +39,7 @@ from logtools import (
 
 from segmentlog import SegmentLog, checkpoint
 from segmentlog.cli import main, payload_time
-from segmentlog.inspect import DAMAGE_KINDS, INFO_KINDS
+from segmentlog.examine import DAMAGE_KINDS, INFO_KINDS
 
 N = 150  # records: four segments of SMALL bytes
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -28,7 +28,7 @@ import segmentlog
 from segmentlog import SegmentLog
 from segmentlog import _pure as pure
 from segmentlog.cli import main
-from segmentlog.inspect import RecordEvent, records
+from segmentlog.examine import RecordEvent, records
 from segmentlog.segment import encode_header
 
 # The pure backend checksums a byte at a time: fewer examples keep the suite fast.

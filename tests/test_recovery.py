@@ -487,7 +487,7 @@ def test_an_open_stopped_while_moving_names_finishes_the_move(logdir: str) -> No
 
 
 def test_verify_names_a_segment_left_mid_move(logdir: str) -> None:
-    from segmentlog.inspect import inspect
+    from segmentlog.examine import inspect
 
     write_log(logdir, N)
     files = segment_files(logdir)
