@@ -590,7 +590,7 @@ class Auditor(AuditorBase):
             self.metrics.release()
             raise
         self._store = store
-        self._durable_store = not isinstance(store, MemoryStore)
+        self._durable_store = bool(store.durable)
         try:
             store_limit = _store_limit(store)
         except BaseException:

@@ -209,6 +209,11 @@ def test_empty_store_reads_nothing_and_no_commit(make: Maker) -> None:
     assert store.read_batch() == ([], None)
 
 
+def test_a_store_says_whether_it_is_durable(make: Maker) -> None:
+    # The Auditor asked isinstance(store, MemoryStore); a store now says it itself.
+    assert make().durable is (make.kind in DURABLE)
+
+
 def test_events_come_back_in_write_order_and_commit_removes_them(make: Maker) -> None:
     store = make(batch_size=7)
     store.write(ev(0))

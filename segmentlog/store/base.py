@@ -143,6 +143,10 @@ def _event_id(event: Any) -> str | None:
 class BackingStore(ABC):
     """A durable (or, for the memory store, bounded in-memory) FIFO of events."""
 
+    #: Whether what it holds outlives the process (the memory store: False). The Auditor
+    #: waits for the broker at close only for a store that is not durable.
+    durable: bool = True
+
     @abstractmethod
     def write(self, event: Event) -> None:
         """Persist one event; raise ``BackingStoreFull`` at the store's limit."""

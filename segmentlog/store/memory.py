@@ -57,6 +57,7 @@ class MemoryStore(BackingStore):
     """
 
     TYPE = "memory"
+    durable = False  # dies with the process
 
     def __init__(
         self,
