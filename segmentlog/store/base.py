@@ -140,6 +140,12 @@ def _event_id(event: Any) -> str | None:
     return mid if isinstance(mid, str) else None
 
 
+def _dumps(event: Event) -> bytes:
+    """The JSON bytes every store keeps for an event (the shared encoding)."""
+    # orjson serialises dict (and subclasses) only; other mappings are copied first.
+    return orjson.dumps(event if isinstance(event, dict) else dict(event))
+
+
 class BackingStore(ABC):
     """A durable (or, for the memory store, bounded in-memory) FIFO of events."""
 

@@ -76,10 +76,9 @@ from ..errors import (
     RecordTooLargeError,
 )
 from ..segment import open_regular, prepare_directory
-from .base import BackingStore, BatchTracker, Commit, Event, _event_id, batch_limit
-from .config import Params, check_int
-from .memory import _dumps
+from .base import BackingStore, BatchTracker, Commit, Event, _dumps, _event_id, batch_limit
 from .metrics import StoreMetrics
+from .params import Params, check_int
 
 _T = TypeVar("_T")
 

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import BackingStoreFull, LogClosedError
-from .base import BackingStore, BatchTracker, Commit, Event, _event_id, batch_limit
-from .config import Params, check_int
+from .base import BackingStore, BatchTracker, Commit, Event, _dumps, _event_id, batch_limit
 from .metrics import StoreMetrics
+from .params import Params, check_int
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -39,11 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 _EXAMPLE = '{"type":"memory","params":{"max_events":1000,"batch_size":100}}'
-
-
-def _dumps(event: Event) -> bytes:
-    # orjson serialises dict (and subclasses) only; other mappings are copied first.
-    return orjson.dumps(event if isinstance(event, dict) else dict(event))
 
 
 class MemoryStore(BackingStore):

@@ -68,10 +68,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 from ..errors import BackingStoreError, BackingStoreFull, ConfigError, LogClosedError
-from .base import BackingStore, BatchTracker, Commit, Event, batch_limit
-from .config import BackingStoreFactory, Params, check_int, check_table_name
-from .memory import _dumps
+from .base import BackingStore, BatchTracker, Commit, Event, _dumps, batch_limit
 from .metrics import StoreMetrics
+from .params import BackingStoreFactory, Params, check_int, check_table_name
 
 if TYPE_CHECKING:
     import psycopg
