@@ -45,6 +45,7 @@ from segmentlog._format import (
     SEQ_LIMIT,
     SPARE_NAME,
     TMP_SUFFIX,
+    frame_size,
     parse_segment_name,
     segment_name,
 )
@@ -468,27 +469,34 @@ def _is_regular(path: str) -> bool:
 
 
 def _identity(path: str) -> tuple[int | None, int | None]:
-    """(the base a segment file's sound header names, the number of its first sound
-    frame), each None when there is none (or the file is not a regular file)."""
+    """(the base a segment file holds, the number of its first sound frame), each None
+    when unknown (or the file is not a regular file). The base is the one its sound
+    header names; with a damaged header, the number of its first frame if that frame is
+    sound (checksum verified): a renamed file whose header was damaged too is still
+    known by its records. (Stale frames of an empty recycled segment are numbered below
+    the durable checkpoint: a file named by them holds only consumed records.)"""
     try:
         fd = open_regular(path, os.O_RDONLY)
     except (OSError, CorruptionError):
         return None, None  # not a regular file: the open refuses it (special files)
     try:
         data = os.pread(fd, SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE, 0)
+        first = None
+        if len(data) == SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE:
+            marker, length, seq, _, _ = FRAME_HEADER.unpack_from(data, SEGMENT_HEADER_SIZE)
+            if marker == FRAME_MARKER and seq < SEQ_LIMIT:
+                room = os.fstat(fd).st_size - SEGMENT_HEADER_SIZE  # a length is not trusted
+                frame = os.pread(fd, min(frame_size(length), max(room, 0)),
+                                 SEGMENT_HEADER_SIZE)
+                if impl.scan(frame, 0, len(frame), seq, 1, None).count == 1:
+                    first = seq
     finally:
         os.close(fd)
-    wants = None
     if len(data) >= SEGMENT_HEADER_SIZE:
         base = int.from_bytes(data[16:24], "little")
         if base < SEQ_LIMIT and header_problem(data[:SEGMENT_HEADER_SIZE], base) is None:
-            wants = base
-    first = None
-    if len(data) == SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE:
-        marker, _, seq, _, _ = FRAME_HEADER.unpack_from(data, SEGMENT_HEADER_SIZE)
-        if marker == FRAME_MARKER:
-            first = seq  # header fields only: the frame's checksum is not verified here
-    return wants, first
+            return base, first
+    return first, first
 
 
 def quarantine_name(directory: str, name: str) -> str:
