@@ -21,8 +21,9 @@ a dead one continues its backlog (delivered first, in the order recorded) and wo
 churn does not grow the directory.
 Rule 4: ``adopt()`` opens the free logs left by processes that died while this one runs,
 for draining; ``retire()`` closes a log and removes it when nothing is pending, so the
-disk its segments reserve is given back. A log that holds kept damage (a dead-letter
-file) keeps its directory and those files: damaged bytes are never deleted.
+disk its segments reserve is given back. A log that holds anything else (a dead-letter
+file, a segment set aside) keeps its directory and those files: damaged bytes are never
+deleted.
 Rule 5: a directory that holds a log at its top (made before the pool existed, or by a
 plain SegmentLog) is one more log of the pool: its records are claimed and delivered
 like any other's.
@@ -43,7 +44,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from segmentlog._format import CHECKPOINT_NAME, TMP_SUFFIX, parse_segment_name
+from segmentlog._format import (
+    CHECKPOINT_NAME,
+    LOCK_NAME,
+    PREPARED_NAME,
+    SPARE_NAME,
+    TMP_SUFFIX,
+    parse_segment_name,
+)
 from segmentlog.errors import ConfigError, CorruptionError, LogLockedError
 from segmentlog.log import SegmentLog
 from segmentlog.segment import DIR_MODE, FILE_MODE, fsync_dir
@@ -52,8 +60,6 @@ log = logging.getLogger("segmentlog")
 
 POOL_LOCK_NAME = "pool.lock"
 LOGS_DIR = "logs"
-# deadletter.jsonl (the log's) and deadletter-json.jsonl (the file store's): kept bytes.
-_KEPT_PREFIX = "deadletter"
 
 _guard = threading.Lock()  # no fork while this process holds a pool.lock (see _at_fork)
 
@@ -107,6 +113,8 @@ class LogPool:
         adopted = []
         with self._locked():
             for path in self._candidates():
+                if not any(parse_segment_name(n) is not None for n in os.listdir(path)):
+                    continue  # no records (a removed log's kept files): nothing to open
                 log = self._try_open(path)
                 if log is None:
                     continue
@@ -191,23 +199,29 @@ class LogPool:
             return SegmentLog(path, **self.log_options)
 
     def _remove(self, log: SegmentLog) -> None:
-        """Close ``log`` (nothing pending) and give its space back (pool.lock held)."""
+        """Close ``log`` (nothing pending) and give its space back (pool.lock held): its
+        segments (consumed records only), checkpoint and prepared files go. Any other
+        file (a dead-letter file, a segment set aside, a foreign file) is kept, and so
+        is the directory then: damaged bytes are never deleted."""
         path = log.directory
         log.close()
         names = os.listdir(path)
-        kept = [n for n in names if n.startswith(_KEPT_PREFIX)]
+        kept = [n for n in names if not _disposable(n)]
+        for name in names:
+            if _disposable(name) and name != LOCK_NAME:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
         if path == self.directory or kept:
-            # Keep the directory (the top one is the pool's own; a dead-letter file holds
-            # damaged bytes, never deleted): only its segments and position go.
-            for name in names:
-                if (parse_segment_name(name) is not None or name.endswith(TMP_SUFFIX)
-                        or name == CHECKPOINT_NAME or name.endswith(".prep")):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(path, name))
             fsync_dir(path)
             return
         shutil.rmtree(path, ignore_errors=True)
         fsync_dir(self._logs_dir)
+
+
+def _disposable(name: str) -> bool:
+    """A file of a log with nothing pending that holds nothing to keep."""
+    return (parse_segment_name(name) is not None or name.endswith(TMP_SUFFIX)
+            or name in (CHECKPOINT_NAME, LOCK_NAME, PREPARED_NAME, SPARE_NAME))
 
 
 __all__ = ["LOGS_DIR", "POOL_LOCK_NAME", "LogPool"]

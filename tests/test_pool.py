@@ -201,3 +201,14 @@ def test_a_log_that_refuses_to_open_is_left_for_the_operator_not_a_stop(logdir: 
         lock = os.path.join(broken.directory, "lock")
         if os.path.isdir(lock):
             os.rmdir(lock)
+
+
+def test_a_removed_log_keeps_a_segment_it_set_aside(logdir: str) -> None:
+    p = pool(logdir)
+    log = p.claim()
+    aside = os.path.join(log.directory, "00000000000000000777.seg.damaged")
+    with open(aside, "wb") as f:
+        f.write(b"bytes kept for the operator")
+    assert p.retire(log)
+    assert os.path.exists(aside)
+    assert not [n for n in os.listdir(log.directory) if n.endswith(".seg")]
