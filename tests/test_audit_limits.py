@@ -40,7 +40,7 @@ from segmentlog.errors import (
     RecordTooLargeError,
     UndeliveredEventsError,
 )
-from segmentlog.store import FileStore
+from segmentlog.store import BackingStore, FileStore
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -269,25 +269,32 @@ def test_default_mode_on_a_full_device_blocks_record_and_keeps_every_accepted_ev
                           [(e.id, wire(e)) for e in accepted]) == 0
 
 
+def _record_until_full(store: BackingStore, proxy: TcpProxy, queue: str,
+                       closing: list[Auditor]) -> tuple[Auditor, list[Event]]:
+    """An Auditor over ``store`` with the broker down, recording until record() refuses
+    (BackingStoreFull after full_timeout): it and the events it accepted."""
+    auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                      backing_store=store, full_timeout=0.5)
+    closing.append(auditor)
+    _down(auditor, proxy)
+    accepted: list[Event] = []
+    with contextlib.suppress(BackingStoreFull):
+        for e in make_events(3000):
+            auditor.record(e)
+            accepted.append(e)
+    return auditor, accepted
+
+
 def test_close_raises_with_every_accepted_event_the_full_store_refused(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path,
         closing: list[Auditor]) -> None:
     # A store that cannot tell its room: memory fills before the store says "full".
     # What it refused is not dropped with a log line: close() raises with the events.
-    events = make_events(3000)
     store = _UnknownLimits(tmp_path / "buf", max_file_size=64 << 10,
                            max_total_size=256 << 10, fsync="never",
                            registry=CollectorRegistry())
     try:
-        auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
-                          backing_store=store, full_timeout=0.5)
-        closing.append(auditor)
-        _down(auditor, proxy)
-        accepted: list[Event] = []
-        with contextlib.suppress(BackingStoreFull):
-            for e in events:
-                auditor.record(e)
-                accepted.append(e)
+        auditor, accepted = _record_until_full(store, proxy, queue, closing)
         with pytest.raises(UndeliveredEventsError, match="neither delivered nor stored") as info:
             auditor.close(timeout=0.5)
         stored = store.pending()
@@ -306,20 +313,11 @@ def test_close_waits_for_the_broker_while_the_store_refuses_what_it_holds(
         closing: list[Auditor]) -> None:
     # A durable store normally lets close() return at once with the broker down (the
     # store keeps the rest); events the store refused have only the broker left.
-    events = make_events(3000)
     store = _UnknownLimits(tmp_path / "buf", max_file_size=64 << 10,
                            max_total_size=256 << 10, fsync="never",
                            registry=CollectorRegistry())
     try:
-        auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
-                          backing_store=store, full_timeout=0.5)
-        closing.append(auditor)
-        _down(auditor, proxy)
-        accepted: list[Event] = []
-        with contextlib.suppress(BackingStoreFull):
-            for e in events:
-                auditor.record(e)
-                accepted.append(e)
+        auditor, accepted = _record_until_full(store, proxy, queue, closing)
         assert store.pending() < len(accepted), "the store took everything"
         returned = threading.Event()
         closer = threading.Thread(target=lambda: (auditor.close(timeout=60), returned.set()),
