@@ -2,7 +2,7 @@
 
 Every operation whose order or durability the recovery rules depend on (creating, writing
 with ``pwrite``/``write``, reserving space, ``fsync``/``fdatasync`` of a file, ``fsync`` of
-the directory, rename, unlink) goes through :data:`fs`: log.py, checkpoint.py,
+the directory, rename, unlink) goes through :data:`fs`: the engine, checkpoint.py,
 deadletter.py and segment.py call ``_fs.fs.<op>`` and never the ``os`` function itself.
 By default each operation calls the ``os`` function (one Python call more, on paths that
 make a syscall anyway: none is per record; appends through the map or the C group

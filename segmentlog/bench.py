@@ -297,7 +297,7 @@ class Bench:
         """fsync calls so far: the counter's, plus the C group committer's fdatasyncs
         (csrc/committer.c calls fdatasync itself, unseen by the counter)."""
         log.stats()  # takes the log's lock: the committer hands its count back
-        return self.counter.calls + log._commit_rounds
+        return self.counter.calls + log._writer.commit_rounds
 
     def log_rows(self, fsync: str, batch: int, records: int | None = None) -> None:
         """Append ``records`` one by one (batch 1) or with append_batch, then drain them

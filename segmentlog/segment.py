@@ -15,7 +15,7 @@ descriptor with ``fstat``; :func:`refuse_special_files` refuses a directory hold
 name before anything is opened or changed.
 Rule 5: the writer lock belongs to the process that took it (:func:`take_lock`); a forked
 child lets go of its inherited copy.
-This module never decides policy (when to rotate, what to delete): log.py does.
+This module never decides policy (when to rotate, what to delete): segmentlog.engine does.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ FILE_MODE = 0o600
 _PID_WIDTH = 24
 DIR_MODE = 0o700
 _ZERO_CHUNK = bytes(1 << 20)
-# A segment file being given its header's name on open (log.py's _MOVING, _restore_names).
+# A segment file being given its header's name on open (restore_names).
 MOVING_SUFFIX = ".moving"
 
 

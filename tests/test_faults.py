@@ -254,7 +254,7 @@ def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
     log = SegmentLog(logdir, segment_size=seg, max_total_size=4 * seg, fsync="never",
                      recycle=False)
     unlinking, release = threading.Event(), threading.Event()
-    real = log._unlink_fn
+    real = log._retention.unlink
 
     def slow_unlink(path: str) -> None:
         assert path.endswith(".tmp") and os.path.exists(path)
@@ -263,7 +263,7 @@ def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
         release.wait(30)
         real(path)
 
-    log._unlink_fn = slow_unlink
+    log._retention.unlink = slow_unlink
     acked = []
     with pytest.raises(LogFullError):
         while True:
@@ -552,7 +552,7 @@ def test_directory_fsync_failure_at_rotation_fails_the_log(logdir: str) -> None:
     def failing_dir_fsync(path: str) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    log._fsync_dir_fn = failing_dir_fsync  # type: ignore[assignment]
+    log._sync.fsync_dir = failing_dir_fsync  # type: ignore[assignment]
     with pytest.raises(DurabilityError) as info:
         log.append(record(len(acked)))  # needs a new segment
     assert logdir in str(info.value)
@@ -577,7 +577,7 @@ def test_append_batch_stays_contiguous_while_a_rotation_waits_for_the_preparer(
         time.sleep(0.03)
         real(path, size, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("segmentlog.log.reserve_and_zero", slow_disk)
+    monkeypatch.setattr("segmentlog.engine.preparer.reserve_and_zero", slow_disk)
     with SegmentLog(logdir, segment_size=8192, fsync="never") as log:
         stop = threading.Event()
 

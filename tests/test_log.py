@@ -131,7 +131,7 @@ def test_lock_free_appends_race_batches_readers_and_rotations_losing_nothing(
     logdir: str, fsync: str
 ) -> None:
     """append frames through the cursor (with "always", the group committer) without the
-    log's lock (_WriterLock); batches, window advances, rotations, sync(), stats() and a
+    log's lock (WriterLock); batches, window advances, rotations, sync(), stats() and a
     committing reader all close and reopen it meanwhile (with "always", committer waiters
     then finish in Python, or in its next rounds). Every sequence number handed out holds
     exactly the payload it was returned for, none is skipped or doubled, every one is
@@ -261,7 +261,7 @@ def test_close_wakes_a_sync_waiting_behind_a_slow_fsync(logdir: str) -> None:
     waiter = threading.Thread(target=syncer)
     waiter.start()
     deadline = time.monotonic() + 10
-    while not log._gates:  # until the sync() waits behind the slow round
+    while not log._sync.gates:  # until the sync() waits behind the slow round
         assert time.monotonic() < deadline, "sync() never started waiting"
         time.sleep(0.001)
     closer = threading.Thread(target=log.close)
@@ -323,7 +323,7 @@ def test_never_policy_without_sync_forgets_consumed_segments(logdir: str) -> Non
             log.append(record(i, 300))
             if i % 50 == 49:
                 log.commit(log.read_batch(1000))
-        assert len(log._unsynced_bases) <= 2 * len(segment_files(logdir))
+        assert len(log._sync.unsynced_bases) <= 2 * len(segment_files(logdir))
         synced: list[str] = []
         _recording_fsync(log, synced)
         log.sync()

@@ -113,7 +113,7 @@ def test_segments_the_writer_reclaims_at_max_total_size_survive_power_loss(
     with _fs.installed(rec):
         log = SegmentLog(d, segment_size=SEGMENT, fsync=fsync, recycle=recycle,
                          max_total_size=2 * SEGMENT)
-        real = log._reclaim_for_writer
+        real = log._retention.reclaim_for_writer
 
         def counting() -> bool:
             nonlocal reclaimed
@@ -121,7 +121,7 @@ def test_segments_the_writer_reclaims_at_max_total_size_survive_power_loss(
             reclaimed += freed
             return freed
 
-        log._reclaim_for_writer = counting  # type: ignore[method-assign]
+        log._retention.reclaim_for_writer = counting  # type: ignore[method-assign]
         record = bytes(1000)
         n = 0
 
@@ -144,8 +144,8 @@ def test_segments_the_writer_reclaims_at_max_total_size_survive_power_loss(
                 log.close()  # the checkpoint is written (durable with "interval")
                 log = SegmentLog(d, segment_size=SEGMENT, fsync=fsync, recycle=recycle,
                                  max_total_size=2 * SEGMENT)
-                real = log._reclaim_for_writer
-                log._reclaim_for_writer = counting  # type: ignore[method-assign]
+                real = log._retention.reclaim_for_writer
+                log._retention.reclaim_for_writer = counting  # type: ignore[method-assign]
             for _ in range(20):
                 append()
             log.sync()
@@ -209,7 +209,7 @@ def test_layer_catches_records_in_a_segment_whose_name_was_never_made_durable(
     """Without the directory fsync after a new segment's rename, its records are
     acknowledged in a file a power loss removes: the layer must say so."""
     def no_dir_fsync(log: SegmentLog, rec: pl.Recorder) -> None:
-        log._fsync_dir_fn = lambda path: None  # type: ignore[assignment]
+        log._sync.fsync_dir = lambda path: None  # type: ignore[assignment]
 
     w = pl.Workload(fsync="always", seed=2, steps=150, segment_size=SEGMENT,
                     tamper=no_dir_fsync)
@@ -222,7 +222,7 @@ def test_layer_catches_a_sync_that_skips_sealed_segments(tmp_path: Any) -> None:
     active one."""
     def active_only(log: SegmentLog, rec: pl.Recorder) -> None:
         def fsync(fd: int) -> None:
-            if log._active is not None and fd == log._active.fd:
+            if log._writer.active is not None and fd == log._writer.active.fd:
                 rec.fdatasync(fd)
 
         log._fsync_fn = fsync  # type: ignore[assignment]
@@ -240,24 +240,25 @@ def test_layer_catches_a_segment_deleted_before_the_checkpoint_past_it_is_durabl
     purpose: the durable checkpoint write is moved after the deletion. A crash in between
     leaves the old checkpoint pointing into records that are gone."""
     def late_checkpoint(log: SegmentLog, rec: pl.Recorder) -> None:
-        write = log._write_checkpoint
-        unlink = log._unlink_fn
+        write = log._retention.write_checkpoint
+        unlink = log._retention.unlink
 
         def deferred(durable: bool) -> None:
             if not durable:
                 write(durable)
                 return
             # Pretend it is durable now; the unlink below writes it.
-            log._checkpoint_seq, log._checkpoint_durable = log._committed_seq, True
+            retention = log._retention
+            retention.checkpoint_seq, retention.checkpoint_durable = retention.committed_seq, True
             with log._lock:
-                log._durable_committed = log._committed_seq
+                log._retention.durable_committed = log._retention.committed_seq
 
         def unlink_then_checkpoint(path: str) -> None:
             unlink(path)
             write(True)
 
-        log._write_checkpoint = deferred  # type: ignore[method-assign]
-        log._unlink_fn = unlink_then_checkpoint
+        log._retention.write_checkpoint = deferred  # type: ignore[method-assign]
+        log._retention.unlink = unlink_then_checkpoint
 
     w = pl.Workload(fsync="always", seed=2, steps=300, segment_size=SEGMENT,
                     recycle=False, tamper=late_checkpoint)

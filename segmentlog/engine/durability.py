@@ -1,0 +1,86 @@
+"""The durability policies: one class per ``fsync`` mode.
+
+The parts of a log ask the log's policy instead of testing the mode's name: adding a
+mode is a subclass here. What each mode promises is in segmentlog.log's docstring and
+FORMAT.md ("Writing and preparing segments"); the measurements behind the choices are in
+benchmarks/README.md ("Design measurements").
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from segmentlog._backend import impl
+
+
+class Durability:
+    """What one fsync mode does at each step (read by the writer, the preparer, the sync
+    rounds and retention)."""
+
+    name: ClassVar[str]
+    # Frames reach the active segment through its map; else they are queued, framed into
+    # the group buffer by each sync round's leader and written with one pwrite.
+    via_map: ClassVar[bool] = True
+    # Map each write window ahead of the writer (MADV_POPULATE_WRITE). Not where
+    # fdatasyncs follow: each cleans (write-protects) the pages again, so pre-dirtied
+    # pages fault twice and their zeros go to disk for nothing.
+    populate_write: ClassVar[bool] = False
+    # How the preparer makes a new segment file: zero-filled (and fdatasynced), or only
+    # reserved and read through once ("warm": clean zero pages in the page cache, which
+    # no fdatasync writes).
+    zero_fill: ClassVar[bool] = True
+    sync_prepared: ClassVar[bool] = False
+    warm: ClassVar[bool] = False
+    # append() returns once its record is durable (group commit).
+    append_waits: ClassVar[bool] = False
+    # The old segment's last frames are durable before the next segment's name is.
+    sync_before_rotation: ClassVar[bool] = False
+    # A sealed segment is unmapped and closed at once (no background sync would reach
+    # it); the next sync round opens it again by name. Its rounds sync the active
+    # segment the same way (a rotation meanwhile closes its descriptor).
+    closes_sealed: ClassVar[bool] = False
+    # Every commit writes a durable checkpoint (else at most every CHECKPOINT_INTERVAL).
+    durable_commits: ClassVar[bool] = False
+    # close() syncs what was written, and writes its checkpoint durably.
+    sync_on_close: ClassVar[bool] = True
+    # A background thread syncs every fsync_interval seconds.
+    background_sync: ClassVar[bool] = False
+
+    def fast_path(self) -> tuple[Any, Any]:
+        """(group committer, append cursor) for append's fast path; either may be None."""
+        return None, impl.Cursor()
+
+
+class Always(Durability):
+    """``fsync="always"``: append returns once the record is on disk (group commit)."""
+
+    name = "always"
+    via_map = False
+    sync_prepared = True  # cheaper fdatasyncs of records later
+    append_waits = True
+    sync_before_rotation = True
+    durable_commits = True
+
+    def fast_path(self) -> tuple[Any, Any]:
+        return impl.new_committer(), None  # None in pure Python: appends take the lock
+
+
+class Interval(Durability):
+    """``fsync="interval"``: a background thread syncs every ``fsync_interval`` seconds."""
+
+    name = "interval"
+    zero_fill = False
+    warm = True
+    background_sync = True
+
+
+class Never(Durability):
+    """``fsync="never"``: the page cache only; ``sync()`` is the only fsync."""
+
+    name = "never"
+    populate_write = True
+    closes_sealed = True
+    sync_on_close = False
+
+
+POLICIES: dict[str, type[Durability]] = {p.name: p for p in (Always, Interval, Never)}

@@ -1,0 +1,125 @@
+"""The preparer: the next segment file, made ready off the append path.
+
+A background thread keeps one file ready (``next.prep``): a consumed segment kept for
+reuse (``spare.prep``) renamed, or a new file reserved and prepared as the durability
+policy wants (zero-filled, synced, or read through once). Rotation takes it, so it costs
+a header write, two fsyncs and a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from segmentlog import _fs
+from segmentlog._format import PREPARED_NAME, SPARE_NAME
+from segmentlog.engine.durability import Durability
+from segmentlog.engine.state import LogState, log
+from segmentlog.segment import reserve_and_zero
+
+
+class Preparer:
+    """The prepared and the spare segment file of one log (fields under the lock)."""
+
+    def __init__(self, state: LogState, policy: Durability, recycle: bool) -> None:
+        self.state = state
+        self.policy = policy
+        self.recycle_consumed = recycle
+        self.cond = threading.Condition(state.lock)  # preparing ended
+        self.prepared = False  # next.prep exists and is ready
+        self.preparing = False  # the thread is writing next.prep
+        self.spare = False  # spare.prep (a consumed segment kept for reuse) exists
+        self.recycled = False  # next.prep is a recycled segment (not zeros)
+        self.wake = threading.Event()
+        # Whether the directory may hold no more files (retention's capacity).
+        self.at_capacity: Callable[[], bool] = lambda: False
+        self._prep = os.path.join(state.directory, PREPARED_NAME)
+        self._spare = os.path.join(state.directory, SPARE_NAME)
+
+    @property
+    def files(self) -> int:
+        """Files of the directory this part holds (for disk_bytes)."""
+        return self.prepared + self.spare
+
+    def reserve(self, path: str) -> None:
+        """Create a new segment file at ``path``, prepared as the policy wants."""
+        p = self.policy
+        reserve_and_zero(path, self.state.segment_size, zero_fill=p.zero_fill,
+                         sync=p.sync_prepared, warm=p.warm)
+
+    def take(self) -> tuple[str, bool]:
+        """The prepared file for a new segment, made now if the thread has none ready
+        (lock held, not preparing): its path, and whether it is a recycled segment. The
+        caller wakes the thread once it has renamed the file."""
+        if not self.prepared:
+            if self.spare:
+                _fs.fs.rename(self._spare, self._prep)
+                self.spare = False
+                self.recycled = True
+            else:
+                self.reserve(self._prep)
+                self.recycled = False
+        self.prepared = False
+        return self._prep, self.recycled
+
+    def recycle(self, path: str) -> bool:
+        """Keep consumed segment ``path`` as the next or the spare file (lock held); False
+        if neither place is free (the caller deletes it). Its old records keep their
+        lower sequence numbers, so they can never read as new ones."""
+        if not self.recycle_consumed or self.state.closed:
+            return False
+        if not (self.prepared or self.preparing):
+            _fs.fs.rename(path, self._prep)
+            self.prepared = self.recycled = True
+        elif not self.spare:
+            _fs.fs.rename(path, self._spare)
+            self.spare = True
+        else:
+            return False
+        self.state.counters["recycled"] += 1
+        return True
+
+    def wait_idle(self) -> None:
+        """Let the thread finish the file it is writing (lock held)."""
+        while self.preparing:
+            self.cond.wait()
+
+    def loop(self) -> None:
+        """The thread: keep one segment file ready."""
+        state = self.state
+        self.wake.set()
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if state.stop.is_set():
+                return
+            with state.lock:
+                if self.prepared or self.preparing or state.closed:
+                    continue
+                if self.spare:
+                    # A consumed segment kept for reuse: no bytes to write at all.
+                    _fs.fs.rename(self._spare, self._prep)
+                    self.spare, self.prepared, self.recycled = False, True, True
+                    continue
+                if self.at_capacity():
+                    continue
+                self.preparing = True
+            ok = False
+            try:
+                self.reserve(self._prep)
+                ok = True
+            except OSError as exc:
+                # Not fatal here: rotation will try again and report the error itself.
+                log.warning("segmentlog %s: could not prepare the next segment: %s",
+                            state.directory, exc)
+            finally:
+                with state.lock:
+                    self.preparing = False
+                    self.prepared = ok
+                    self.recycled = False
+                    self.cond.notify_all()
+
+    def stop(self) -> None:
+        self.wake.set()
+        self.cond.notify_all()  # lock held
