@@ -70,8 +70,8 @@ it wrong. Such a store also keeps ``pending() -> None`` (unknown) until it overr
 The Auditor's drain reads with :meth:`BackingStore.read_encoded_up_to`: the same batch
 as JSON bytes and ids. Its default encodes what ``read_batch_up_to`` returns; the file
 and memory stores hand over the bytes they stored, parsed once to validate them and to
-take the id (a drain's own work per event fell from ~10.7 to ~3 us, measured on 100 k
-events). A subclass that overrides ``read_batch`` gets the default, so it still reads.
+take the id (a drain's own work per event fell to under a third: benchmarks/README.md).
+A subclass that overrides ``read_batch`` gets the default, so it still reads.
 
 A store never publishes, never retries on its own and never drops an event silently:
 an event that cannot be parsed back is moved to a dead-letter place and counted.
