@@ -289,7 +289,7 @@ class FileStore(BackingStore):
         self._batch_size = check_int(batch_size, "batch_size", minimum=1, unit="events")
         if (isinstance(fsync_interval, bool) or not isinstance(fsync_interval, int | float)
                 or not 0 < fsync_interval < float("inf")):
-            # The log takes inf, and its flush thread then dies (issue 15): refused here.
+            # The log takes inf, and its flush thread then dies: refused here.
             raise ConfigError(
                 "file backing store: parameter 'fsync_interval' must be a finite number of "
                 f"seconds > 0, got {fsync_interval!r}")
