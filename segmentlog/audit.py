@@ -118,27 +118,35 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ipaddress
 import logging
-import math
 import os
-import re
 import threading
 import time
 import uuid
 import weakref
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from .amqp import Publisher
+from .audit_config import (
+    DRAIN_WINDOW,
+    broker_settings,
+    check_limits,
+    check_observer,
+    connection_from_env,
+    open_store,
+    publisher_kwargs,
+    queue_arguments_from_env,
+    store_limit,
+)
+from .audit_doubles import AuditorBase, EventLike, NullAuditor, RecordingAuditor
 from .audit_metrics import AuditorMetrics
+from .audit_policy import DRAIN_BATCH_SIZE, Closing, Route, RoutingPolicy
 from .cadf import Event, Observer, _dump_constant, check_event_mapping, dump_event
 from .errors import (
     BackingStoreError,
@@ -151,7 +159,7 @@ from .errors import (
     UndeliveredEventsError,
 )
 from .metrics import sync_callbacks
-from .store import BackingStore, BackingStoreFactory, create_backing_store
+from .store import BackingStore, BackingStoreFactory
 from .store.memory import MemoryStore
 
 __all__ = [
@@ -167,183 +175,11 @@ __all__ = [
 
 LOG = logging.getLogger("segmentlog.audit")
 
-_A = TypeVar("_A", bound="AuditorBase")
-
-#: Anything ``record()`` accepts.
-EventLike = Event | Mapping[str, Any]
-
 _POLL = 0.05  # how often a waiting delivery thread looks at new events / the broker
 _IDLE = 0.5  # longest idle sleep (a safety net; record() wakes the thread)
-_METRICS_EVERY = 5.0
 _LATENCY_TRACKED = 200_000  # most record times kept for events routed through the store
-_SPILL_MAX = 10_000  # most events moved from the queue to the store in one write
 _EXIT_TIMEOUT = 5.0  # close() at interpreter exit, for auditors nobody closed
 _TYPICAL_EVENT = 1024  # bytes assumed per event for the store's room until one is seen
-
-#: Default ``drain_batch_size``: events per store batch while draining. Measured with a
-#: 100k-event file-store backlog drained by an Auditor, 4 interleaved rounds, rate as a
-#: fraction of the same round's no-confirm publish rate (medians; events of the first
-#: confirmed batch excluded from the timed interval): batch 5000 -> 0.59x, 10000 ->
-#: 0.59x, 20000 -> 0.63x (window 5000). The broker's confirm-mode rate is the limit;
-#: larger batches gain a few percent (fewer batch ends, where the broker idles while
-#: the auditor commits, reads and decodes) at ~3 KB per decoded event: 5000 keeps the
-#: peak near 20 MB (20000 would need ~85 MB).
-DRAIN_BATCH_SIZE = 5000
-
-#: The first batch of a drain (after start, or after the store was seen empty): small, so
-#: the first events are confirmed within ~0.1 s of the broker's return (a 20000-event
-#: first batch took 1.4-1.9 s); later batches are drain_batch_size. Costs one batch end.
-_FIRST_DRAIN_BATCH = 1000
-
-#: The confirm window of the auditor's publisher (``publisher_options["window"]`` wins;
-#: the Publisher's own default, 1000, suits steady traffic). With 5000-event batches:
-#: bare Publisher 11.9k/s at window 1000, 12.6k at 2000, 14.2k at 5000 (one quiet run;
-#: interleaved runs vs no-confirm, medians: 0.68x, 0.69x, 0.80x at 3000, 0.74x at
-#: 5000); the Auditor's drain (same accounting as above, biased alike for every window):
-#: 0.57x, 0.64x, 0.67x, 0.68x. The broker is the bottleneck, so a window beyond the
-#: batch adds only confirm latency (Little's law), and one batch in flight whole avoids
-#: the stalls of a window smaller than the batch.
-DRAIN_WINDOW = 5000
-
-
-def connection_from_env(
-    prefix: str, environ: Mapping[str, str] | None = None
-) -> tuple[str, str]:
-    """``(amqp_url, queue_name)`` from ``${prefix}_*``, as the original reads them.
-
-    ``_HOSTNAME`` (localhost), ``_PORT`` (5672), ``_USERNAME`` / ``_PASSWORD`` (guest),
-    ``_QUEUE_NAME`` (required). A missing or invalid value raises ConfigError naming
-    the variable.
-    """
-    env = os.environ if environ is None else environ
-    queue_var = f"{prefix}_QUEUE_NAME"
-    queue_name = env.get(queue_var, "")
-    if not queue_name:
-        raise ConfigError(f"missing required environment variable {queue_var} (the RabbitMQ "
-                          "queue the audit events go to)")
-    if len(queue_name.encode()) > 255:
-        raise ConfigError(f"{queue_var} is longer than 255 bytes (an AMQP queue name)")
-    host = _check_host(env.get(f"{prefix}_HOSTNAME") or "localhost", f"{prefix}_HOSTNAME")
-    port_var = f"{prefix}_PORT"
-    port_text = env.get(port_var) or "5672"
-    try:
-        port = int(port_text, 10)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"invalid value for {port_var}: {port_text!r}; expected a TCP port "
-                          "number 1-65535 (default 5672)")
-    user = env.get(f"{prefix}_USERNAME") or "guest"
-    password = env.get(f"{prefix}_PASSWORD") or "guest"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal
-    url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/%2F"
-    return url, queue_name
-
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
-
-
-def _check_host(host: str, variable: str) -> str:
-    """A DNS name or an IP address (an IPv6 one with or without brackets); anything
-    else (a URL, user info, a port, spaces) would be spliced into the broker URL."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    with contextlib.suppress(ValueError):
-        ipaddress.ip_address(bare)
-        return bare
-    if _HOST_NAME.fullmatch(host):
-        return host
-    shown = host if len(host) <= 60 else host[:57] + "..."
-    raise ConfigError(f"invalid value for {variable}: {shown!r}; expected a host name or an "
-                      "IP address only (the port goes in _PORT, the user in _USERNAME)")
-
-
-#: Queue arguments whose value RabbitMQ requires to be an integer (checked here, with the
-#: variable's name: the broker would refuse the declaration on every connect instead,
-#: and events would pile up in the store behind a configuration error).
-_INT_QUEUE_ARGUMENTS = frozenset((
-    "x-queue-version", "x-max-length", "x-max-length-bytes", "x-message-ttl", "x-expires",
-    "x-max-priority", "x-delivery-limit", "x-quorum-initial-group-size",
-    "x-max-age-bytes", "x-stream-max-segment-size-bytes"))
-_STR_QUEUE_ARGUMENTS = frozenset((
-    "x-queue-type", "x-overflow", "x-dead-letter-exchange", "x-dead-letter-routing-key",
-    "x-queue-mode", "x-queue-master-locator", "x-queue-leader-locator", "x-max-age",
-    "x-dead-letter-strategy"))
-
-
-def _check_queue_arguments(value: dict[str, Any], variable: str) -> None:
-    for key, item in value.items():
-        if not key.startswith("x-"):
-            raise ConfigError(f"{variable}: key {key!r} is not an x- argument (e.g. "
-                              "'x-queue-version', 'x-max-length')")
-        if key in _INT_QUEUE_ARGUMENTS:
-            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-                raise ConfigError(f"{variable}: {key!r} must be a JSON integer >= 0, got "
-                                  f"{item!r}")
-            if key == "x-queue-version" and item not in (1, 2):
-                raise ConfigError(f"{variable}: 'x-queue-version' must be 1 or 2, got {item}")
-        elif key == "x-single-active-consumer":
-            if not isinstance(item, bool):
-                raise ConfigError(f"{variable}: {key!r} must be true or false, got {item!r}")
-        elif key in _STR_QUEUE_ARGUMENTS:
-            if not isinstance(item, str) or not item:
-                raise ConfigError(f"{variable}: {key!r} must be a non-empty JSON string, "
-                                  f"got {item!r}")
-        elif (isinstance(item, float) and not math.isfinite(item)) or not isinstance(
-                item, str | int | float | bool):
-            raise ConfigError(f"{variable}: {key!r} must be a string, number or boolean, "
-                              f"got {item!r}")
-
-
-def queue_arguments_from_env(
-    prefix: str, environ: Mapping[str, str] | None = None
-) -> dict[str, Any] | None:
-    """``${prefix}_QUEUE_ARGUMENTS``: a JSON object of ``x-`` queue arguments, or None
-    when unset. Invalid JSON, not an object, a key without ``x-`` or a value of the
-    wrong type for a known argument (``x-queue-version`` 1 or 2, ``x-max-length`` an
-    integer...) raises ConfigError naming the variable."""
-    env = os.environ if environ is None else environ
-    variable = f"{prefix}_QUEUE_ARGUMENTS"
-    text = env.get(variable, "").strip()
-    if not text:
-        return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON in {variable}: {exc}; expected an object such as "
-                          '{"x-queue-version": 2}') from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{variable} must be a JSON object such as "
-                          f'{{"x-queue-version": 2}}, got {type(value).__name__}')
-    _check_queue_arguments(value, variable)
-    return value
-
-
-def _check_seconds(name: str, value: object, hint: str) -> float:
-    """A number of seconds >= 0 and finite, else ConfigError naming ``name``."""
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < 0):
-        raise ConfigError(f"Auditor: {name}={value!r} must be a finite number of seconds "
-                          f">= 0 {hint}")
-    return float(value)
-
-
-def _store_limit(store: BackingStore) -> int | None:
-    """The store's ``max_event_size`` (Rule 7 of segmentlog.store.base), checked."""
-    limit = store.max_event_size
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                              or limit < 1):
-        raise ConfigError(f"Auditor: the backing store's max_event_size is {limit!r}; it "
-                          f"must be an integer >= 1 or None ({type(store).__name__})")
-    return limit
-
-
-def _check_observer(observer: object) -> Observer:
-    if not isinstance(observer, Observer):
-        raise ConfigError(
-            "Auditor: observer must be segmentlog.cadf.Observer(type_uri, name, id) "
-            f"identifying this process, got {type(observer).__name__}")
-    return observer
 
 
 def _message_id_of(mid: str | None, body: bytes) -> str:
@@ -356,115 +192,6 @@ def _message_id_of(mid: str | None, body: bytes) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_OID, body.hex()))
 
 
-class AuditorBase(ABC):
-    """What every auditor offers: ``record(event)`` and ``close()``."""
-
-    @abstractmethod
-    def record(self, event: EventLike) -> None:
-        """Accept one CADF event (a model instance or a mapping in CADF form)."""
-
-    def close(self, timeout: float = 10.0) -> None:  # noqa: B027 - nothing to release
-        """Deliver or persist what was recorded; release connections."""
-
-    def __enter__(self: _A) -> _A:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _prepare(event: EventLike, observer: Mapping[str, Any] | None) -> dict[str, Any]:
-    if isinstance(event, Event):
-        return event.wire_dict(observer)
-    return check_event_mapping(event, observer)
-
-
-class NullAuditor(AuditorBase):
-    """Checks events and throws them away (debug log): for deployments without a broker.
-
-    Bad events still raise :class:`~segmentlog.errors.InvalidEventError`, so a service
-    tested against a NullAuditor does not start failing when given a real one.
-    """
-
-    def __init__(self, observer: Observer | None = None) -> None:
-        self._observer = None if observer is None else _check_observer(observer).to_dict()
-
-    def record(self, event: EventLike) -> None:
-        body = dump_event(_prepare(event, self._observer or _NULL_OBSERVER))
-        if LOG.isEnabledFor(logging.DEBUG):
-            LOG.debug("audit event discarded (NullAuditor): %s", body.decode())
-
-
-_NULL_OBSERVER: dict[str, Any] = {"typeURI": "unknown", "id": "unknown"}
-
-
-class RecordingAuditor(AuditorBase):
-    """A test double: keeps every recorded event (as the CADF dict that would be sent).
-
-    ``expect_events(*expected)`` asserts the recorded events equal ``expected`` (models
-    or mappings), ignoring ``id``, ``eventTime`` and ``observer`` (the original's
-    MockAuditor ignores them too), then forgets them. ``ignore_events_until_now()``
-    forgets without checking.
-    """
-
-    def __init__(self, observer: Observer | None = None) -> None:
-        self._observer = (Observer("service", "recording-auditor", "recording-auditor")
-                          if observer is None else _check_observer(observer)).to_dict()
-        self._lock = threading.Lock()
-        self._events: list[dict[str, Any]] = []
-        self._closed = False
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """A copy of the events recorded since the last expect/ignore call."""
-        with self._lock:
-            return [orjson.loads(orjson.dumps(e)) for e in self._events]
-
-    def record(self, event: EventLike) -> None:
-        body = dump_event(_prepare(event, self._observer))
-        with self._lock:
-            if self._closed:
-                raise LogClosedError("RecordingAuditor is closed")
-            self._events.append(orjson.loads(body))
-
-    @staticmethod
-    def _normalize(event: EventLike) -> dict[str, Any]:
-        data = _prepare(event, _NULL_OBSERVER)
-        data = dict(orjson.loads(dump_event(data)))
-        for key in ("id", "eventTime", "observer"):
-            data.pop(key, None)
-        return data
-
-    def expect_events(self, *expected: EventLike) -> None:
-        with self._lock:
-            got = [self._normalize(e) for e in self._events]
-            self._events = []
-        want = [self._normalize(e) for e in expected]
-        if got != want:
-            lines = [f"recorded {len(got)} event(s), expected {len(want)}"]
-            for i in range(max(len(got), len(want))):
-                g = got[i] if i < len(got) else None
-                w = want[i] if i < len(want) else None
-                if g != w:
-                    lines.append(f"  event {i}: recorded {g!r}")
-                    lines.append(f"  event {i}: expected {w!r}")
-            raise AssertionError("\n".join(lines))
-
-    def ignore_events_until_now(self) -> None:
-        with self._lock:
-            self._events = []
-
-    def close(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            self._closed = True
-
-
-_Item = tuple[str, bytes, float]  # (event id, body, monotonic time of record())
 #: An item of the record() queue: the body may still be the constant Event itself, which
 #: _take serialises on the way to ``_pending``.
 _Queued = tuple[str, "bytes | Event", float]
@@ -532,34 +259,14 @@ class Auditor(AuditorBase):
         environ: Mapping[str, str] | None = None,
         metrics_name: str | None = None,
     ) -> None:
-        self.observer = _check_observer(observer)
+        self.observer = check_observer(observer)
         self._observer_dict = self.observer.to_dict()
-        for name, value, low in (("queue_size", queue_size, 1), ("batch_size", batch_size, 1),
-                                 ("drain_batch_size", drain_batch_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"Auditor: {name}={value!r} must be an integer >= {low}")
-        if full_timeout is not None:
-            _check_seconds("full_timeout", full_timeout,
-                           "or None to block until there is room")
-        _check_seconds("connect_wait", connect_wait, "(0: do not wait)")
-        if connection_url is not None:
-            urls = [connection_url] if isinstance(connection_url, str) else list(connection_url)
-            if not urls or not all(isinstance(u, str) and u for u in urls):
-                raise ConfigError("Auditor: connection_url must be a non-empty amqp:// URL "
-                                  "(or a list of them)")
-            if not queue_name:
-                raise ConfigError("Auditor: missing required value queue_name (needed with "
-                                  "connection_url)")
-            self.queue_name = queue_name
-        elif env_prefix:
-            url, self.queue_name = connection_from_env(env_prefix, environ)
-            urls = [url]
-        else:
-            raise ConfigError("Auditor: give env_prefix (read ${PREFIX}_HOSTNAME, _PORT, "
-                              "_USERNAME, _PASSWORD, _QUEUE_NAME) or connection_url and "
-                              "queue_name")
+        check_limits(queue_size=queue_size, batch_size=batch_size,
+                     drain_batch_size=drain_batch_size, full_timeout=full_timeout,
+                     connect_wait=connect_wait)
         # Checked before anything is created (the store's files, the metrics).
-        env_queue_args = queue_arguments_from_env(env_prefix, environ) if env_prefix else None
+        urls, self.queue_name, env_queue_args = broker_settings(
+            env_prefix, connection_url, queue_name, environ)
         # prometheus_client's default registry, as the original: what a service's
         # start_http_server() or multiprocess collector exports (issue 16).
         self.registry = registry if registry is not None else REGISTRY
@@ -569,41 +276,25 @@ class Auditor(AuditorBase):
         self._write_ahead = bool(write_ahead)
         self._full_timeout = full_timeout
         self._queue_size = queue_size
-        self._batch_size = batch_size
-        self._drain_batch_size = drain_batch_size
 
         self._owns_store = backing_store is None
         try:
-            if backing_store is not None:
-                if not isinstance(backing_store, BackingStore):
-                    raise ConfigError("Auditor: backing_store must be a segmentlog.store."
-                                      f"BackingStore, got {type(backing_store).__name__}")
-                store = backing_store
-            elif env_prefix:
-                variable = f"{env_prefix}_BACKING_STORE"
-                env = os.environ if environ is None else environ
-                store = create_backing_store(env.get(variable), backing_store_factories,
-                                             self.registry, source=variable)
-            else:
-                store = create_backing_store(None, registry=self.registry)
+            store = open_store(backing_store, env_prefix, environ, backing_store_factories,
+                               self.registry)
         except BaseException:
             self.metrics.release()
             raise
         self._store = store
         self._durable_store = bool(store.durable)
         try:
-            store_limit = _store_limit(store)
+            store_max = store_limit(store)
         except BaseException:
             self._close_store()
             self.metrics.release()
             raise
 
-        options: dict[str, Any] = {"heartbeat": 2, "backoff_max": 0.5,
-                                   "window": DRAIN_WINDOW, "metrics_name": self.metrics.label}
-        if env_queue_args is not None:
-            options["queue_arguments"] = env_queue_args
-        options.update(publisher_options or {})
-        options["registry"] = self.registry
+        options = publisher_kwargs(self.metrics.label, env_queue_args, publisher_options,
+                                   self.registry)
         self._publisher_args = (urls, options)  # a forked child makes its own publisher
         try:
             self._publisher = Publisher(urls, self.queue_name, **options)
@@ -621,11 +312,11 @@ class Auditor(AuditorBase):
             raise
         # The largest event that can ever be stored and published (Rule 5): record()
         # refuses a larger one, which would otherwise hold up every event with it.
-        self._max_event_size = min(store_limit or self._publisher.max_message_size,
+        self._max_event_size = min(store_max or self._publisher.max_message_size,
                                    self._publisher.max_message_size)
         self._max_event_setting = (
             "the backing store's max_event_size (file store: raise max_file_size)"
-            if store_limit is not None and store_limit < self._publisher.max_message_size
+            if store_max is not None and store_max < self._publisher.max_message_size
             else "the broker's max_message_size (publisher_options['max_message_size'])")
         # A constant model whose size bound is at most this is queued unserialised: the
         # limit less what the auditor's own observer may add to it (key and comma too;
@@ -661,24 +352,17 @@ class Auditor(AuditorBase):
         self._lost: list[tuple[str, bytes]] = []
         self._lost_reasons: list[str] = []
         self._t_record: dict[str, float] = {}
-        self._stopping = False
-        self._deadline = 0.0
         self._close_rounds = 0  # the publisher's failed rounds when close() began
         self._failure: BaseException | None = None
 
-        # Delivery-thread state.
-        self._pending: deque[_Item] = deque()
-        self._backlog = True  # unknown until the first read: an earlier run may have left events
+        # The delivery thread's decisions (segmentlog.audit_policy); record() reads the
+        # length of the events it holds (``_pending``, the policy's own deque).
+        self._policy = RoutingPolicy(batch_size=batch_size,
+                                     drain_batch_size=drain_batch_size,
+                                     durable_store=self._durable_store)
+        self._pending = self._policy.pending
         self._backlog_events = 0
         self._sync_backlog(0)
-        self._retry_store_at = 0.0
-        self._store_failures = 0
-        self._drain_failures = 0
-        self._drain_skip: list[str] = []
-        # A drain starts with a small batch (the first confirm comes fast), then reads
-        # drain_batch_size; "Drain speed" in the module doc.
-        self._drain_next = min(_FIRST_DRAIN_BATCH, drain_batch_size)
-        self._next_metrics = 0.0
 
         self._update_room()  # an earlier run may have left the store (nearly) full
         self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
@@ -722,11 +406,10 @@ class Auditor(AuditorBase):
         self._lock, self._wake = threading.Lock(), threading.Event()
         self._room, self._settled = threading.Condition(), threading.Condition()
         self._queue.clear()
-        self._pending.clear()
+        self._policy.restart()
         self._t_record, self._lost, self._lost_reasons = {}, [], []
         self._accepted = self._delivered_upto = 0
-        self._waiters, self._idle, self._stopping, self._failure = 0, False, False, None
-        self._drain_skip, self._backlog = [], True
+        self._waiters, self._idle, self._failure = 0, False, None
         self._refused = False
         urls, options = self._publisher_args
         self._publisher = Publisher(urls, self.queue_name, **options)
@@ -931,11 +614,11 @@ class Auditor(AuditorBase):
                 return
             self._closed = True
         atexit.unregister(self._close_at_exit)
-        self._deadline = time.monotonic() + max(0.0, timeout)
+        deadline = time.monotonic() + max(0.0, timeout)
         # A broker that came back while the publisher waits out its backoff: try it now,
         # and let a durable store's backlog wait for that round (_broker_gone).
         self._close_rounds = self._publisher.reconnect_now()
-        self._stopping = True
+        self._policy.stop_by(deadline)
         self._wake.set()
         with self._room:
             self._room.notify_all()
@@ -997,25 +680,24 @@ class Auditor(AuditorBase):
                 self._settled.notify_all()
 
     def _tick_metrics(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_metrics:
-            self._next_metrics = now + _METRICS_EVERY
-            try:
-                self._store.update_metrics()
-            except Exception:  # metrics must never stop delivery
-                LOG.debug("auditor %r: store.update_metrics failed", self.queue_name,
-                          exc_info=True)
-            sync_callbacks()  # multiprocess metrics mode: counts read at scrape time
-            # The backlog of processes that are gone (a worker that exited or was
-            # killed): delivered by this one (BackingStore Rule 9).
-            try:
-                if self._store.adopt():
-                    self._backlog = True
-            except Exception:  # a store that cannot look now tries again next time
-                LOG.warning("auditor %r: store.adopt failed", self.queue_name, exc_info=True)
-            # Also between writes and commits: other writers of a shared store show up.
-            self._sync_backlog(self._backlog_events)
-            self._update_room()
+        if not self._policy.metrics_due(time.monotonic()):
+            return
+        try:
+            self._store.update_metrics()
+        except Exception:  # metrics must never stop delivery
+            LOG.debug("auditor %r: store.update_metrics failed", self.queue_name,
+                      exc_info=True)
+        sync_callbacks()  # multiprocess metrics mode: counts read at scrape time
+        # The backlog of processes that are gone (a worker that exited or was
+        # killed): delivered by this one (BackingStore Rule 9).
+        try:
+            if self._store.adopt():
+                self._policy.found_backlog()
+        except Exception:  # a store that cannot look now tries again next time
+            LOG.warning("auditor %r: store.adopt failed", self.queue_name, exc_info=True)
+        # Also between writes and commits: other writers of a shared store show up.
+        self._sync_backlog(self._backlog_events)
+        self._update_room()
 
     def _settle(self, snapshot: int) -> None:
         if snapshot > self._delivered_upto or self._delivered_upto < 0:
@@ -1030,23 +712,8 @@ class Auditor(AuditorBase):
         return (not self._publisher.is_available()
                 and self._publisher.rounds_failed > self._close_rounds)
 
-    def _should_stop(self) -> bool:
-        """Whether a closing auditor stops delivering now (its rest then goes to the store)."""
-        if not self._stopping:
-            return False
-        if time.monotonic() >= self._deadline:
-            return True
-        if not self._queue and not self._pending and not self._backlog:
-            return True
-        if not self._durable_store or not self._broker_gone():
-            return False  # deliver (a memory store would lose the rest: wait for it)
-        # A durable store keeps the rest for the next run: no need to wait for a broker
-        # that is down, once everything held in memory is in it. What the store refuses
-        # has only the broker left: wait for it (up to the deadline).
-        self._take(len(self._queue))
-        return self._spill()
-
     def _run_queue(self) -> None:
+        policy = self._policy
         pending = self._pending
         publisher = self._publisher
         while True:
@@ -1054,44 +721,39 @@ class Auditor(AuditorBase):
             if self._refused and not pending:
                 self._set_refused(False)  # what the store refused was published
             snapshot = self._accepted
-            if self._backlog:
-                self._take(_SPILL_MAX - len(pending))
-            else:
-                self._take(self._batch_size - len(pending))
-            if self._should_stop():
-                return
-            available = publisher.is_available()
-            if self._backlog:
+            self._take(policy.take_limit())
+            if policy.stopping:
+                closing = policy.closing(time.monotonic(), queued=len(self._queue),
+                                         broker_gone=self._broker_gone())
+                if closing is Closing.STOP:
+                    return
+                if closing is Closing.STORE_ALL:
+                    self._take(len(self._queue))
+                    if self._spill():
+                        return
+            route = policy.route(queued=len(self._queue), available=publisher.is_available())
+            if route is Route.DRAIN or route is Route.WAIT:
                 if pending:
-                    self._spill()
-                if available:
-                    outcome = self._drain_once()
-                    if outcome == "empty":
-                        # Usually 0; the store's count also shows events another
-                        # drainer holds (a second process on one SQLite file).
-                        self._sync_backlog(0)
-                        self._backlog = False
-                    elif outcome == "failed":
-                        self._pause_after_failure()
-                    continue
-                publisher.wait_available(_POLL)
-                continue
-            if pending:
-                if available:
-                    self._publish_pending()
-                elif not self._spill():
+                    self._spill()  # behind the backlog (Rule 1)
+                if route is Route.DRAIN:
+                    self._drain_and_pause()
+                else:
                     publisher.wait_available(_POLL)
-                continue
-            if not self._queue:
+            elif route is Route.PUBLISH:
+                self._publish_pending()
+            elif route is Route.STORE:
+                if not self._spill():
+                    publisher.wait_available(_POLL)
+            elif route is not Route.AGAIN:
                 self._settle(snapshot)
-                if self._stopping:
+                if route is Route.DONE:
                     return
                 self._sleep()
 
     def _sleep(self) -> None:
         self._idle = True
         self._wake.clear()
-        if not self._queue and not self._stopping:
+        if not self._queue and not self._policy.stopping:
             self._wake.wait(_IDLE)
         self._idle = False
 
@@ -1142,9 +804,7 @@ class Auditor(AuditorBase):
         self._set_backlog(estimate if exact is None else exact)
 
     def _publish_pending(self) -> None:
-        pending = self._pending
-        n = min(len(pending), self._batch_size)
-        batch = [pending.popleft() for _ in range(n)]
+        batch = self._policy.next_batch()
         try:
             result = self._publisher.publish_batch([(mid, body) for mid, body, _ in batch])
             confirmed = result.confirmed_prefix
@@ -1155,89 +815,71 @@ class Auditor(AuditorBase):
             self.metrics.successful.inc(confirmed)
             self.metrics.observe_latencies(now - t for _, _, t in batch[:confirmed])
             self._notify_room()
-        rest = batch[confirmed:]
+        rest = self._policy.published(batch, confirmed)
         if rest:
-            # Rule 1: the unconfirmed tail is older than everything still pending, so it
-            # goes back to the head and into the store before any newer event.
+            # Rule 1: the unconfirmed tail is back at the head of what is held, and goes
+            # into the store before any newer event.
             self.metrics.failed.inc(len(rest))
-            pending.extendleft(reversed(rest))
             self._spill()
 
     def _spill(self) -> bool:
         """Append every pending event to the store, oldest first; True when all went.
 
-        A store that refuses the list is asked again with halves of it: "full" fills
-        the store to its limit, in order, and keeps the rest; one event refused alone
-        (Rule 2 of the stores: TypeError, or a ValueError such as RecordTooLargeError)
-        is set aside and reported, and the events around it are stored (Rule 5).
+        The policy's StoreWrite splits what the store refuses (Rule 4 of
+        segmentlog.audit_policy); one event refused alone (Rule 2 of the stores:
+        TypeError, or a ValueError such as RecordTooLargeError) is set aside and
+        reported, and the events around it are stored (Rule 5).
         """
-        pending = self._pending
-        if not pending:
+        if not self._pending:
             self._set_refused(False)
             return True
-        now = time.monotonic()
-        if now < self._retry_store_at and not self._stopping:
-            return False
-        items = list(pending)
-        done = 0  # events of items that left pending (stored or set aside)
-        chunk = len(items)
-        while done < len(items):
-            part = items[done:done + chunk]
+        write = self._policy.store_write(time.monotonic())
+        if write is None:
+            return False  # waiting out the retry time of a store that refused
+        while (part := write.next_part()) is not None:
             try:
                 self._store.write_many([orjson.loads(body) for _, body, _ in part])
             except BackingStoreFull:
-                if len(part) > 1:
-                    chunk = max(1, len(part) // 2)  # fill the store to its limit, in order
-                    continue
-                self._set_full(True)
-                # A commit retries at once; this timer only covers a store that frees
-                # space by itself (e.g. shared with another consumer).
-                self._retry_store_at = now + 1.0
-                break
+                if write.full():
+                    self._set_full(True)
+                continue
             except (TypeError, ValueError) as exc:
-                if len(part) > 1:
-                    chunk = max(1, len(part) // 2)  # find the event the store refuses
-                    continue
-                # This one event can never be stored (and is not what made others
-                # wait): set aside alone, reported by close(), so the rest are kept.
-                mid, body, _ = part[0]
-                self.metrics.failed.inc()
-                LOG.error("auditor %r: the backing store refuses event %r (%s); set aside, "
-                          "the events around it are stored (close() reports it)",
-                          self.queue_name, mid, exc)
-                self._set_aside(mid, body, f"refused by the backing store ({exc})")
-                done += 1
-                chunk = len(items) - done  # the rest whole again
+                item = write.refused()
+                if item is not None:
+                    # This one event can never be stored (and is not what made others
+                    # wait): set aside alone, reported by close(), so the rest are kept.
+                    mid, body, _ = item
+                    self.metrics.failed.inc()
+                    LOG.error("auditor %r: the backing store refuses event %r (%s); set "
+                              "aside, the events around it are stored (close() reports it)",
+                              self.queue_name, mid, exc)
+                    self._set_aside(mid, body, f"refused by the backing store ({exc})")
                 continue
             except (BackingStoreError, OSError) as exc:
                 # Not "full": kept in memory and retried with a capped backoff (Rule 4).
-                self._store_failures += 1
-                delay = min(5.0, 0.1 * 2 ** min(self._store_failures, 10))
-                self._retry_store_at = now + delay
-                if self._store_error is None or self._store_failures in (1, 10, 100):
+                delay = write.failed()
+                failures = self._policy.store_failures
+                if self._store_error is None or failures in (1, 10, 100):
                     LOG.error("auditor %r: backing store write failed (%s); %d event(s) kept "
                               "in memory, retrying in %.1f s", self.queue_name, exc,
-                              len(items) - done, delay)
+                              write.unplaced, delay)
                 self._store_error = str(exc)
-                break
+                continue
+            write.stored()
             for mid, _, t in part:
                 self._track(mid, t)
-            done += len(part)
-            self._backlog = True
             self._sync_backlog(self._backlog_events + len(part))
-            self._store_failures = 0
             self._store_error = None
             self._set_full(False)
-        for _ in range(done):
-            pending.popleft()
+        done = write.finish()
         # Events the store would not take stay in memory: record() takes no more
         # until they are placed (Rule 4), so memory never holds what cannot be kept
         # beyond what was accepted before the store said no.
-        self._set_refused(bool(pending))
+        self._set_refused(bool(self._pending))
         self._update_room()
         if done:
             self._notify_room()
-        return not pending
+        return not self._pending
 
     def _update_room(self) -> None:
         """Hold no more events in memory than the store has room for (Rule 4), so what
@@ -1285,25 +927,25 @@ class Auditor(AuditorBase):
 
         Returns ``"empty"``, ``"done"`` or ``"failed"``.
         """
+        policy = self._policy
         try:
             # drain_batch_size whatever the store's own batch_size (module doc, "Drain
             # speed"); a custom store with the old read_batch(self) keeps its size. The
             # events come as JSON bytes and ids: the file and memory stores hand over the
             # bytes they stored, without decoding into dicts and encoding again.
-            bodies, event_ids, commit = self._store.read_encoded_up_to(self._drain_next)
+            bodies, event_ids, commit = self._store.read_encoded_up_to(policy.drain_size)
         except (BackingStoreError, OSError) as exc:
             LOG.error("auditor %r: backing store read failed: %s", self.queue_name, exc)
             return "failed"
         if not bodies or commit is None:
-            self._drain_skip = []
-            # The next backlog (after an outage) starts small again.
-            self._drain_next = min(_FIRST_DRAIN_BATCH, self._drain_batch_size)
+            if policy.drain_empty():  # once per end of a drain, not per idle wake-up
+                # Usually 0; the store's count also shows events another drainer holds
+                # (a second process on one SQLite file).
+                self._sync_backlog(0)
             return "empty"
         ids = [_message_id_of(mid, b) for mid, b in zip(event_ids, bodies, strict=True)]
         n = len(bodies)
-        skip = len(self._drain_skip)
-        if not skip or ids[:skip] != self._drain_skip:
-            skip = 0  # not the batch we half-sent: publish all of it
+        skip = policy.skip_count(ids)  # Rule 3: confirmed before the batch was cut short
         try:
             result = self._publisher.publish_batch(
                 list(zip(ids[skip:], bodies[skip:], strict=True)))
@@ -1315,28 +957,34 @@ class Auditor(AuditorBase):
         done = skip + confirmed
         if done < n:
             self.metrics.failed.inc(n - done)
-            # Rule 3: the re-read batch starts with the same events; skip those confirmed.
-            self._drain_skip = ids[:done]
+            policy.drain_cut(ids[:done])
             return "failed"
         try:
             commit()
         except (BackingStoreError, OSError) as exc:
             LOG.error("auditor %r: commit of a delivered batch failed (%s); it will be read "
                       "again and its events skipped", self.queue_name, exc)
-            self._drain_skip = ids
+            policy.drain_cut(ids)
             return "failed"
-        self._drain_skip = []
-        self._drain_failures = 0
-        # Full size from the second batch on. (A failed batch keeps its size: the reread
-        # must cover the confirmed prefix that _drain_skip skips.)
-        self._drain_next = self._drain_batch_size
+        policy.drain_committed()
         self.metrics.drained.inc(n)
         self._sync_backlog(self._backlog_events - n)
-        # Space freed: retry a refused write now and wake record() calls waiting for it.
-        self._retry_store_at = 0.0
+        # Space freed: a refused write is retried now; wake record() calls waiting for it.
         self._update_room()
         self._notify_room()
         return "done"
+
+    def _drain_and_pause(self) -> str:
+        """One drain batch; after a failed one (nacks, a failing store) with the broker
+        still up, a pause so the loop does not spin (a lost connection waits in the
+        main loop)."""
+        outcome = self._drain_once()
+        if outcome == "failed":
+            delay = self._policy.drain_backoff()
+            if self._publisher.is_available():
+                self._wake.wait(delay)
+                self._wake.clear()
+        return outcome
 
     def _confirmed_from_store(self, ids: Sequence[str]) -> None:
         self.metrics.successful.inc(len(ids))
@@ -1352,53 +1000,31 @@ class Auditor(AuditorBase):
                 latencies.append(now - t)
         self.metrics.observe_latencies(latencies)
 
-    def _pause_after_failure(self) -> None:
-        # A batch failed with the broker still up (nacks, a failing store): back off a
-        # little so the loop does not spin; a lost connection waits in the main loop.
-        self._drain_failures += 1
-        delay = min(1.0, 0.02 * 2 ** min(self._drain_failures, 10))
-        if self._publisher.is_available():
-            self._wake.wait(delay)
-            self._wake.clear()
-
     def _run_write_ahead(self) -> None:
+        policy = self._policy
         publisher = self._publisher
         while True:
             self._tick_metrics()
-            if self._should_stop_write_ahead():
+            if policy.stopping and policy.closing_write_ahead(
+                    time.monotonic(), broker_gone=self._durable_store and self._broker_gone()):
                 return
             if not publisher.is_available():
                 publisher.wait_available(_POLL)
                 continue
             self._wake.clear()
             snapshot = self._accepted
-            outcome = self._drain_once()
-            if outcome == "empty":
-                if self._backlog:  # once per end of a drain, not per idle wake-up
-                    self._sync_backlog(0)
-                self._backlog = False
+            if self._drain_and_pause() == "empty":
                 self._settle(snapshot)
-                if self._stopping:
+                if policy.stopping:
                     return
                 self._wake.wait(_IDLE)
-            elif outcome == "failed":
-                self._pause_after_failure()
-            else:
-                self._backlog = True
-
-    def _should_stop_write_ahead(self) -> bool:
-        if not self._stopping:
-            return False
-        if time.monotonic() >= self._deadline:
-            return True
-        return self._durable_store and self._broker_gone()
 
     def _finish(self) -> None:
         """The delivery thread's last act: put what it holds into the store (Rule 2)."""
         if not self._write_ahead:
             self._take(len(self._queue))
             if self._pending:
-                self._retry_store_at = 0.0
+                self._policy.retry_store_now()
                 self._spill()
             if self._pending:
                 lost = len(self._pending)
