@@ -573,9 +573,10 @@ def test_close_with_broker_down_persists_to_the_file_store_for_the_next_auditor(
     proxy.refuse()
     first = Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0)
     recorded = _record_all(first, make_events(700))
-    started = time.monotonic()
-    first.close(timeout=30)
-    assert time.monotonic() - started < 20, "close() waited for a broker that is down"
+    # A deadline past the test's own timeout: close() returns because everything went
+    # to the durable store and the broker is gone (Rule 5 of segmentlog.audit_policy,
+    # pinned with a fake clock in test_audit_policy.py), never because time ran out.
+    first.close(timeout=3600)
     assert _value(first, "segmentlog_auditor_undelivered_at_close_events_total") == 0
     proxy.accept()
     with Auditor(OBSERVER, env_prefix="AUDIT", environ=config) as second:
