@@ -121,7 +121,7 @@ class RoutingPolicy:
         self.drain_failures = 0
         self.skip: list[str] = []  # Rule 3
         # A drain starts with a small batch (the first confirm comes fast), then reads
-        # drain_batch_size; "Drain speed" in segmentlog.audit.
+        # drain_batch_size; "Drain speed" in segmentlog.audit_delivery.
         self.drain_size = min(FIRST_DRAIN_BATCH, drain_batch_size)
         self.next_metrics = 0.0
 
