@@ -73,12 +73,13 @@ it did not see confirmed.
 
 Where it lives
 --------------
-This module holds the caller's side (``record()``, ``flush()``, ``close()``, forks).
-:mod:`segmentlog.audit_delivery` is the delivery thread (and "Drain speed"), steered by
-the pure :class:`~segmentlog.audit_policy.RoutingPolicy` (routes, skip list, backoffs,
-the full store); :mod:`segmentlog.audit_config` reads the environment and checks the
-settings; :mod:`segmentlog.audit_doubles` holds :class:`AuditorBase`,
-:class:`NullAuditor` and :class:`RecordingAuditor` (all importable from here too).
+This module holds the caller's side (``record()``, ``flush()``, ``close()``).
+:mod:`segmentlog.audit_delivery` is the delivery thread (its start, its restart in a
+forked child, and "Drain speed"), steered by the pure
+:class:`~segmentlog.audit_policy.RoutingPolicy` (routes, skip list, backoffs, the full
+store); :mod:`segmentlog.audit_config` reads the environment and checks the settings;
+:mod:`segmentlog.audit_doubles` holds :class:`AuditorBase`, :class:`NullAuditor` and
+:class:`RecordingAuditor` (all importable from here too).
 """
 
 from __future__ import annotations
@@ -86,8 +87,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
-import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -117,7 +116,6 @@ from .cadf import Event, Observer, check_event_mapping, dump_event
 from .errors import (
     BackingStoreError,
     BackingStoreFull,
-    BrokerUnavailableError,
     ConfigError,
     EventTooLargeError,
     InvalidEventError,
@@ -268,15 +266,7 @@ class Auditor(DeliveryThread, AuditorBase):
         self._model_size_limit = (self._max_event_size
                                   - len(orjson.dumps(self._observer_dict)) - 16)
         self._init_delivery(queue_size, batch_size, drain_batch_size)
-        self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
-                                        daemon=True)
-        try:
-            self._publisher.connect(timeout=connect_wait)
-        except BrokerUnavailableError:
-            # Not fatal: the publisher keeps reconnecting; events are buffered meanwhile.
-            LOG.warning("auditor %r: broker not reachable yet (%s); buffering events in the "
-                        "backing store until it is", self.queue_name, self._publisher.last_error)
-        self._thread.start()
+        self._start_delivery(connect_wait)
         # The delivery thread is a daemon (a forgotten auditor must not hang the exit);
         # closing at exit still delivers or persists what was recorded.
         ref = weakref.ref(self)
@@ -290,38 +280,7 @@ class Auditor(DeliveryThread, AuditorBase):
 
         self._close_at_exit = close_at_exit
         atexit.register(close_at_exit)
-        _AUDITORS.add(self)
 
-    def _after_fork_in_child(self) -> None:
-        """The child of a fork (gunicorn --preload, a module-level auditor, a prefork
-        pool): the delivery thread did not come along, the broker connection is the
-        parent's, and every event recorded before the fork is the parent's to deliver
-        (in its memory, or in its log). Start over with the child's own: the same
-        settings, a new publisher and delivery thread, nothing queued. The store looks
-        after itself (the file store claims a log of the child's own, the memory store
-        starts empty)."""
-        if self._closed:
-            return
-        old = self._publisher
-        _forget_connection(old)
-        with contextlib.suppress(Exception):
-            old.metrics.release()  # the child's copy of the label, for the new publisher
-        self._lock, self._wake = threading.Lock(), threading.Event()
-        self._room, self._settled = threading.Condition(), threading.Condition()
-        self._queue.clear()
-        self._policy.restart()
-        self._t_record, self._lost, self._lost_reasons = {}, [], []
-        self._accepted = self._delivered_upto = 0
-        self._waiters, self._idle, self._failure = 0, False, None
-        self._refused = False
-        urls, options = self._publisher_args
-        self._publisher = Publisher(urls, self.queue_name, **options)
-        self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
-                                        daemon=True)
-        self._publisher.start()  # connects in the background; events buffer meanwhile
-        self._thread.start()
-
-    # ------------------------------------------------------------------ caller side
     def record(self, event: EventLike) -> None:
         """Accept ``event``; returns without waiting for the broker (see Rule 4 for when
         it blocks). Raises InvalidEventError naming the field for an event that is not
@@ -547,22 +506,3 @@ class Auditor(DeliveryThread, AuditorBase):
     def _close_store(self) -> None:
         if self._owns_store:
             self._store.close()
-
-def _forget_connection(publisher: Publisher) -> None:
-    """In a forked child: close the child's copy of the parent's broker socket without a
-    word on it (a Connection.Close would end the parent's connection), so the connection
-    ends when the parent closes it. Best effort: pika's internals may change."""
-    with contextlib.suppress(Exception):
-        sock = publisher._conn._transport._sock
-        os.close(sock.detach())
-
-
-_AUDITORS: weakref.WeakSet[Auditor] = weakref.WeakSet()
-
-
-def _forked() -> None:
-    for auditor in list(_AUDITORS):
-        auditor._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_forked)

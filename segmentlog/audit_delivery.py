@@ -16,7 +16,8 @@ as the only backpressure) and of :mod:`segmentlog.audit_policy`.
 It also keeps what callers must see: the memory limit ``record()`` checks (Rule 4 of
 segmentlog.audit: the store's room, 0 while the store refuses what the thread holds),
 the set-aside events ``close()`` reports (Rule 2), the count of settled events
-``flush()`` waits for, and the auditor's metrics.
+``flush()`` waits for, and the auditor's metrics. In the child of a fork it starts
+over: a new publisher and thread, nothing queued (the parent delivers what it recorded).
 
 :class:`DeliveryThread` is a base of :class:`~segmentlog.audit.Auditor`, which builds the
 store, the publisher and the metrics and calls :meth:`DeliveryThread._init_delivery`;
@@ -70,9 +71,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -127,6 +130,7 @@ class DeliveryThread:
     _observer_dict: dict[str, Any]
     _accepted: int
     _queue_size: int
+    _publisher_args: tuple[list[str], dict[str, Any]]
 
     def _init_delivery(self, queue_size: int, batch_size: int, drain_batch_size: int) -> None:
         # Shared between record() and the delivery thread.
@@ -172,6 +176,49 @@ class DeliveryThread:
         self._update_room()  # an earlier run may have left the store (nearly) full
         self._update_room()  # an earlier run may have left the store (nearly) full
 
+    def _start_delivery(self, connect_wait: float) -> None:
+        """Connect (waiting up to ``connect_wait`` s) and start the thread."""
+        self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
+                                        daemon=True)
+        try:
+            self._publisher.connect(timeout=connect_wait)
+        except BrokerUnavailableError:
+            # Not fatal: the publisher keeps reconnecting; events are buffered meanwhile.
+            LOG.warning("auditor %r: broker not reachable yet (%s); buffering events in the "
+                        "backing store until it is", self.queue_name, self._publisher.last_error)
+        self._thread.start()
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """The child of a fork (gunicorn --preload, a module-level auditor, a prefork
+        pool): the delivery thread did not come along, the broker connection is the
+        parent's, and every event recorded before the fork is the parent's to deliver
+        (in its memory, or in its log). Start over with the child's own: the same
+        settings, a new publisher and delivery thread, nothing queued. The store looks
+        after itself (the file store claims a log of the child's own, the memory store
+        starts empty)."""
+        if self._closed:
+            return
+        old = self._publisher
+        _forget_connection(old)
+        with contextlib.suppress(Exception):
+            old.metrics.release()  # the child's copy of the label, for the new publisher
+        self._lock, self._wake = threading.Lock(), threading.Event()
+        self._room, self._settled = threading.Condition(), threading.Condition()
+        self._queue.clear()
+        self._policy.restart()
+        self._t_record, self._lost, self._lost_reasons = {}, [], []
+        self._accepted = self._delivered_upto = 0
+        self._waiters, self._idle, self._failure = 0, False, None
+        self._refused = False
+        urls, options = self._publisher_args
+        self._publisher = Publisher(urls, self.queue_name, **options)
+        self._thread = threading.Thread(target=self._run, name=f"auditor-{self.queue_name}",
+                                        daemon=True)
+        self._publisher.start()  # connects in the background; events buffer meanwhile
+        self._thread.start()
+
+    # ------------------------------------------------------------------ used by both sides
     def _track(self, mid: str, t: float) -> None:
         """Remember when an event routed through the store was recorded (for latency)."""
         t_record = self._t_record
@@ -587,3 +634,21 @@ class DeliveryThread:
             self._store.update_metrics()
 
 
+def _forget_connection(publisher: Publisher) -> None:
+    """In a forked child: close the child's copy of the parent's broker socket without a
+    word on it (a Connection.Close would end the parent's connection), so the connection
+    ends when the parent closes it. Best effort: pika's internals may change."""
+    with contextlib.suppress(Exception):
+        sock = publisher._conn._transport._sock
+        os.close(sock.detach())
+
+
+_LIVE: weakref.WeakSet[DeliveryThread] = weakref.WeakSet()  # live auditors, for forks
+
+
+def _forked() -> None:
+    for auditor in list(_LIVE):
+        auditor._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_forked)
