@@ -43,8 +43,10 @@ Rule 2: nothing is dropped silently. An event leaves the queue only into a confi
         each event's id and bytes, after closing everything else.
 Rule 3: at-least-once. An event whose confirm never came (connection lost with it in
         flight) is sent again, so consumers dedupe by ``message_id`` (= event id). A
-        drained batch whose confirmed prefix was cut short is read again; its events
-        that were already confirmed are skipped, not resent, while this process lives.
+        drained batch cut short (a nacked tail, a lost connection) has its confirmed
+        prefix committed at once, so no process sends those events again; the rest is
+        read again. (Should that commit fail, the confirmed events are skipped, not
+        resent, while this process lives.)
 Rule 4: only the store's room is backpressure. ``record()`` holds at most
         ``queue_size`` events in memory, and with a durable store no more than the
         store has room for (``BackingStore.room``, read after every write and commit):

@@ -532,6 +532,8 @@ class DeliveryThread:
         if done < n:
             self.metrics.failed.inc(n - done)
             policy.drain_cut(ids[:done])
+            if done:
+                self._commit_confirmed(ids[:done])
             return "failed"
         try:
             commit()
@@ -541,12 +543,38 @@ class DeliveryThread:
             policy.drain_cut(ids)
             return "failed"
         policy.drain_committed()
+        self._committed(n)
+        return "done"
+
+    def _committed(self, n: int) -> None:
+        """``n`` delivered events were committed (removed from the store)."""
         self.metrics.drained.inc(n)
         self._sync_backlog(self._backlog_events - n)
         # Space freed: a refused write is retried now; wake record() calls waiting for it.
         self._update_room()
         self._notify_room()
-        return "done"
+
+    def _commit_confirmed(self, ids: list[str]) -> None:
+        """Remove the confirmed prefix ``ids`` of a batch cut short from the store: read
+        exactly those events again (reading without a commit starts again from the same
+        events, Rule 4 of the stores) and commit them. Otherwise, once this process is
+        gone, whoever delivers the store after it would send them again, and only the
+        messages whose confirm never came may be sent twice (Rule 3 of segmentlog.audit).
+        Should the store hand over other events, or fail, nothing is committed: the skip
+        list still skips them while this process lives."""
+        try:
+            bodies, event_ids, commit = self._store.read_encoded_up_to(len(ids))
+            again = [_message_id_of(m, b) for m, b in zip(event_ids, bodies, strict=True)]
+            if commit is None or again != ids:
+                return
+            commit()
+        except (BackingStoreError, OSError) as exc:
+            LOG.warning("auditor %r: could not commit the confirmed part of a batch cut "
+                        "short (%s); it is skipped, not sent again, while this process "
+                        "lives", self.queue_name, exc)
+            return
+        self._policy.prefix_committed()
+        self._committed(len(ids))
 
     def _drain_and_pause(self) -> str:
         """One drain batch; after a failed one (nacks, a failing store) with the broker

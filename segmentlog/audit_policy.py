@@ -29,7 +29,10 @@ Rule 2: the backlog flag is set by every event stored and by a store that found 
         Starting with it set covers what an earlier run left.
 Rule 3: a drained batch whose confirmed prefix was cut short (or whose commit failed) is
         read again; its ids up to the cut are the *skip list*: when the re-read batch
-        starts with them, they are not sent again (they were confirmed).
+        starts with them, they are not sent again (they were confirmed). The thread
+        then commits that prefix on its own (:meth:`~RoutingPolicy.prefix_committed`),
+        so that no process sends it again once this one is gone; the skip list is for
+        when that commit cannot be made.
 Rule 4: the store is asked again with halves of a list it refuses: "full" fills it to
         its limit in order and keeps the rest; an event refused alone is set aside
         (returned to the caller to report), the rest stored. A full store is retried
@@ -238,6 +241,13 @@ class RoutingPolicy:
         confirmed and are skipped when it is read again (Rule 3). The batch keeps its
         size: the re-read must cover the confirmed prefix that the skip list skips."""
         self.skip = list(confirmed_ids)
+
+    def prefix_committed(self) -> None:
+        """The confirmed prefix of a batch cut short was committed on its own (Rule 3):
+        nothing is left to skip, and a refused store write is retried at once (space
+        was freed). The batch still failed: its backoff and size stay."""
+        self.skip = []
+        self.retry_store_at = 0.0
 
     def drain_committed(self) -> None:
         """A drained batch was confirmed whole and committed: full-size batches from now

@@ -610,6 +610,44 @@ def test_a_live_auditor_delivers_the_backlog_a_closed_one_left_in_the_shared_dir
     assert not os.listdir(tmp_path / "buf" / "logs")  # delivered logs are removed
 
 
+def test_the_confirmed_part_of_a_batch_cut_short_is_not_sent_again_by_the_next_process(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
+    # Issue 16: duplicates only from messages whose confirm never came. A full queue
+    # (x-overflow reject-publish) nacks the tail of a drained batch: its first events
+    # were confirmed, and the auditor closes before the rest goes. The next process to
+    # take the log delivers the rest, and must not send the confirmed events again.
+    proxy.refuse()  # so that the drain's first batch holds every event
+    full = {"x-max-length": 4, "x-overflow": "reject-publish"}
+    store = FileStore(tmp_path / "buf")
+    first = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                    backing_store=store, write_ahead=True, connect_wait=0,
+                    registry=CollectorRegistry(), publisher_options={"queue_arguments": full})
+    try:
+        recorded = _record_all(first, make_events(10))
+        proxy.accept()
+        deadline = time.monotonic() + 30
+        while (_value(first, "audittools_failed_submissions_total") < 6
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        assert _value(first, "audittools_successful_submissions_total") == 4
+        first.close(timeout=0.5)
+    finally:
+        first.close()
+        store.close()
+    held = [(mid, body) for mid, _, body in consume_all(rabbitmq_url, queue, passive=True)]
+    assert check_delivery(held, recorded[:4]) == 0
+    other = f"{queue}-next"
+    try:
+        with Auditor(OBSERVER, connection_url=rabbitmq_url, queue_name=other,
+                     backing_store=(store := FileStore(tmp_path / "buf")),
+                     registry=CollectorRegistry()) as second:
+            assert second.flush(30)
+        store.close()
+        assert check_delivery(consume(rabbitmq_url, other), recorded[4:]) == 0
+    finally:
+        delete_queue(rabbitmq_url, other)
+
+
 def test_close_right_after_the_broker_came_back_delivers_the_backlog(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
     # Issue 16, item 4: close(timeout=120) returned at once and left the backlog in the

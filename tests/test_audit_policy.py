@@ -342,6 +342,19 @@ def test_a_commit_or_an_empty_store_clears_the_skip_list() -> None:
     assert policy.skip_count(["a"]) == 0
 
 
+def test_a_prefix_committed_on_its_own_clears_the_skip_list_and_retries_the_store() -> None:
+    policy = _policy(drain_batch_size=5000, backlog=True)
+    policy.retry_store_at = 99.0  # a full store waiting for space
+    policy.drain_backoff()
+    policy.drain_cut(["a", "b"])
+    policy.prefix_committed()
+    assert policy.skip_count(["a", "b", "c"]) == 0
+    assert policy.retry_store_at == 0.0
+    # The batch still failed: its size and its backoff stay.
+    assert policy.drain_size == FIRST_DRAIN_BATCH
+    assert policy.drain_backoff() == pytest.approx(0.08)
+
+
 def test_failed_drain_batches_pause_doubling_to_one_second_until_a_commit() -> None:
     policy = _policy(backlog=True)
     delays = [policy.drain_backoff() for _ in range(7)]
@@ -364,6 +377,7 @@ class _World:
         self.room = 10**9
         self.broker_up = True
         self.cut: int | None = None
+        self.prefix_commits = True  # False: committing a cut batch's prefix fails
         self.confirmed: list[str] = []
         self.now = 0.0
 
@@ -401,6 +415,9 @@ class _World:
         done = skip + self.publish(ids[skip:])
         if done < len(ids):
             policy.drain_cut(ids[:done])
+            if done and self.prefix_commits:  # committed on its own (Rule 3)
+                del self.store[:done]
+                policy.prefix_committed()
             return
         del self.store[:len(batch)]
         policy.drain_committed()
@@ -465,15 +482,19 @@ def test_a_cut_direct_batch_is_stored_before_the_events_after_it() -> None:
     assert world.confirmed == ["1", "2", "3", "4", "5"]
 
 
-def test_a_cut_drain_batch_is_not_sent_again_from_its_start() -> None:
+@pytest.mark.parametrize("prefix_commits", [True, False])
+def test_a_cut_drain_batch_is_not_sent_again_from_its_start(prefix_commits: bool) -> None:
     world = _World(drain_batch_size=4)
+    world.prefix_commits = prefix_commits
     world.broker_up = False
     world.record("1", "2", "3", "4", "5", "6")
     world.step()
     world.broker_up = True
     world.cut = 2
     assert world.step() is Route.DRAIN
-    assert world.confirmed == ["1", "2"] and _ids(world.store)[:2] == ["1", "2"]
+    assert world.confirmed == ["1", "2"]
+    # The confirmed prefix left the store; when that commit failed, it is skipped.
+    assert _ids(world.store)[:2] == (["3", "4"] if prefix_commits else ["1", "2"])
     world.settle()
     assert world.confirmed == ["1", "2", "3", "4", "5", "6"]
 
@@ -482,6 +503,7 @@ _OPS = st.one_of(
     st.tuples(st.just("record"), st.integers(1, 7)),
     st.tuples(st.just("broker"), st.booleans()),
     st.tuples(st.just("cut"), st.integers(0, 5)),
+    st.tuples(st.just("prefix_commits"), st.booleans()),
     st.tuples(st.just("room"), st.integers(0, 12)),
     st.tuples(st.just("step"), st.integers(1, 4)),
     st.tuples(st.just("wait"), st.floats(0.0, 6.0)),
@@ -505,6 +527,8 @@ def test_events_are_confirmed_once_each_in_the_order_recorded(
             world.broker_up = arg
         elif op == "cut":
             world.cut = arg
+        elif op == "prefix_commits":
+            world.prefix_commits = arg
         elif op == "room":
             world.room = len(world.store) + arg
         elif op == "wait":
