@@ -36,6 +36,18 @@ def consume_all(url: str, queue: str, timeout: float = 5.0,
         conn.close()
 
 
+def message_count(url: str, queue: str) -> int:
+    """How many messages ``queue`` holds now (0 while it is not declared)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0  # not declared yet
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def delete_queue(url: str, queue: str) -> None:
     """Delete ``queue`` if the broker is reachable (test clean-up: never raises)."""
     with contextlib.suppress(Exception):

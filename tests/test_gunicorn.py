@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pika
 import pytest
-from amqptools import consume_all, delete_queue
+from amqptools import consume_all, delete_queue, message_count
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.rabbitmq
@@ -48,17 +47,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except OSError:
         return 0, ""
-
-
-def _message_count(url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0  # not declared yet
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 def test_gunicorn_workers_deliver_every_acknowledged_event(
@@ -97,7 +85,7 @@ def test_gunicorn_workers_deliver_every_acknowledged_event(
         proxy.accept()
         want = len(acknowledged) + 1  # + the /ready request's event
         deadline = time.monotonic() + 120  # adoption runs every few seconds
-        while _message_count(rabbitmq_url, queue) < want and time.monotonic() < deadline:
+        while message_count(rabbitmq_url, queue) < want and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         server.send_signal(signal.SIGTERM)
