@@ -43,23 +43,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench_memory import LIMIT_MB, status
+
 from segmentlog import SegmentLog
 from segmentlog.bench import SEGMENT_SIZE, payload_of
 from segmentlog.errors import LogFullError
 
-LIMIT_MB = 200.0
 TICK = 0.01  # seconds between two appends of the drain phase
-
-
-def status() -> dict[str, float]:
-    """The memory lines of /proc/self/status, in MiB."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(rest.split()[0]) / 1024
-    return out
 
 
 @dataclass
