@@ -19,7 +19,7 @@
  * (nothing written; Python takes its own path). Appenders still waiting when it closes
  * go on waiting: reopened over the same segment, its later rounds cover them (the file
  * already holds their frames); reopened over another segment (a rotation) or retired,
- * they go back to Python (SL_COMMIT_SETTLE - seq) with their sequence number, and Python makes
+ * they go back to Python (SL_NOT_DURABLE) with their sequence number, and Python makes
  * them durable its own way. Python opens it only while every older segment is durable,
  * so a round here may declare durable every record up to the last it wrote. A failed
  * write or fdatasync is sticky: every appender of that round goes back to Python the
@@ -46,11 +46,14 @@ void sl_commit_open(sl_committer *c, int fd, char *buf, uint64_t buf_cap, uint64
 }
 void sl_commit_close(sl_committer *c, sl_commit_state *out) { (void)c, (void)out; }
 void sl_commit_retire(sl_committer *c) { (void)c; }
-int64_t sl_commit_append(sl_committer *c, const char *payload, uint64_t len) {
-    (void)c, (void)payload, (void)len;
+sl_status sl_commit_append(sl_committer *c, const char *payload, uint64_t len,
+                           uint64_t *seq) {
+    (void)c, (void)payload, (void)len, (void)seq;
     return SL_ERR_CLOSED;
 }
+#ifdef SL_TESTING
 void sl_commit_fail_next(sl_committer *c, int err) { (void)c, (void)err; }
+#endif
 
 #else
 
@@ -106,7 +109,9 @@ struct sl_committer {
     int mark;               /* zero bytes owed after the last frame (a recycled segment) */
     int syncing;            /* a leader is writing or fdatasyncing */
     int gathering;          /* a leader waits on `filled` for want_seq */
+#ifdef SL_TESTING
     int fail_next;          /* test hook: the next fdatasync fails with this errno */
+#endif
 };
 
 sl_committer *sl_commit_new(void) {
@@ -230,11 +235,23 @@ void sl_commit_retire(sl_committer *c) {
     pthread_mutex_unlock(&c->mu);
 }
 
+#ifdef SL_TESTING
 void sl_commit_fail_next(sl_committer *c, int err) {
     pthread_mutex_lock(&c->mu);
     c->fail_next = err;
     pthread_mutex_unlock(&c->mu);
 }
+
+/* The errno sl_commit_fail_next asked the next fdatasync to fail with (0: none), taken
+ * back (mutex held). */
+static int take_failure(sl_committer *c) {
+    int fail = c->fail_next;
+    c->fail_next = 0;
+    return fail;
+}
+#else
+#define take_failure(c) 0
+#endif
 
 /* One group fsync, led by the caller (mutex held on entry and on return). */
 static void lead_round(sl_committer *c) {
@@ -262,8 +279,7 @@ static void lead_round(sl_committer *c) {
     write_group(c);
     int err = c->error;
     if (err == 0) {
-        int fd = c->fd, fail = c->fail_next;
-        c->fail_next = 0;
+        int fd = c->fd, fail = take_failure(c);
         pthread_mutex_unlock(&c->mu);
         int rc = fail ? -1 : SYNC_DATA(fd);
         if (fail) errno = fail;
@@ -281,24 +297,25 @@ static void lead_round(sl_committer *c) {
     wake_all(c);
 }
 
-int64_t sl_commit_append(sl_committer *c, const char *payload, uint64_t len) {
-    if (c == NULL) return SL_ERR_ARG;
+sl_status sl_commit_append(sl_committer *c, const char *payload, uint64_t len,
+                           uint64_t *seq_out) {
+    if (c == NULL || seq_out == NULL) return SL_ERR_ARG;
     pthread_mutex_lock(&c->mu);
-    uint64_t seq = c->next_seq, size = SL_FRAME_SIZE(len);
+    uint64_t seq = c->next_seq, size = SL_FRAME_SIZE(len), end = 0;
     uint64_t used = c->off - c->start;
     /* Refused, nothing written: closed, failed, past the segment, or past the buffer
      * (8 bytes kept for the zero marker). Python's path sorts out which. */
-    if (!c->open || c->error || len > SL_MAX_PAYLOAD || seq > SL_COMMIT_MAX_SEQ ||
-        c->off > c->window || size > c->window - c->off || used + 8 > c->buf_cap ||
-        size > c->buf_cap - used - 8) {
+    sl_status rc = SL_ERR_CLOSED;
+    if (c->open && !c->error && len <= SL_MAX_PAYLOAD && c->off <= c->window &&
+        size <= c->window - c->off && used + 8 <= c->buf_cap && size <= c->buf_cap - used - 8)
+        rc = seq > SL_APPEND_MAX_SEQ ? SL_ERR_SEQ
+                                     : sl_frame_one(c->buf, c->buf_cap, used, payload, len,
+                                                    seq, &end);
+    if (rc != SL_OK) {
         pthread_mutex_unlock(&c->mu);
-        return SL_ERR_CLOSED;
+        return rc;
     }
-    int64_t end = sl_frame_one(c->buf, c->buf_cap, used, payload, len, seq);
-    if (end < 0) {
-        pthread_mutex_unlock(&c->mu);
-        return end;
-    }
+    *seq_out = seq;
     c->off += size;
     c->next_seq = seq + 1;
     uint64_t segment = c->segment_id;
@@ -312,11 +329,11 @@ int64_t sl_commit_append(sl_committer *c, const char *payload, uint64_t len) {
         uint32_t seen = c->wake; /* read after the checks: a change after them bumps it */
         pthread_mutex_unlock(&c->mu);
         for (;;) { /* mutex not held */
-            if (LOAD(&c->durable_next) > seq) return (int64_t)seq;
+            if (LOAD(&c->durable_next) > seq) return SL_OK;
             if (LOAD(&c->error) || LOAD(&c->segment_id) != segment) {
                 /* The disk failed, or rotated/retired: Python settles it (raises the
                  * error, or makes the record durable its own way). */
-                return SL_COMMIT_SETTLE - (int64_t)seq;
+                return SL_NOT_DURABLE;
             }
             if (LOAD(&c->wake) != seen) break; /* a round ended without us: lead? */
             wait_for_wake(c, seen);

@@ -9,8 +9,9 @@
  *     HWCAP_CRC32;
  *   - anything else: portable slicing-by-8 tables.
  * The choice is made once, when the library is loaded (a constructor also fills the
- * tables, so no call ever races an initialisation). sl_crc32c_force_portable() lets the
- * tests run the portable code on a machine with the instructions and compare the two.
+ * tables, so no call ever races an initialisation). In the tests' build (SL_TESTING)
+ * sl_crc32c_force_portable() runs the portable code on a machine with the instructions,
+ * so the tests can compare the two.
  * This file owns nothing but the checksum; it never allocates.
  */
 #include <stddef.h>
@@ -45,7 +46,9 @@ static uint32_t crc_table[8][256];
 enum { IMPL_PORTABLE = 0, IMPL_SSE42 = 1, IMPL_ARMV8 = 2 };
 
 static int best_impl = IMPL_PORTABLE; /* written once, by the constructor */
-static int forced_portable;           /* the test hook; read and written atomically */
+#ifdef SL_TESTING
+static int forced_portable; /* the test hook; read and written atomically */
+#endif
 
 static inline uint64_t load64(const unsigned char *p) {
     uint64_t v;
@@ -222,10 +225,12 @@ static int initialised;
 
 static int live_impl(void) {
     ENSURE_INIT();
+#ifdef SL_TESTING
 #if defined(__GNUC__) || defined(__clang__)
     if (__atomic_load_n(&forced_portable, __ATOMIC_RELAXED)) return IMPL_PORTABLE;
 #else
     if (forced_portable) return IMPL_PORTABLE;
+#endif
 #endif
     return best_impl;
 }
@@ -263,6 +268,7 @@ const char *sl_crc32c_impl(void) {
     }
 }
 
+#ifdef SL_TESTING
 int sl_crc32c_force_portable(int on) {
     ENSURE_INIT();
 #if defined(__GNUC__) || defined(__clang__)
@@ -273,3 +279,4 @@ int sl_crc32c_force_portable(int on) {
     return previous;
 #endif
 }
+#endif

@@ -11,6 +11,7 @@
  * them.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "segmentlog.h"
 
@@ -29,6 +30,22 @@
 #define YIELD() sched_yield()
 #endif
 
+/* Opaque to callers (csrc/segmentlog.h): only the functions below touch its fields. */
+struct sl_cursor {
+    char *base;        /* the active segment's map */
+    uint64_t cap;      /* its size */
+    uint64_t off;      /* where the next frame goes */
+    uint64_t next_seq; /* the next frame's sequence number */
+    uint64_t window;   /* frames must end at or below this; 0: closed */
+    int32_t lock;      /* 0 free, 1 held */
+};
+
+sl_cursor *sl_cursor_new(void) {
+    return calloc(1, sizeof(sl_cursor)); /* zeroed: closed */
+}
+
+void sl_cursor_free(sl_cursor *c) { free(c); }
+
 static void cursor_lock(sl_cursor *c) {
     while (!SPIN_TRY(&c->lock)) {
         /* The holder frames one record at most; if it was descheduled meanwhile, give
@@ -39,23 +56,24 @@ static void cursor_lock(sl_cursor *c) {
     }
 }
 
-int64_t sl_cursor_append(sl_cursor *c, const char *payload, uint64_t len) {
-    if (c == NULL) return SL_ERR_ARG;
+sl_status sl_cursor_append(sl_cursor *c, const char *payload, uint64_t len, uint64_t *seq) {
+    if (c == NULL || seq == NULL) return SL_ERR_ARG;
     cursor_lock(c);
-    uint64_t seq = c->next_seq;
-    int64_t end;
+    uint64_t next = c->next_seq, end = 0;
+    sl_status rc;
     if (len > SL_MAX_PAYLOAD || c->off > c->window || SL_FRAME_SIZE(len) > c->window - c->off)
-        end = SL_ERR_CLOSED; /* closed, or the frame would pass the window */
-    else if (seq > (uint64_t)INT64_MAX)
-        end = SL_ERR_SEQ; /* the return value could not carry it */
+        rc = SL_ERR_CLOSED; /* closed, or the frame would pass the window */
+    else if (next > SL_APPEND_MAX_SEQ)
+        rc = SL_ERR_SEQ;
     else
-        end = sl_frame_one(c->base, c->cap, c->off, payload, len, seq);
-    if (end >= 0) {
-        c->off = (uint64_t)end;
-        c->next_seq = seq + 1;
+        rc = sl_frame_one(c->base, c->cap, c->off, payload, len, next, &end);
+    if (rc == SL_OK) {
+        c->off = end;
+        c->next_seq = next + 1;
     }
     SPIN_FREE(&c->lock);
-    return end >= 0 ? (int64_t)seq : end;
+    if (rc == SL_OK) *seq = next;
+    return rc;
 }
 
 void sl_cursor_open(sl_cursor *c, char *base, uint64_t cap, uint64_t off, uint64_t next_seq,
@@ -69,8 +87,10 @@ void sl_cursor_open(sl_cursor *c, char *base, uint64_t cap, uint64_t off, uint64
     SPIN_FREE(&c->lock);
 }
 
-void sl_cursor_close(sl_cursor *c) {
+void sl_cursor_close(sl_cursor *c, uint64_t *off, uint64_t *next_seq) {
     cursor_lock(c); /* waits for an append in progress */
     c->window = 0;
+    *off = c->off;
+    *next_seq = c->next_seq;
     SPIN_FREE(&c->lock);
 }

@@ -58,30 +58,30 @@ static void write_frame(unsigned char *dst, const unsigned char *payload, uint64
 }
 
 /* The common placement check of sl_frame_one and sl_frame_batch. */
-static int check_room(uint64_t cap, uint64_t off, uint64_t size) {
-    if (cap > (uint64_t)INT64_MAX) return SL_ERR_ARG; /* the result must fit an int64_t */
+static sl_status check_room(uint64_t cap, uint64_t off, uint64_t size) {
     if (off % SL_FRAME_ALIGN) return SL_ERR_ALIGN;
     if (off > cap || size > cap - off) return SL_ERR_NO_SPACE;
     return SL_OK;
 }
 
-int64_t sl_frame_one(char *dst, uint64_t cap, uint64_t off, const char *payload,
-                     uint64_t len, uint64_t seq) {
+sl_status sl_frame_one(char *dst, uint64_t cap, uint64_t off, const char *payload,
+                       uint64_t len, uint64_t seq, uint64_t *end) {
     if (len > SL_MAX_PAYLOAD) return SL_ERR_TOO_LARGE;
     uint64_t size = SL_FRAME_SIZE(len);
-    int rc = check_room(cap, off, size);
+    sl_status rc = check_room(cap, off, size);
     if (rc != SL_OK) return rc;
-    if (dst == NULL || (payload == NULL && len)) return SL_ERR_ARG;
+    if (dst == NULL || (payload == NULL && len) || end == NULL) return SL_ERR_ARG;
     write_frame((unsigned char *)dst + off, (const unsigned char *)payload, len, seq);
-    return (int64_t)(off + size);
+    *end = off + size;
+    return SL_OK;
 }
 
-int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
-                       uint64_t src_len, const uint64_t *lens, uint64_t n,
-                       uint64_t first_seq) {
+sl_status sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
+                         uint64_t src_len, const uint64_t *lens, uint64_t n,
+                         uint64_t first_seq, uint64_t *end) {
     uint64_t total = 0;
     uint64_t sum = 0;
-    if (n && lens == NULL) return SL_ERR_ARG;
+    if ((n && lens == NULL) || end == NULL) return SL_ERR_ARG;
     /* Every length is checked before the total, as _pure.frame_batch_into does; the sums
      * saturate, so a huge batch is reported as too big rather than wrapping around. */
     for (uint64_t i = 0; i < n; i++) {
@@ -90,7 +90,7 @@ int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
         total = total > UINT64_MAX - size ? UINT64_MAX : total + size;
         sum += lens[i]; /* at most 2^32 * n: cannot wrap for any n that fits memory */
     }
-    int rc = check_room(cap, off, total);
+    sl_status rc = check_room(cap, off, total);
     if (rc != SL_OK) return rc;
     if (n && first_seq > UINT64_MAX - (n - 1)) return SL_ERR_SEQ;
     if (sum != src_len || (dst == NULL && total) || (src == NULL && src_len)) return SL_ERR_ARG;
@@ -101,18 +101,21 @@ int64_t sl_frame_batch(char *dst, uint64_t cap, uint64_t off, const char *src,
         out += SL_FRAME_SIZE(lens[i]);
         p += lens[i];
     }
-    return (int64_t)(off + total);
+    *end = off + total;
+    return SL_OK;
 }
 
-uint64_t sl_frames_size(const uint64_t *lens, uint64_t n) {
+sl_status sl_frames_size(const uint64_t *lens, uint64_t n, uint64_t *size) {
+    if ((n && lens == NULL) || size == NULL) return SL_ERR_ARG;
     uint64_t total = 0;
     for (uint64_t i = 0; i < n; i++) {
-        if (lens[i] > SL_MAX_PAYLOAD) return UINT64_MAX;
-        uint64_t size = SL_FRAME_SIZE(lens[i]);
-        if (total > UINT64_MAX - size) return UINT64_MAX;
-        total += size;
+        if (lens[i] > SL_MAX_PAYLOAD) return SL_ERR_TOO_LARGE;
+        uint64_t one = SL_FRAME_SIZE(lens[i]);
+        if (total > UINT64_MAX - one) return SL_ERR_TOO_LARGE;
+        total += one;
     }
-    return total;
+    *size = total;
+    return SL_OK;
 }
 
 /* Whether the frame at pos (with bytes [pos, end) available) is sound: SL_SCAN_OK, or
@@ -140,9 +143,9 @@ static int check_frame(const unsigned char *buf, uint64_t pos, uint64_t end, uin
     return SL_SCAN_OK;
 }
 
-int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
-            uint64_t max_records, uint64_t max_bytes, unsigned int flags,
-            uint64_t *out_off, uint64_t *out_len, sl_scan_result *res) {
+sl_status sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
+                  uint64_t max_records, uint64_t max_bytes, unsigned int flags,
+                  uint64_t *out_off, uint64_t *out_len, sl_scan_result *res) {
     if (res == NULL || (buf == NULL && len) || ((out_off == NULL) != (out_len == NULL)))
         return SL_ERR_ARG;
     const unsigned char *b = (const unsigned char *)buf;
@@ -180,12 +183,12 @@ int sl_scan(const char *buf, uint64_t len, uint64_t off, uint64_t expected_seq,
     return SL_OK;
 }
 
-int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
-              uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq) {
+sl_status sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
+                    uint64_t max_seq, uint64_t *out_off, uint64_t *out_seq) {
     if ((buf == NULL && len) || out_off == NULL || out_seq == NULL) return SL_ERR_ARG;
     const unsigned char *b = (const unsigned char *)buf;
     uint64_t pad = (SL_FRAME_ALIGN - off % SL_FRAME_ALIGN) % SL_FRAME_ALIGN;
-    if (len < 4 || off > len - 4 || pad > len - 4 - off) return 0;
+    if (len < 4 || off > len - 4 || pad > len - 4 - off) return SL_NOT_FOUND;
     /* Only aligned offsets whose marker word lies wholly inside the buffer can start a
      * frame; `last` is the highest such offset (computed so that nothing can wrap). */
     uint64_t pos = off + pad;
@@ -201,10 +204,10 @@ int sl_resync(const char *buf, uint64_t len, uint64_t off, uint64_t min_seq,
                 fseq - min_seq <= (pos - off) / SL_FRAME_HEADER_SIZE) {
                 *out_off = pos;
                 *out_seq = fseq;
-                return 1;
+                return SL_OK;
             }
         }
-        if (last - pos < SL_FRAME_ALIGN) return 0;
+        if (last - pos < SL_FRAME_ALIGN) return SL_NOT_FOUND;
         pos += SL_FRAME_ALIGN;
     }
 }
@@ -222,9 +225,9 @@ static uint64_t put_decimal(char *out, uint64_t v) {
     return n;
 }
 
-int64_t sl_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n, char *out,
-                         uint64_t cap) {
-    if ((n && (!offs || !lens)) || !out || cap > (uint64_t)INT64_MAX)
+sl_status sl_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n,
+                           char *out, uint64_t cap, uint64_t *written) {
+    if ((n && (!offs || !lens)) || !out || !written)
         return SL_ERR_ARG;
     if (cap < 1)
         return SL_ERR_NO_SPACE;
@@ -244,13 +247,18 @@ int64_t sl_unpack_format(const uint64_t *offs, const uint64_t *lens, uint64_t n,
         out[w++] = 's';
         pos = offs[i] + lens[i];
     }
-    return (int64_t)w;
+    *written = w;
+    return SL_OK;
 }
 
 const char *sl_strerror(int code) {
     switch (code) {
     case SL_OK:
         return "ok";
+    case SL_NOT_FOUND:
+        return "not_found";
+    case SL_NOT_DURABLE:
+        return "not_durable";
     case SL_ERR_ARG:
         return "bad_argument";
     case SL_ERR_TOO_LARGE:
@@ -262,7 +270,7 @@ const char *sl_strerror(int code) {
     case SL_ERR_SEQ:
         return "seq_overflow";
     case SL_ERR_CLOSED:
-        return "cursor_closed";
+        return "closed";
     default:
         return "unknown";
     }

@@ -14,8 +14,12 @@ core and the reference check the same conditions in the same order.
 Rule 3: the hot paths (Framer.frame: one call per append; scan) bind the buffer once
 (ffi.from_buffer exports it, so release() must come before the map is closed) and pass
 ``bytes`` payloads to C without a copy.
-This module owns no state but the bound pointers and the group committer (csrc/committer.c,
-which writes and fdatasyncs the segment descriptor SegmentLog hands it).
+Rule 4: C answers with a status code and hands results back through out-parameter
+cells, never allocated per call: an object one thread uses at a time keeps its own
+cell; calls that threads make at once take a cell from a pool and give it back.
+This module owns no state but the bound pointers, those cells, the append cursor and the
+group committer (csrc/committer.c, which writes and fdatasyncs the segment descriptor
+SegmentLog hands it). The test hooks (``TEST_HOOKS``) exist only in the test build.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import functools
 import mmap
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from segmentlog import _pure
@@ -33,8 +37,8 @@ from segmentlog._native import ffi, lib
 from segmentlog._pure import Buffer, ScanResult
 
 __all__ = [
-    "COMMIT_SETTLE",
     "NAME",
+    "TEST_HOOKS",
     "Cursor",
     "Framer",
     "ScanResult",
@@ -62,14 +66,47 @@ _crc32c = lib.sl_crc32c
 _frame_one = lib.sl_frame_one
 _frame_batch = lib.sl_frame_batch
 _sl_scan = lib.sl_scan
-_ERR_ARG = lib.SL_ERR_ARG
-_cursor_append = lib.sl_cursor_append
+_OK: int = lib.SL_OK
+_NOT_FOUND: int = lib.SL_NOT_FOUND
+_NOT_DURABLE: int = lib.SL_NOT_DURABLE
+_ERR_ARG: int = lib.SL_ERR_ARG
 _cursor_open = lib.sl_cursor_open
 _cursor_close = lib.sl_cursor_close
+_commit_append = lib.sl_commit_append
 _commit_open = lib.sl_commit_open
 _commit_close = lib.sl_commit_close
-COMMIT_SETTLE: int = lib.SL_COMMIT_SETTLE
-_COMMIT_MAX_SEQ: int = lib.SL_COMMIT_MAX_SEQ
+_APPEND_MAX_SEQ: int = lib.SL_APPEND_MAX_SEQ
+
+# Rule 4's pool: out-parameter cells (uint64_t[2]) for calls that threads make at once.
+# A call pops one and appends it back (both atomic), so no two calls in flight share a
+# cell, and the pool holds as many as ever ran at once.
+_CELLS: list[Any] = []
+
+# The test build's hooks (SL_TESTING, segmentlog/_build_native.py); the shipped
+# extension has none.
+TEST_HOOKS: bool = hasattr(lib, "sl_commit_fail_next")
+
+
+def _cell() -> Any:
+    """An out-parameter cell from the pool (give it back with ``_CELLS.append``)."""
+    try:
+        return _CELLS.pop()
+    except IndexError:
+        return ffi.new("uint64_t[2]")
+
+
+def _hook(name: str) -> Any:
+    """A test hook of the C core, or RuntimeError if this build has none."""
+    if not TEST_HOOKS:
+        raise RuntimeError(
+            f"{name} is a test hook of the C core, compiled only into the test build: "
+            "rebuild with SEGMENTLOG_STRICT_BUILD=1 (python setup.py build_ext --inplace)"
+        )
+    return getattr(lib, name)
+
+
+def _status_name(status: int) -> str:
+    return str(ffi.string(lib.sl_strerror(status)).decode())
 
 
 def crc32c(data: Buffer, crc: int = 0) -> int:
@@ -95,9 +132,9 @@ def crc32c_impl() -> str:
 
 
 def crc32c_force_portable(on: bool) -> bool:
-    """Test hook: run the portable C code even on a CPU with CRC instructions (process
-    wide). Returns the previous setting."""
-    return bool(lib.sl_crc32c_force_portable(1 if on else 0))
+    """Test hook (test build only): run the portable C code even on a CPU with CRC
+    instructions (process wide). Returns the previous setting."""
+    return bool(_hook("sl_crc32c_force_portable")(1 if on else 0))
 
 
 def _byte_buffer(obj: Any, writable: bool = False) -> Any:
@@ -117,38 +154,47 @@ def _byte_buffer(obj: Any, writable: bool = False) -> Any:
     return ptr
 
 
-def _settle(end: int | None, reference: Any, *args: Any) -> int:
-    """The result of a write the C core declined (None: Rule 1) or refused (< 0: Rule 2):
-    the reference does it, or raises its own error. Call with the buffer not exported,
-    so the reference behaves exactly as it does alone."""
-    if end is None:
+def _by_reference(status: int | None, reference: Any, *args: Any) -> int:
+    """The result of a write the C core declined (None: Rule 1) or refused (its status:
+    Rule 2): the reference does it, or raises its own error. Call with the buffer not
+    exported, so the reference behaves exactly as it does alone."""
+    if status is None:
         result: int = reference(*args)
         return result
     reference(*args)  # raises: the C core and the reference check the same conditions
     raise RuntimeError(
-        f"segmentlog C core refused a write ({ffi.string(lib.sl_strerror(end)).decode()}) "
+        f"segmentlog C core refused a write ({_status_name(status)}) "
         "that the pure-Python reference accepted: this is a bug, please report it; "
         "SEGMENTLOG_BACKEND=pure works around it"
     )
 
 
-def _frame_c(ptr: Any, off: int, payload: Buffer, seq: int) -> int | None:
-    """One frame by the C core: the new end, a negative SL_ERR_*, or None if the
-    arguments are not for C (Rule 1)."""
+def _end_of(call: Any, *args: Any) -> tuple[int, int]:
+    """(status, end) of a framing call whose last argument is the end's cell."""
+    cell = _cell()
+    status: int = call(*args, cell)
+    end = int(cell[0])
+    _CELLS.append(cell)
+    return status, end
+
+
+def _frame_c(ptr: Any, off: int, payload: Buffer, seq: int) -> tuple[int, int] | None:
+    """One frame by the C core: (status, new end), or None if the arguments are not for
+    C (Rule 1)."""
     if not (0 <= off < _U64 and 0 <= seq < _U64):
         return None
     if type(payload) is bytes:  # exactly bytes: passed without a copy, and len() is true
-        end: int = _frame_one(ptr, len(ptr), off, payload, len(payload), seq)
-        return end
+        return _end_of(_frame_one, ptr, len(ptr), off, payload, len(payload), seq)
     src = _byte_buffer(payload)
     if src is None:
         return None
     with src:
-        end = _frame_one(ptr, len(ptr), off, src, len(src), seq)
-    return end
+        return _end_of(_frame_one, ptr, len(ptr), off, src, len(src), seq)
 
 
-def _frame_batch_c(ptr: Any, off: int, payloads: Sequence[Buffer], first_seq: int) -> int | None:
+def _frame_batch_c(
+    ptr: Any, off: int, payloads: Sequence[Buffer], first_seq: int
+) -> tuple[int, int] | None:
     """A batch of frames by the C core: as _frame_c."""
     try:
         n = len(payloads)
@@ -162,17 +208,18 @@ def _frame_batch_c(ptr: Any, off: int, payloads: Sequence[Buffer], first_seq: in
     if not (0 <= off < _U64 and first_seq >= 0 and first_seq + n <= _U64):
         return None
     with ffi.from_buffer("uint64_t[]", lens) as lens_ptr:
-        end: int = _frame_batch(ptr, len(ptr), off, src, len(src), lens_ptr, n, first_seq)
+        result = _end_of(_frame_batch, ptr, len(ptr), off, src, len(src), lens_ptr, n,
+                         first_seq)
     # SL_ERR_ARG: the lengths do not add up to the bytes (a payload whose len() is not
     # its size in bytes); the reference, which takes each payload as it is, writes it.
-    return None if end == _ERR_ARG else end
+    return None if result[0] == _ERR_ARG else result
 
 
 def frames_size(lens: array[int]) -> int:
     """The bytes frames of payload lengths ``lens`` (``array('Q')``) occupy; one C call."""
     with ffi.from_buffer("uint64_t[]", lens) as ptr:
-        size = int(lib.sl_frames_size(ptr, len(lens)))
-    if size == _U64 - 1:  # a length past the format limit: the reference raises for it
+        status, size = _end_of(lib.sl_frames_size, ptr, len(lens))
+    if status != _OK:  # a length past the format limit: the reference raises for it
         return _pure.frames_size(lens)
     return size
 
@@ -193,13 +240,13 @@ def _write_into(buf: WritableBuffer, c_write: Any, reference: Any, *args: Any) -
     """One write of the module-level API: bind ``buf``, let C write (Rule 1 and 2 as
     ever), and leave what C declines or refuses to the reference, buffer unbound."""
     ptr = _byte_buffer(buf, writable=True)
-    end = None
+    result = None
     if ptr is not None:
         with ptr:
-            end = c_write(ptr, *args)
-        if end is not None and end >= 0:
-            return int(end)
-    return _settle(end, reference, buf, *args)
+            result = c_write(ptr, *args)
+        if result is not None and result[0] == _OK:
+            return int(result[1])
+    return _by_reference(None if result is None else result[0], reference, buf, *args)
 
 
 def scan(
@@ -267,8 +314,8 @@ def _scan_on(
                 ptr, end, pos, seq, min(want, room), max(limit - nbytes, 0), cflags,
                 o + count, n + count, res,
             )  # fmt: skip
-        if rc != lib.SL_OK:
-            raise RuntimeError(f"sl_scan failed: {ffi.string(lib.sl_strerror(rc)).decode()}")
+        if rc != _OK:
+            raise RuntimeError(f"sl_scan failed: {_status_name(rc)}")
         got = int(res.count)
         count += got
         nbytes += int(res.nbytes)
@@ -317,11 +364,15 @@ def _resync_on(ptr: Any, off: int, end: int, min_seq: int, max_seq: int) -> tupl
     lo, hi = max(min_seq, 0), min(max_seq, _U64 - 1)
     if off >= end or lo > hi:  # no offset, or no sequence number a frame can carry
         return None
-    out = ffi.new("uint64_t[2]")
-    rc = lib.sl_resync(ptr, end, off, lo, hi, out, out + 1)
-    if rc < 0:
-        raise RuntimeError(f"sl_resync failed: {ffi.string(lib.sl_strerror(rc)).decode()}")
-    return (int(out[0]), int(out[1])) if rc else None
+    out = _cell()
+    status = lib.sl_resync(ptr, end, off, lo, hi, out, out + 1)
+    found = (int(out[0]), int(out[1]))
+    _CELLS.append(out)
+    if status == _OK:
+        return found
+    if status == _NOT_FOUND:
+        return None
+    raise RuntimeError(f"sl_resync failed: {_status_name(status)}")
 
 
 # Below this many payloads, slicing each costs less than building a struct format.
@@ -343,8 +394,8 @@ def payloads(buf: Any, offsets: Sequence[int], lengths: Sequence[int]) -> Sequen
         ffi.from_buffer("uint64_t[]", offsets) as o,
         ffi.from_buffer("uint64_t[]", lengths) as k,
     ):
-        size = _unpack_format(o, k, n, out, cap)
-    if size < 0:
+        status, size = _end_of(_unpack_format, o, k, n, out, cap)
+    if status != _OK:
         return _pure.payloads(buf, offsets, lengths)  # raises ValueError, naming them
     try:
         return struct.Struct(ffi.buffer(out, size)[:]).unpack_from(buf, offsets[0])
@@ -360,10 +411,11 @@ class Framer:
     closed (a bound mmap refuses to close: BufferError). A released Framer raises
     ValueError. A buffer C cannot bind (not writable, not bytes) is written by the
     reference, which raises what it raises for it (Rule 1). Not thread-safe: the caller
-    serialises writes (it holds the log's lock).
+    serialises writes (it holds the log's lock), so the Framer keeps one out-parameter
+    cell for the end offsets C hands back (Rule 4).
     """
 
-    __slots__ = ("_buf", "_cap", "_native", "_ptr")
+    __slots__ = ("_buf", "_cap", "_native", "_out", "_ptr")
 
     def __init__(self, buf: WritableBuffer) -> None:
         ptr = _byte_buffer(buf, writable=True)
@@ -371,29 +423,38 @@ class Framer:
         self._native = ptr is not None
         self._ptr: Any = ptr if ptr is not None else _NULL
         self._cap = len(ptr) if ptr is not None else 0
+        self._out: Any = ffi.new("uint64_t *")
 
     def frame(self, off: int, payload: Buffer, seq: int) -> int:
         """Write one frame at ``off``; return the offset just past it."""
         # Exactly bytes (not a subclass, whose len() might not be its size): passed to C
         # without a copy. Everything else takes the general path.
         if type(payload) is bytes:
+            out = self._out
             try:
-                end: int = _frame_one(self._ptr, self._cap, off, payload, len(payload), seq)
+                status = _frame_one(self._ptr, self._cap, off, payload, len(payload), seq, out)
             except OverflowError:
-                end = -1
-            if end >= 0:
+                status = _ERR_ARG
+            if status == _OK:
+                end: int = out[0]
                 return end
         return self._write(_frame_c, _pure.frame_into, off, payload, seq)
 
     @property
     def raw(self) -> Any:
-        """The append hot path's call ``raw(off, payload, length, seq) -> end``: the C
-        function itself, bound to the buffer (no Python frame in between). Only for a
-        ``bytes`` payload of ``length`` bytes; a refused frame returns a negative code
-        (call ``frame`` then, for the error). Never call it after ``release()``."""
+        """The append hot path's call ``raw(off, payload, length, seq) -> end``: one C
+        call on the bound buffer. Only for a ``bytes`` payload of ``length`` bytes; a
+        refused frame returns the negative status (call ``frame`` then, for the error).
+        Never call it after ``release()``."""
         if not self._native:
             return _pure.Framer(self._bound()).raw
-        return functools.partial(_frame_one, self._ptr, self._cap)
+        ptr, cap, out = self._ptr, self._cap, self._out
+
+        def raw(off: int, payload: bytes, length: int, seq: int) -> int:
+            status: int = _frame_one(ptr, cap, off, payload, length, seq, out)
+            return status if status != _OK else int(out[0])
+
+        return raw
 
     def frame_batch(self, off: int, payloads: Sequence[Buffer], first_seq: int) -> int:
         """Write consecutive frames for ``payloads`` at ``off``; return the new end."""
@@ -405,25 +466,27 @@ class Framer:
         negative code when refused (nothing written; ``frame_batch`` then says why)."""
         if not self._native:
             return _pure.Framer(self._bound()).frame_joined(off, src, lens, first_seq)
+        out = self._out
         try:
             with ffi.from_buffer("uint64_t[]", lens) as lens_ptr:
-                end = _frame_batch(self._ptr, self._cap, off, src, len(src), lens_ptr,
-                                   len(lens), first_seq)
+                status = _frame_batch(self._ptr, self._cap, off, src, len(src), lens_ptr,
+                                      len(lens), first_seq, out)
         except OverflowError:
-            return int(_ERR_ARG)
-        return int(end)
+            return _ERR_ARG
+        return int(status) if status != _OK else int(out[0])
 
     def _write(self, c_write: Any, reference: Any, *args: Any) -> int:
         buf = self._bound()
-        end = c_write(self._ptr, *args) if self._native else None
-        if end is not None and end >= 0:
-            return int(end)
+        result = c_write(self._ptr, *args) if self._native else None
+        if result is not None and result[0] == _OK:
+            return int(result[1])
+        status = None if result is None else result[0]
         if not self._native:
-            return _settle(end, reference, buf, *args)
+            return _by_reference(status, reference, buf, *args)
         # The reference runs with the buffer unexported, exactly as it does alone.
         ffi.release(self._ptr)
         try:
-            return _settle(end, reference, buf, *args)
+            return _by_reference(status, reference, buf, *args)
         finally:
             self._ptr = ffi.from_buffer(buf, require_writable=True)
             self._cap = len(self._ptr)
@@ -451,58 +514,87 @@ class Cursor:
     frames through it without the log's lock (the cursor has its own, held for one frame).
 
     ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes) returns the new
-    record's sequence number, or a negative code when the cursor refuses: closed, or the
-    frame would pass the window. ``open`` points it at a Framer's buffer; ``close`` stops
-    every append (one in progress finishes first) and returns (offset, next sequence
-    number). The Framer must outlive the opening: close the cursor before releasing it.
+    record's sequence number, or the negative status when the cursor refuses: closed, or
+    the frame would pass the window (one C call: the binding's adapter,
+    segmentlog/_build_native.py GLUE). ``open`` points it at a Framer's buffer; ``close``
+    stops every append (one in progress finishes first) and returns (offset, next
+    sequence number). ``open`` and ``close`` are for one caller at a time (the holder of
+    the log's lock), so they share one out-parameter cell. The Framer must outlive the
+    opening: close the cursor before releasing it. The calls hold the plain pointer (cffi
+    converts it faster than the one that frees the cursor, which ``_owner`` keeps): use
+    ``append`` only while the Cursor lives.
     """
 
-    __slots__ = ("_c", "append")
+    __slots__ = ("_c", "_out", "_owner", "append")
 
     def __init__(self) -> None:
-        self._c: Any = ffi.new("sl_cursor *")  # zeroed: closed
-        self.append: Any = functools.partial(_cursor_append, self._c)
+        c = lib.sl_cursor_new()  # closed
+        if c == _NULL:
+            raise MemoryError("segmentlog C core: no memory for an append cursor")
+        self._owner = ffi.gc(c, lib.sl_cursor_free)
+        self._c: Any = c
+        self._out: Any = ffi.new("uint64_t[2]")
+        self.append: Any = functools.partial(lib.slpy_cursor_append, c)
 
     def open(self, framer: Framer, off: int, next_seq: int, window: int) -> bool:
         """Open over ``[off, window)`` of the framer's buffer; False if that buffer is not
         one C can write (the cursor stays closed and every append takes the slow path)."""
-        if not framer._native or next_seq >= 1 << 63:
+        if not framer._native or next_seq > _APPEND_MAX_SEQ:
             return False
         _cursor_open(self._c, framer._ptr, framer._cap, off, next_seq, window)
         return True
 
     def close(self) -> tuple[int, int]:
-        _cursor_close(self._c)
-        return int(self._c.off), int(self._c.next_seq)
+        out = self._out
+        _cursor_close(self._c, out, out + 1)
+        return int(out[0]), int(out[1])
 
 
 class Committer:
     """The group committer (csrc/committer.c): SegmentLog.append with fsync="always".
 
-    ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes; one C call) returns
-    the new record's sequence number once an fdatasync covered it; a code in
-    ``(COMMIT_SETTLE, 0)`` when the committer refuses (nothing written: closed, the
-    segment or the group buffer full, a failed disk); and ``COMMIT_SETTLE - seq`` when the
-    record was appended as ``seq`` but the committer could not see it durable (closed over
-    another segment, retired, or its disk failed): the caller settles it (SegmentLog waits
-    for it its own way, or raises the recorded error). ``open`` hands it the active segment
-    (descriptor, group buffer, offsets), ``close`` takes the state back as (offset,
-    next_seq, durable_next, rounds, errno), ``retire`` sends every waiter back. The group
-    buffer's Framer must stay bound until the next close.
+    ``append(payload, length)`` (a ``bytes`` payload of ``length`` bytes; one C call)
+    returns the new record's sequence number once an fdatasync covered it. When the
+    committer appended the record but could not see it durable (closed over another
+    segment, retired, or its disk failed: SL_NOT_DURABLE) it calls ``settle(seq)`` first,
+    the owner's way to make it durable or raise the recorded error. When it refuses
+    (nothing written: closed, the segment or the group buffer full, a failed disk) it
+    returns the negative status. ``open`` hands it the active segment (descriptor, group
+    buffer, offsets), ``close`` takes the state back as (offset, next_seq, durable_next,
+    rounds, errno), ``retire`` sends every waiter back. The group buffer's Framer must
+    stay bound until the next close. Appends run in many threads at once: each takes its
+    sequence number's cell from the pool (Rule 4). ``c`` is the committer's pointer, which
+    frees it when collected; the calls hold the plain one (as Cursor's).
     """
 
-    __slots__ = ("_c", "_state", "append")
+    __slots__ = ("_c", "_owner", "_settle", "_state")
 
-    def __init__(self, c: Any) -> None:
-        self._c = c
+    def __init__(self, c: Any, settle: Callable[[int], object]) -> None:
+        self._owner = c
+        self._c: Any = ffi.cast("sl_committer *", c)
+        self._settle = settle
         self._state: Any = ffi.new("sl_commit_state *")
-        self.append: Any = functools.partial(lib.sl_commit_append, c)
+
+    def append(self, payload: bytes, length: int) -> int:
+        try:
+            cell = _CELLS.pop()
+        except IndexError:
+            cell = ffi.new("uint64_t[2]")
+        status = _commit_append(self._c, payload, length, cell)
+        seq: int = cell[0]
+        _CELLS.append(cell)
+        if status == _OK:
+            return seq
+        if status == _NOT_DURABLE:
+            self._settle(seq)
+            return seq
+        return int(status)
 
     def open(self, fd: int, group: Framer, off: int, window: int, next_seq: int,
              durable_next: int, segment_id: int, mark: bool, gather_ns: int) -> bool:
         """Open over a segment; False if the group buffer is not one C can write or the
         sequence numbers left its range (it stays closed: every append takes Python's path)."""
-        if not group._native or next_seq > _COMMIT_MAX_SEQ:
+        if not group._native or next_seq > _APPEND_MAX_SEQ:
             return False
         _commit_open(self._c, fd, group._ptr, group._cap, off, window, next_seq,
                      max(durable_next, 0), segment_id, 1 if mark else 0, gather_ns)
@@ -517,16 +609,18 @@ class Committer:
         lib.sl_commit_retire(self._c)
 
     def fail_next_fsync(self, err: int) -> None:
-        """Test hook: the next fdatasync of a round fails with ``err`` instead of running."""
-        lib.sl_commit_fail_next(self._c, err)
+        """Test hook (test build only): the next fdatasync of a round fails with ``err``
+        instead of running."""
+        _hook("sl_commit_fail_next")(self._c, err)
 
 
-def new_committer() -> Committer | None:
-    """A group committer, or None where C has none (Windows)."""
+def new_committer(settle: Callable[[int], object]) -> Committer | None:
+    """A group committer whose appends that it cannot see durable go to ``settle(seq)``,
+    or None where C has none (Windows)."""
     c = lib.sl_commit_new()
     if c == _NULL:
         return None
-    return Committer(ffi.gc(c, lib.sl_commit_free))
+    return Committer(ffi.gc(c, lib.sl_commit_free), settle)
 
 
 class Scanner:

@@ -8,7 +8,7 @@ a machine without a compiler still gets every check, just not the speed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from segmentlog._format import (
@@ -30,7 +30,6 @@ from segmentlog._format import (
 
 NAME = "pure"
 ERR_CURSOR_CLOSED = -6  # csrc/segmentlog.h SL_ERR_CLOSED
-COMMIT_SETTLE = -16  # csrc/segmentlog.h SL_COMMIT_SETTLE (no committer here: never returned)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -313,7 +312,7 @@ class Cursor:
             return self._off, self._seq
 
 
-def new_committer() -> None:
+def new_committer(settle: Callable[[int], object]) -> None:
     """No group committer in pure Python: SegmentLog's own group commit does that work
     (the native backend's committer only takes the GIL off its wait)."""
     return None

@@ -75,7 +75,7 @@ from segmentlog.engine.recovery import Recovery
 from segmentlog.engine.retention import Retention
 from segmentlog.engine.state import LogState
 from segmentlog.engine.sync import Sync
-from segmentlog.engine.writer import SETTLE, Writer, WriterLock
+from segmentlog.engine.writer import Writer, WriterLock
 from segmentlog.errors import ConfigError, DurabilityError, LogFullError
 from segmentlog.segment import (
     prepare_directory,
@@ -151,7 +151,8 @@ class SegmentLog:
         self.max_record_size = segment_size - SEGMENT_HEADER_SIZE - FRAME_HEADER_SIZE
 
         policy = POLICIES[fsync]()
-        committer, cursor = policy.fast_path()
+        # The committer hands the writer the records it could not see durable (settle).
+        committer, cursor = policy.fast_path(lambda seq: self._writer.settle(seq))
         # Holding the lock closes append's fast path (WriterLock); without one (pure
         # Python, fsync="always") a plain lock.
         lock: Any = WriterLock() if committer or cursor else threading.Lock()
@@ -263,8 +264,6 @@ class SegmentLog:
             seq: int = self._fast_append(payload, len(payload))
             if seq >= 0:
                 return seq
-            if seq <= SETTLE:  # the committer appended it, not durable yet (settle)
-                return self._writer.settle(SETTLE - seq)
         return self._writer.append(payload)
 
     def append_batch(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int:

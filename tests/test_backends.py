@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hooktools import need_test_hooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +72,7 @@ def backend(name: str) -> ModuleType:
 @pytest.fixture()
 def portable_crc() -> Iterator[ModuleType]:
     """The native backend with its portable CRC32C code forced on (restored after)."""
-    native = need_native()
+    native = need_test_hooks(need_native())
     previous = native.crc32c_force_portable(True)
     try:
         yield native
@@ -157,7 +158,7 @@ def _cpu_has_crc_instructions() -> str | None:
 
 
 def test_crc32c_impl_names_the_live_code() -> None:
-    native = need_native()
+    native = need_test_hooks(need_native())
     assert _pure.crc32c_impl() == "python"
     expected = _cpu_has_crc_instructions()
     if expected is None:
@@ -185,7 +186,7 @@ def crc_table_answers() -> tuple[bytes, dict[tuple[int, int], int]]:
 def test_crc32c_every_length_and_alignment_matches_reference(
     forced: bool, crc_table_answers: tuple[bytes, dict[tuple[int, int], int]]
 ) -> None:
-    native = need_native()
+    native = need_test_hooks(need_native())
     data, answers = crc_table_answers
     view = memoryview(data)
     previous = native.crc32c_force_portable(forced)
@@ -199,7 +200,7 @@ def test_crc32c_every_length_and_alignment_matches_reference(
 
 
 def test_crc32c_hardware_and_portable_agree_across_interleave_thresholds() -> None:
-    native = need_native()
+    native = need_test_hooks(need_native())
     data = random.Random(11).randbytes(3 * 2 * 8192 + 64)
     view = memoryview(data)
     sizes = [383, 384, 385, 767, 768, 769, 3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 2 * 3 * 8192 + 7]
@@ -399,16 +400,19 @@ def test_payload_over_format_limit_is_refused_by_both_before_writing() -> None:
     from segmentlog._native import ffi, lib
 
     dst = ffi.new("char[]", 64)
-    assert lib.sl_frame_one(dst, 64, 0, b"", 1 << 32, 0) == lib.SL_ERR_TOO_LARGE
+    end = ffi.new("uint64_t *", 12345)  # an out-parameter is written only on SL_OK
+    assert lib.sl_frame_one(dst, 64, 0, b"", 1 << 32, 0, end) == lib.SL_ERR_TOO_LARGE
     lens = ffi.new("uint64_t[]", [1, 1 << 32])
-    assert lib.sl_frame_batch(dst, 64, 0, b"x", 1, lens, 2, 0) == lib.SL_ERR_TOO_LARGE
-    assert bytes(ffi.buffer(dst)) == bytes(64)
+    assert lib.sl_frame_batch(dst, 64, 0, b"x", 1, lens, 2, 0, end) == lib.SL_ERR_TOO_LARGE
+    assert lib.sl_frames_size(lens, 2, end) == lib.SL_ERR_TOO_LARGE
+    assert bytes(ffi.buffer(dst)) == bytes(64) and end[0] == 12345
     assert ffi.string(lib.sl_strerror(lib.SL_ERR_TOO_LARGE)) == b"too_large"
     # Lengths that disagree with the bytes handed over: refused before any byte is read.
     ok = ffi.new("uint64_t[]", [1, 2])
-    assert lib.sl_frame_batch(dst, 64, 0, b"xy", 2, ok, 2, 0) == lib.SL_ERR_ARG
-    assert bytes(ffi.buffer(dst)) == bytes(64)
-    assert lib.sl_frame_batch(dst, 64, 0, b"xyz", 3, ok, 2, 0) == 64
+    assert lib.sl_frame_batch(dst, 64, 0, b"xy", 2, ok, 2, 0, end) == lib.SL_ERR_ARG
+    assert bytes(ffi.buffer(dst)) == bytes(64) and end[0] == 12345
+    assert lib.sl_frame_batch(dst, 64, 0, b"xyz", 3, ok, 2, 0, end) == lib.SL_OK
+    assert end[0] == 64
 
 
 class _LyingLen(bytes):
@@ -438,11 +442,38 @@ def test_c_error_codes_all_have_names() -> None:
     need_native()
     from segmentlog._native import ffi, lib
 
-    codes = [lib.SL_OK, lib.SL_ERR_ARG, lib.SL_ERR_TOO_LARGE, lib.SL_ERR_ALIGN]
-    codes += [lib.SL_ERR_NO_SPACE, lib.SL_ERR_SEQ, lib.SL_ERR_CLOSED]
+    codes = [lib.SL_OK, lib.SL_NOT_FOUND, lib.SL_NOT_DURABLE, lib.SL_ERR_ARG]
+    codes += [lib.SL_ERR_TOO_LARGE, lib.SL_ERR_ALIGN, lib.SL_ERR_NO_SPACE, lib.SL_ERR_SEQ]
+    codes += [lib.SL_ERR_CLOSED]
     names = [ffi.string(lib.sl_strerror(code)).decode() for code in codes]
     assert "unknown" not in names and len(set(names)) == len(codes)
     assert ffi.string(lib.sl_strerror(-99)) == b"unknown"
+
+
+def test_c_results_come_through_out_parameters_written_only_on_success() -> None:
+    """The ABI rule of csrc/segmentlog.h: a status code, results in out-parameters, and
+    nothing written to them unless the status says so."""
+    native = need_native()
+    ffi, lib = native.ffi, native.lib
+    dst = ffi.new("char[]", 64)
+    out = ffi.new("uint64_t[2]", [7, 7])
+    assert lib.sl_frame_one(dst, 64, 4, b"x", 1, 0, out) == lib.SL_ERR_ALIGN
+    assert lib.sl_frame_one(dst, 16, 0, b"x", 1, 0, out) == lib.SL_ERR_NO_SPACE
+    assert list(out) == [7, 7]
+    assert lib.sl_frame_one(dst, 64, 8, b"x", 1, 3, out) == lib.SL_OK
+    assert out[0] == 8 + frame_size(1)
+    assert lib.sl_frames_size(ffi.new("uint64_t[]", [0, 5]), 2, out) == lib.SL_OK
+    assert out[0] == frame_size(0) + frame_size(5)
+    # sl_resync: SL_OK with where and which, or SL_NOT_FOUND (an answer, not an error).
+    frames = bytes(ffi.buffer(dst))
+    out[0] = out[1] = 7
+    assert lib.sl_resync(frames, 64, 0, 3, 10, out, out + 1) == lib.SL_OK
+    assert list(out) == [8, 3]
+    out[0] = out[1] = 7
+    assert lib.sl_resync(frames, 64, 0, 4, 10, out, out + 1) == lib.SL_NOT_FOUND
+    assert lib.sl_resync(bytes(64), 64, 0, 0, 10, out, out + 1) == lib.SL_NOT_FOUND
+    assert list(out) == [7, 7]
+    assert lib.sl_resync(frames, 64, 0, 0, 10, ffi.NULL, out) == lib.SL_ERR_ARG
 
 
 # --- the append cursor (csrc/cursor.c) ----------------------------------------------------
@@ -497,9 +528,35 @@ def test_cursor_refuses_while_closed_and_past_2_63(name: str) -> None:
     assert cursor.close() == (32 + frame_size(1), 6)
     assert cursor.append(b"y", 1) < 0  # closed again: nothing written
     assert buf[32 + frame_size(1):] == bytes(4096 - 32 - frame_size(1))
-    # A sequence number the C return value could not carry: the cursor stays closed.
+    # Past the last sequence number a cursor hands out (SL_APPEND_MAX_SEQ): it stays closed.
     assert not cursor.open(framer, 64, 1 << 63, 4096)
     assert cursor.append(b"z", 1) < 0
+    framer.release()
+
+
+def test_cursor_hands_out_the_last_sequence_number_then_refuses_with_seq() -> None:
+    """The binding's adapter (segmentlog/_build_native.py GLUE) answers as
+    sl_cursor_append: the sequence number, or the status when refused; the last number
+    is SL_APPEND_MAX_SEQ, then SL_ERR_SEQ with nothing written."""
+    native = need_native()
+    lib = native.lib
+    top = lib.SL_APPEND_MAX_SEQ
+    assert top == (1 << 63) - 1
+    buf = bytearray(4096)
+    framer, cursor = native.Framer(buf), native.Cursor()
+    assert cursor.open(framer, 0, top, 4096)
+    assert cursor.append(b"last", 4) == top
+    assert cursor.append(b"past", 4) == lib.SL_ERR_SEQ
+    assert cursor.close() == (frame_size(4), top + 1)
+    assert buf[frame_size(4):] == bytes(4096 - frame_size(4))
+    seq = native.ffi.new("uint64_t *", 7)
+    c = lib.sl_cursor_new()
+    try:
+        assert lib.sl_cursor_append(c, b"x", 1, seq) == lib.SL_ERR_CLOSED  # new: closed
+        assert lib.slpy_cursor_append(c, b"x", 1) == lib.SL_ERR_CLOSED
+        assert seq[0] == 7
+    finally:
+        lib.sl_cursor_free(c)
     framer.release()
 
 
@@ -914,15 +971,23 @@ def test_unpack_format_known_answer() -> None:
     offs = ffi.new("uint64_t[]", [24, 80, 80, 104])
     lens = ffi.new("uint64_t[]", [10, 0, 0, 514])
     out = ffi.new("char[]", 2 + 42 * 4)
-    n = lib.sl_unpack_format(offs, lens, 4, out, 2 + 42 * 4)
+    written = ffi.new("uint64_t *")
+    assert lib.sl_unpack_format(offs, lens, 4, out, 2 + 42 * 4, written) == lib.SL_OK
+    n = written[0]
     assert ffi.buffer(out, n)[:] == b"<10s46x0s0s24x514s"
     assert struct.calcsize(ffi.buffer(out, n)[:]) == 104 + 514 - 24
-    assert lib.sl_unpack_format(offs, lens, 4, out, 5) == lib.SL_ERR_NO_SPACE
-    assert lib.sl_unpack_format(ffi.NULL, lens, 4, out, 100) == lib.SL_ERR_ARG
-    assert lib.sl_unpack_format(offs, lens, 0, out, 2) == 1  # just "<"
+    assert lib.sl_unpack_format(offs, lens, 4, out, 5, written) == lib.SL_ERR_NO_SPACE
+    assert lib.sl_unpack_format(ffi.NULL, lens, 4, out, 100, written) == lib.SL_ERR_ARG
+    assert written[0] == n  # untouched by the refusals
+    assert lib.sl_unpack_format(offs, lens, 0, out, 2, written) == lib.SL_OK
+    assert written[0] == 1  # just "<"
 
 
 # ---------------------------------------------------------------------- group committer
+
+
+def _no_settling(seq: int) -> None:
+    raise AssertionError(f"record {seq} was sent to settle, but every append here is durable")
 
 
 @pytest.fixture()
@@ -942,7 +1007,7 @@ def test_committer_writes_frames_and_zero_mark_and_reports_its_state(segment_fil
     file at the offset given; close reports where the file ends, the next and the durable
     sequence numbers, one fdatasync per append (alone, no gathering) and no error."""
     native = need_native()
-    committer = native.new_committer()
+    committer = native.new_committer(_no_settling)
     assert committer is not None  # POSIX: there is one
     group = native.Framer(bytearray(4096))
     assert committer.open(segment_file, group, 32, 65536, 7, 7, 1, True, 100_000)
@@ -963,7 +1028,7 @@ def test_committer_refuses_what_does_not_fit_and_sequence_numbers_past_its_range
     segment_file: int,
 ) -> None:
     native = need_native()
-    committer = native.new_committer()
+    committer = native.new_committer(_no_settling)
     group = native.Framer(bytearray(256))
     closed = native.lib.SL_ERR_CLOSED
     assert committer.open(segment_file, group, 0, 128, 0, 0, 1, False, 0)
@@ -974,25 +1039,41 @@ def test_committer_refuses_what_does_not_fit_and_sequence_numbers_past_its_range
     assert committer.open(segment_file, group, 0, 65536, 1, 1, 1, False, 0)
     assert committer.append(b"z" * 300, 300) == closed  # past the 256-byte group buffer
     committer.close()
-    top = native.lib.SL_COMMIT_MAX_SEQ
+    top = native.lib.SL_APPEND_MAX_SEQ
     assert committer.open(segment_file, group, 0, 65536, top, top, 2, False, 0)
-    assert committer.append(b"last", 4) == top  # the last one its return value carries
-    assert committer.append(b"past", 4) == closed
+    assert committer.append(b"last", 4) == top  # the last one it hands out
+    assert committer.append(b"past", 4) == native.lib.SL_ERR_SEQ
     assert committer.close()[1:3] == (top + 1, top + 1)
     assert not committer.open(segment_file, group, 0, 65536, top + 1, top + 1, 3, False, 0)
     group.release()
 
 
 def test_committer_fsync_failure_settles_the_append_and_is_sticky(segment_file: int) -> None:
-    native = need_native()
-    committer = native.new_committer()
+    """An append the committer could not see durable (SL_NOT_DURABLE) goes to the
+    owner's settle with its sequence number, then returns that number."""
+    native = need_test_hooks(need_native())
+    settled: list[int] = []
+    committer = native.new_committer(settled.append)
     group = native.Framer(bytearray(4096))
-    settle = native.COMMIT_SETTLE
     assert committer.open(segment_file, group, 0, 65536, 0, 0, 1, False, 0)
     assert committer.append(b"ok", 2) == 0
+    assert settled == []
     committer.fail_next_fsync(5)  # EIO
-    assert committer.append(b"lost?", 5) == settle - 1  # appended as 1, not durable
+    assert committer.append(b"lost?", 5) == 1  # appended as 1, not durable: settled
+    assert settled == [1]
     assert committer.append(b"after", 5) == native.lib.SL_ERR_CLOSED  # refused
+    assert settled == [1]
     off, next_seq, durable_next, rounds, err = committer.close()
     assert (off, next_seq, durable_next, rounds, err) == (64, 2, 1, 2, 5)  # both in the file
     group.release()
+
+
+def test_committer_hook_is_refused_clearly_without_the_test_build() -> None:
+    native = need_native()
+    if native.TEST_HOOKS:
+        pytest.skip("this C core is the test build: its hooks are there")
+    committer = native.new_committer(_no_settling)
+    with pytest.raises(RuntimeError, match="SEGMENTLOG_STRICT_BUILD=1"):
+        committer.fail_next_fsync(5)
+    with pytest.raises(RuntimeError, match="test hook"):
+        native.crc32c_force_portable(True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hooktools import need_test_hooks
 from logtools import segment_files
 from threadtools import run_threads
 
@@ -31,6 +32,7 @@ from segmentlog import (
     RecordTooLargeError,
     SegmentLog,
 )
+from segmentlog._backend import impl
 from segmentlog._format import parse_segment_name, segment_name
 
 SEGMENT = 16384
@@ -420,6 +422,7 @@ def test_committer_fsync_failure_fails_the_append_and_every_later_write(logdir: 
     and what was durable before is all there after a reopen."""
     log = SegmentLog(logdir, segment_size=SEGMENT, fsync="always")
     committer = _committer(log)
+    need_test_hooks(impl)  # fail_next_fsync: the C core's test build only (SL_TESTING)
     durable = [b"opens it"] + [record(i, 100) for i in range(5)]
     for rec in durable[1:]:
         log.append(rec)
@@ -442,6 +445,7 @@ def test_committer_fsync_failure_under_concurrent_appenders_reaches_every_waiter
     """The same in the committer's rounds: one of its fdatasyncs fails mid-run."""
     log = SegmentLog(logdir, segment_size=1 << 20, fsync="always")
     committer = _committer(log)
+    need_test_hooks(impl)  # fail_next_fsync: the C core's test build only (SL_TESTING)
 
     def inject(i: int, n: int) -> None:
         if i == 0 and n == 20:

@@ -46,6 +46,7 @@ C_TO_PY = {
 }
 
 _DEFINE = re.compile(r"^#define\s+(SL_[A-Z0-9_]+)\s+(.+?)\s*(?:/\*.*)?$")
+_ENUMERATOR = re.compile(r"^(SL_[A-Z0-9_]+)\s*=\s*(-?\s*\d+),?\s*(?:/\*.*)?$")
 
 
 def _c_value(text: str) -> int | bytes:
@@ -62,11 +63,12 @@ def _c_value(text: str) -> int | bytes:
 
 
 def header_defines() -> dict[str, int | bytes]:
-    """Every value-like #define of csrc/segmentlog.h (macros with arguments excluded)."""
+    """Every value-like #define of csrc/segmentlog.h (macros with arguments excluded) and
+    every enumerator (the status codes)."""
     out: dict[str, int | bytes] = {}
     for line in HEADER.read_text().splitlines():
-        match = _DEFINE.match(line.strip())  # SL_FRAME_SIZE(length) does not match
-        if match:
+        match = _DEFINE.match(line.strip()) or _ENUMERATOR.match(line.strip())
+        if match:  # SL_FRAME_SIZE(length) does not match
             out[match.group(1)] = _c_value(match.group(2))
     return out
 
@@ -97,12 +99,21 @@ def test_c_header_scan_statuses_equal_python_statuses() -> None:
 
 def test_pure_backend_copies_of_c_return_codes_equal_the_header() -> None:
     # The pure backend answers with the C core's codes (its cursor refuses with
-    # SL_ERR_CLOSED; SegmentLog.append reads COMMIT_SETTLE from whichever backend is live).
+    # SL_ERR_CLOSED, as the native one does).
     defines = header_defines()
     assert defines["SL_ERR_CLOSED"] == _pure.ERR_CURSOR_CLOSED
-    assert defines["SL_COMMIT_SETTLE"] == _pure.COMMIT_SETTLE
-    assert max(v for k, v in defines.items() if k.startswith("SL_ERR_")) < 0
-    assert min(v for k, v in defines.items() if k.startswith("SL_ERR_")) > _pure.COMMIT_SETTLE
+
+
+def test_status_codes_are_distinct_and_only_failures_are_negative() -> None:
+    """SegmentLog's fast paths read a negative answer of the cursor as "refused": every
+    failure is negative, SL_OK is 0, the answers that are not failures are positive."""
+    defines = header_defines()
+    statuses = {k: v for k, v in defines.items()
+                if k == "SL_OK" or k.startswith(("SL_ERR_", "SL_NOT_"))}
+    assert statuses["SL_OK"] == 0
+    assert len(set(statuses.values())) == len(statuses) >= 9
+    assert all(isinstance(v, int) and v < 0 for k, v in statuses.items() if "_ERR_" in k)
+    assert all(isinstance(v, int) and v > 0 for k, v in statuses.items() if "_NOT_" in k)
 
 
 def test_compiled_c_core_carries_the_header_constants() -> None:
@@ -122,9 +133,11 @@ def test_c_frame_size_macro_matches_python_frame_size() -> None:
     except ImportError as exc:
         pytest.skip(f"C core not built ({exc})")
     dst = ffi.new("char[]", 256)
-    for length in range(0, 200):  # sl_frame_one returns off + SL_FRAME_SIZE(length)
+    end = ffi.new("uint64_t *")
+    for length in range(0, 200):  # sl_frame_one's end is off + SL_FRAME_SIZE(length)
         payload = bytes(length)
-        assert lib.sl_frame_one(dst, 256, 0, payload, length, 0) == _format.frame_size(length)
+        assert lib.sl_frame_one(dst, 256, 0, payload, length, 0, end) == lib.SL_OK
+        assert end[0] == _format.frame_size(length)
 
 
 def _backends() -> list[ModuleType]:
@@ -178,8 +191,7 @@ def test_format_md_scan_table_lists_every_status_in_order() -> None:
     assert names == wanted[1:]  # "ok" is not a stop for damage and is not in the table
 
 
-def test_cffi_declarations_are_derived_from_the_header_and_name_every_export() -> None:
-    # The cdef once was an 84-line hand copy of segmentlog.h that nothing checked.
+def _build_script() -> ModuleType:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -187,30 +199,61 @@ def test_cffi_declarations_are_derived_from_the_header_and_name_every_export() -
     assert spec and spec.loader
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    cdef = build.cdef_from_header(HEADER.read_text())
-    exported = set()
+    return build
+
+
+TEST_HOOKS = {"sl_crc32c_force_portable", "sl_commit_fail_next"}
+
+
+def test_cffi_declarations_are_derived_from_the_header_and_name_every_export() -> None:
+    # The cdef once was an 84-line hand copy of segmentlog.h that nothing checked.
+    build = _build_script()
+    shipped = build.cdef_from_header(HEADER.read_text())
+    testing = build.cdef_from_header(HEADER.read_text(), testing=True)
+    exported, hooks = set(), set()
     for source in build.SOURCES:
         text = (ROOT / source).read_text()
-        # Non-static function definitions at the start of a line: the library's exports.
-        exported |= set(re.findall(r"^(?!static)[A-Za-z_][\w \*]*?\b(sl_\w+)\(", text, re.M))
-    declared = set(re.findall(r"\b(sl_\w+)\(", cdef))
+        # Non-static function definitions at the start of a line: the library's exports;
+        # those inside "#ifdef SL_TESTING" exist only in the tests' build.
+        found = r"^(?!static)[A-Za-z_][\w \*]*?\b(sl_\w+)\("
+        exported |= set(re.findall(found, text, re.M))
+        for block in re.findall(r"^#ifdef SL_TESTING$(.*?)^#(?:endif|else)", text, re.M | re.S):
+            hooks |= set(re.findall(found, block, re.M))
+    declared = set(re.findall(r"\b(sl_\w+)\(", shipped))
     assert exported, "no exported sl_ function found in the C sources"
-    assert exported <= declared, f"exported but not declared: {sorted(exported - declared)}"
-    assert "/*" not in cdef and "#include" not in cdef
+    assert hooks == TEST_HOOKS, "the test hooks are not (all) under #ifdef SL_TESTING"
+    assert exported - hooks <= declared, f"not declared: {sorted(exported - hooks - declared)}"
+    assert not hooks & declared, "a test hook is declared to the shipped extension"
+    assert exported <= set(re.findall(r"\b(sl_\w+)\(", testing))
+    assert "/*" not in shipped and "#include" not in shipped
+    # The binding's adapter is declared beside them, from its own source.
+    assert build.cdef_of_glue(build.GLUE) == (
+        "int64_t slpy_cursor_append(sl_cursor *c, const char *payload, uint64_t len);\n")
 
 
-# FORMAT.md, "Checkpoint": next_seq 131072, time_ns 0.
-EXAMPLE_CHECKPOINT = bytes.fromhex(
-    "534c434b5054310a0000020000000000"  # magic, next_seq 131072
-    "0000000000000000478bb1df"  # time_ns 0, crc
-)
+def test_shipped_extension_has_no_test_hooks(tmp_path: Path) -> None:
+    """Build the extension as an install does (no SL_TESTING) and look at what it exports:
+    neither cffi's lib nor the shared object's symbols may carry a test hook."""
+    import ctypes
+    import importlib.util
+    import shutil
 
-
-def test_checkpoint_example_matches_format_md_and_the_encoder() -> None:
-    from segmentlog import checkpoint
-
-    assert checkpoint.encode(131072, 0) == EXAMPLE_CHECKPOINT
-    assert checkpoint.decode(EXAMPLE_CHECKPOINT) == (131072, None)
-    rows = re.findall(r"^0000[0-9a-f]{2}  (.{49})", FORMAT_MD.read_text(), re.M)
-    shown = b"".join(bytes.fromhex("".join(re.findall(r"\b[0-9a-f]{2}\b", r))) for r in rows)
-    assert EXAMPLE_CHECKPOINT in shown
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the extension cannot be built here")
+    build = _build_script()
+    builder = build.make_builder("shipped_probe", testing=False, root=str(ROOT))
+    so = builder.compile(tmpdir=str(tmp_path))
+    spec = importlib.util.spec_from_file_location("shipped_probe", so)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lib = module.lib
+    assert hasattr(lib, "sl_commit_append") and hasattr(lib, "slpy_cursor_append")
+    for hook in sorted(TEST_HOOKS):
+        assert not hasattr(lib, hook), hook
+        with pytest.raises(AttributeError):
+            getattr(ctypes.CDLL(so), hook)
+    assert hasattr(ctypes.CDLL(so), "sl_commit_append")  # the probe itself sees symbols
+    # The tests' build of the same script has them.
+    assert set(re.findall(r"\b(sl_\w+)\(", build.cdef_from_header(
+        HEADER.read_text(), testing=True))) >= TEST_HOOKS

@@ -39,7 +39,9 @@ SANITIZE = [
     "-g",
     "-O1",
 ]
-WARN = ["-std=c11", "-Wall", "-Wextra", "-Werror"]
+# The tests' build of the C core: warnings are errors, and SL_TESTING compiles in the test
+# hooks (segmentlog.h) that fuzz_scan.c and stress_committer.c use.
+WARN = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-DSL_TESTING"]
 RUN_ENV = {
     **os.environ,
     "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=86",

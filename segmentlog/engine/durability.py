@@ -8,6 +8,7 @@ benchmarks/README.md ("Design measurements").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from segmentlog._backend import impl
@@ -46,8 +47,10 @@ class Durability:
     # A background thread syncs every fsync_interval seconds.
     background_sync: ClassVar[bool] = False
 
-    def fast_path(self) -> tuple[Any, Any]:
-        """(group committer, append cursor) for append's fast path; either may be None."""
+    def fast_path(self, settle: Callable[[int], object]) -> tuple[Any, Any]:
+        """(group committer, append cursor) for append's fast path; either may be None.
+        ``settle(seq)`` makes durable a record the committer appended but could not see
+        durable, or raises."""
         return None, impl.Cursor()
 
 
@@ -61,8 +64,8 @@ class Always(Durability):
     sync_before_rotation = True
     durable_commits = True
 
-    def fast_path(self) -> tuple[Any, Any]:
-        return impl.new_committer(), None  # None in pure Python: appends take the lock
+    def fast_path(self, settle: Callable[[int], object]) -> tuple[Any, Any]:
+        return impl.new_committer(settle), None  # None in pure Python: appends take the lock
 
 
 class Interval(Durability):

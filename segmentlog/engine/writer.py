@@ -48,7 +48,6 @@ from segmentlog.segment import encode_header, open_regular
 # appenders the previous round woke (FORMAT.md, "Group commit").
 COMMIT_BUFFER = 1 << 20
 COMMIT_GATHER_NS = 100_000
-SETTLE = impl.COMMIT_SETTLE  # append's fast path: SETTLE - seq, appended as seq (settle)
 
 Payload = bytes | bytearray | memoryview
 

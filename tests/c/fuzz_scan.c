@@ -10,6 +10,7 @@
  * checked against invariants that hold for any input (offsets inside the buffer,
  * counts within limits, frames found by resync scan as sound, ...); a violation aborts.
  *
+ * It needs the test build (-DSL_TESTING): its hook runs the portable CRC32C code too.
  * Built with -DSL_LIBFUZZER it is a libFuzzer target (clang -fsanitize=fuzzer). Built
  * without, main() is a standalone driver: each file argument is one input; with no file
  * arguments it generates inputs from a seeded PRNG: valid frame runs, then damaged by bit
@@ -48,7 +49,9 @@ static uint64_t rd64(const unsigned char *p) {
     return v;
 }
 
-static uint32_t rd32(const unsigned char *p) { return (uint32_t)rd64(p) & 0xffffffffu; }
+static uint32_t rd32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 
 static void check_crc(const unsigned char *buf, size_t len) {
     uint32_t want = crc_reference(0, buf, len);
@@ -85,11 +88,12 @@ static void check_unpack_format(const uint64_t *offs, const uint64_t *lens, uint
     uint64_t cap = 2 + 42 * n;
     char *out = malloc((size_t)cap);
     CHECK(out);
-    int64_t w = sl_unpack_format(offs, lens, n, out, cap);
-    CHECK(w >= 1 && (uint64_t)w <= cap && out[0] == '<');
+    uint64_t w = 0;
+    CHECK(sl_unpack_format(offs, lens, n, out, cap, &w) == SL_OK);
+    CHECK(w >= 1 && w <= cap && out[0] == '<');
     uint64_t i = 0, pos = n ? offs[0] : 0, num = 0;
     int have = 0;
-    for (uint64_t p = 1; p < (uint64_t)w; p++) {
+    for (uint64_t p = 1; p < w; p++) {
         char c = out[p];
         if (c >= '0' && c <= '9') {
             num = num * 10 + (uint64_t)(c - '0');
@@ -107,13 +111,14 @@ static void check_unpack_format(const uint64_t *offs, const uint64_t *lens, uint
     }
     CHECK(i == n && !have);
     /* One byte short of what it wrote: refused (ASan reports any write past it). */
-    uint64_t small_cap = (uint64_t)w - 1;
+    uint64_t small_cap = w - 1, unwritten = UINT64_MAX;
     char *small = malloc((size_t)(small_cap ? small_cap : 1));
     CHECK(small);
-    CHECK(sl_unpack_format(offs, lens, n, small, small_cap) == SL_ERR_NO_SPACE);
+    CHECK(sl_unpack_format(offs, lens, n, small, small_cap, &unwritten) == SL_ERR_NO_SPACE);
+    CHECK(unwritten == UINT64_MAX); /* an out-parameter is written only on SL_OK */
     if (n >= 2 && offs[0] < offs[1]) {
         uint64_t swapped_offs[2] = {offs[1], offs[0]}, swapped_lens[2] = {lens[1], lens[0]};
-        CHECK(sl_unpack_format(swapped_offs, swapped_lens, 2, out, cap) == SL_ERR_ARG);
+        CHECK(sl_unpack_format(swapped_offs, swapped_lens, 2, out, cap, &w) == SL_ERR_ARG);
     }
     free(small);
     free(out);
@@ -169,9 +174,17 @@ static int resync_target(uint64_t s, uint64_t p, uint64_t off, uint64_t min_seq,
 static void check_resync(const unsigned char *buf, uint64_t len, uint64_t off,
                          uint64_t min_seq, uint64_t max_seq) {
     uint64_t at = 0, seq = 0;
-    int rc = sl_resync((const char *)buf, len, off, min_seq, max_seq, &at, &seq);
-    CHECK(rc == 0 || rc == 1);
-    if (rc == 1) {
+    sl_status rc = sl_resync((const char *)buf, len, off, min_seq, max_seq, &at, &seq);
+    CHECK(rc == SL_OK || rc == SL_NOT_FOUND);
+    if (rc == SL_NOT_FOUND) {
+        CHECK(at == 0 && seq == 0); /* outputs untouched */
+        /* No aligned offset holds a sound target. */
+        for (uint64_t p = off + (SL_FRAME_ALIGN - off % SL_FRAME_ALIGN) % SL_FRAME_ALIGN;
+             p + 4 <= len; p += SL_FRAME_ALIGN) {
+            if (sound_frame(buf, len, p))
+                CHECK(!resync_target(rd64(buf + p + 8), p, off, min_seq, max_seq));
+        }
+    } else {
         CHECK(at >= off && at % SL_FRAME_ALIGN == 0 && at < len);
         CHECK(sound_frame(buf, len, at));
         CHECK(rd64(buf + at + 8) == seq && resync_target(seq, at, off, min_seq, max_seq));
@@ -206,14 +219,17 @@ static void check_roundtrip(const unsigned char *data, size_t size) {
     CHECK(dst);
     uint64_t src_len = 0;
     for (uint64_t i = 0; i < n; i++) src_len += lens[i];
-    CHECK(sl_frames_size(lens, n) == total);
-    CHECK(sl_frame_batch(dst, total, 0, (const char *)data, src_len, lens, n, first_seq) ==
-          (int64_t)total);
+    uint64_t sized = 0, end = 0;
+    CHECK(sl_frames_size(lens, n, &sized) == SL_OK && sized == total);
+    CHECK(sl_frame_batch(dst, total, 0, (const char *)data, src_len, lens, n, first_seq,
+                         &end) == SL_OK);
+    CHECK(end == total);
     if (total) CHECK(sl_frame_batch(dst, total - 1, 0, (const char *)data, src_len, lens, n,
-                                    first_seq) == SL_ERR_NO_SPACE);
+                                    first_seq, &end) == SL_ERR_NO_SPACE);
     /* Lengths that disagree with the bytes given are refused, nothing written. */
     if (n) CHECK(sl_frame_batch(dst, total, 0, (const char *)data, src_len + 1, lens, n,
-                                first_seq) == SL_ERR_ARG);
+                                first_seq, &end) == SL_ERR_ARG);
+    CHECK(end == total); /* an out-parameter is written only on SL_OK */
     uint64_t offs[64], got[64];
     sl_scan_result res;
     CHECK(sl_scan(dst, total, 0, first_seq, n, 0, 0, offs, got, &res) == SL_OK);
@@ -227,15 +243,15 @@ static void check_roundtrip(const unsigned char *data, size_t size) {
     /* sl_frame_one writes the same bytes frame by frame. */
     char *one = malloc((size_t)(total ? total : 1));
     CHECK(one);
-    int64_t at = 0;
+    uint64_t at = 0;
     p = 0;
     for (uint64_t i = 0; i < n; i++) {
-        at = sl_frame_one(one, total, (uint64_t)at, (const char *)data + p, lens[i],
-                          first_seq + i);
+        CHECK(sl_frame_one(one, total, at, (const char *)data + p, lens[i], first_seq + i,
+                           &at) == SL_OK);
         CHECK(at > 0);
         p += lens[i];
     }
-    CHECK((uint64_t)at == total && memcmp(one, dst, (size_t)total) == 0);
+    CHECK(at == total && memcmp(one, dst, (size_t)total) == 0);
     free(one);
     free(dst);
 }
@@ -304,7 +320,9 @@ static size_t make_input(unsigned char *out, size_t cap) {
     uint64_t first = (rng() & 1) ? rng() % 1000 : UINT64_MAX - (rng() % 40);
     if (n && first > UINT64_MAX - (n - 1)) first = UINT64_MAX - (n - 1);
     memset(out, 0, cap);
-    CHECK(sl_frame_batch((char *)out, cap, 0, payload, src, lens, n, first) == (int64_t)total);
+    uint64_t end = 0;
+    CHECK(sl_frame_batch((char *)out, cap, 0, payload, src, lens, n, first, &end) == SL_OK);
+    CHECK(end == total);
     len = (size_t)(total + rng() % (cap - total + 1)); /* some zero space after */
     int damage = (int)(rng() % 6);
     for (int d = 0; d < damage && len; d++) {

@@ -4,13 +4,14 @@
  * Four threads append distinct records through one committer over FILE while a fifth
  * plays SegmentLog's Python lock: it closes the committer over and over and then either
  * reopens it at once, or first "syncs in Python" (fdatasync, then reopens declaring
- * everything durable), or retires it (every waiter goes back: SL_COMMIT_SETTLE - seq) and
+ * everything durable), or retires it (every waiter goes back: SL_NOT_DURABLE) and
  * reopens it as a new segment id. A group buffer of 16 KiB makes appends meet a full
  * buffer too. At the end the file must hold exactly the records that got a sequence
  * number, once each, in order, with sound checksums (sl_scan); every append must have
- * returned its sequence number or SL_COMMIT_SETTLE - seq (or been refused, nothing written);
- * and an injected fdatasync failure must send its appender back to settle, stay sticky, and be reported
- * by close. ThreadSanitizer reports any data race; exit 0 and "all checks passed" otherwise.
+ * come back with its sequence number, SL_OK or SL_NOT_DURABLE (or been refused, nothing
+ * written); and an injected fdatasync failure (the test hook: built with SL_TESTING) must
+ * send its appender back not durable, stay sticky, and be reported by close.
+ * ThreadSanitizer reports any data race; exit 0 and "all checks passed" otherwise.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -34,7 +35,7 @@ static sl_committer *committer;
 static int fd;
 static char group[GROUP];
 static int64_t got[THREADS][PER_THREAD]; /* sequence number of each append */
-static int settled[THREADS][PER_THREAD]; /* came back as SL_COMMIT_SETTLE - seq */
+static int settled[THREADS][PER_THREAD]; /* came back SL_NOT_DURABLE */
 static volatile int stop_toggling;
 
 static void payload(int t, int i, char *out, uint64_t *len) {
@@ -48,15 +49,16 @@ static void *appender(void *arg) {
     uint64_t len;
     for (int i = 0; i < PER_THREAD; i++) {
         payload(t, i, p, &len);
-        int64_t rc;
-        while ((rc = sl_commit_append(committer, p, len)) == SL_ERR_CLOSED)
+        sl_status rc;
+        uint64_t seq = 0;
+        while ((rc = sl_commit_append(committer, p, len, &seq)) == SL_ERR_CLOSED)
             sched_yield(); /* closed or buffer full: SegmentLog would take its locked path */
-        if (rc < 0 && rc > SL_COMMIT_SETTLE) {
-            fprintf(stderr, "append returned %lld (%s)\n", (long long)rc, sl_strerror((int)rc));
+        if (rc != SL_OK && rc != SL_NOT_DURABLE) {
+            fprintf(stderr, "append returned %d (%s)\n", (int)rc, sl_strerror(rc));
             exit(2);
         }
-        got[t][i] = rc >= 0 ? rc : SL_COMMIT_SETTLE - rc;
-        settled[t][i] = rc < 0;
+        got[t][i] = (int64_t)seq;
+        settled[t][i] = rc == SL_NOT_DURABLE;
     }
     return NULL;
 }
@@ -94,16 +96,17 @@ static void *toggler(void *arg) {
 
 static int check_failure(void) {
     sl_commit_fail_next(committer, EIO);
-    int64_t rc = sl_commit_append(committer, "doomed", 6);
-    if (rc != SL_COMMIT_SETTLE - (int64_t)(THREADS * PER_THREAD)) {
-        fprintf(stderr, "an injected fdatasync failure returned %lld, not settle\n",
-                (long long)rc);
+    uint64_t seq = 0;
+    sl_status rc = sl_commit_append(committer, "doomed", 6, &seq);
+    if (rc != SL_NOT_DURABLE || seq != (uint64_t)(THREADS * PER_THREAD)) {
+        fprintf(stderr, "an injected fdatasync failure returned %d (seq %llu), not "
+                "SL_NOT_DURABLE\n", (int)rc, (unsigned long long)seq);
         return 1;
     }
-    rc = sl_commit_append(committer, "after", 5);
+    rc = sl_commit_append(committer, "after", 5, &seq);
     if (rc != SL_ERR_CLOSED) {
-        fprintf(stderr, "an append after the failure returned %lld, not SL_ERR_CLOSED\n",
-                (long long)rc);
+        fprintf(stderr, "an append after the failure returned %d, not SL_ERR_CLOSED\n",
+                (int)rc);
         return 1;
     }
     sl_commit_state st;

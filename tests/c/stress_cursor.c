@@ -20,7 +20,7 @@
 #define PER_THREAD 20000
 #define CAP (64u << 20)
 
-static sl_cursor cursor;
+static sl_cursor *cursor;
 static char *buf;
 static int64_t got[THREADS][PER_THREAD]; /* sequence number of each append, or -1 */
 static volatile int stop_toggling;
@@ -35,12 +35,13 @@ static void *appender(void *arg) {
     uint64_t len;
     for (int i = 0; i < PER_THREAD; i++) {
         payload(t, i, p, &len);
-        int64_t seq = sl_cursor_append(&cursor, p, len);
-        if (seq < 0 && seq != SL_ERR_CLOSED) {
-            fprintf(stderr, "append returned %lld (%s)\n", (long long)seq, sl_strerror((int)seq));
+        uint64_t seq = 0;
+        sl_status rc = sl_cursor_append(cursor, p, len, &seq);
+        if (rc != SL_OK && rc != SL_ERR_CLOSED) {
+            fprintf(stderr, "append returned %d (%s)\n", (int)rc, sl_strerror(rc));
             exit(2);
         }
-        got[t][i] = seq;
+        got[t][i] = rc == SL_OK ? (int64_t)seq : -1;
     }
     return NULL;
 }
@@ -48,24 +49,27 @@ static void *appender(void *arg) {
 static void *toggler(void *arg) {
     (void)arg;
     while (!__atomic_load_n(&stop_toggling, __ATOMIC_ACQUIRE)) {
-        sl_cursor_close(&cursor);
-        sl_cursor_open(&cursor, buf, CAP, cursor.off, cursor.next_seq, CAP);
+        uint64_t off, next_seq;
+        sl_cursor_close(cursor, &off, &next_seq);
+        sl_cursor_open(cursor, buf, CAP, off, next_seq, CAP);
     }
     return NULL;
 }
 
 int main(void) {
     buf = calloc(1, CAP);
-    if (!buf) return 3;
-    sl_cursor_open(&cursor, buf, CAP, 0, 0, CAP);
+    cursor = sl_cursor_new();
+    if (!buf || !cursor) return 3;
+    sl_cursor_open(cursor, buf, CAP, 0, 0, CAP);
     pthread_t th[THREADS], tog;
     pthread_create(&tog, NULL, toggler, NULL);
     for (int t = 0; t < THREADS; t++) pthread_create(&th[t], NULL, appender, (void *)(intptr_t)t);
     for (int t = 0; t < THREADS; t++) pthread_join(th[t], NULL);
     __atomic_store_n(&stop_toggling, 1, __ATOMIC_RELEASE);
     pthread_join(tog, NULL);
-    sl_cursor_close(&cursor);
-    uint64_t n = cursor.next_seq, end = cursor.off;
+    uint64_t n, end;
+    sl_cursor_close(cursor, &end, &n);
+    sl_cursor_free(cursor);
 
     int rc = check_records(buf, CAP, n, end, &got[0][0], THREADS, PER_THREAD, payload);
     if (rc) return rc;
