@@ -1,8 +1,8 @@
 """The native backend: a thin wrapper over the C core (segmentlog._native, built by cffi).
 
-It exposes exactly the API of segmentlog._pure (NAME, ScanResult, crc32c, crc32c_impl,
-frame_into, frame_batch_into, frames_size, scan, resync, Framer, Scanner) with the same results;
-tests/test_backends.py holds the two to that.
+It implements the same contract as segmentlog._pure (segmentlog/_backend_protocol.py,
+which mypy checks both against) with the same results; tests/test_backends.py holds the
+two to that.
 
 Rule 1: the C core only ever sees arguments it can take: byte buffers and integers in
 its uint64 range. Anything else (a negative offset, a sequence number past 2^64 - 1, a
@@ -25,7 +25,6 @@ SegmentLog hands it). The test hooks (``TEST_HOOKS``) exist only in the test bui
 from __future__ import annotations
 
 import functools
-import mmap
 import struct
 from array import array
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 from segmentlog import _pure
 from segmentlog._format import FRAME_HEADER_SIZE, SCAN_BAD_SEQ, SCAN_OK
 from segmentlog._native import ffi, lib
-from segmentlog._pure import Buffer, ScanResult
+from segmentlog._pure import Buffer, ReadableBuffer, ScanResult, WritableBuffer
 
 __all__ = [
     "NAME",
@@ -55,9 +54,6 @@ __all__ = [
 ]
 
 NAME = "native"
-
-WritableBuffer = bytearray | memoryview | mmap.mmap
-ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
 
 _U64 = 1 << 64
 _FIRST_CHUNK = 1 << 14  # frames per scan call before the offset arrays grow (doubling)
@@ -264,10 +260,10 @@ def scan(
     ``offsets`` and ``lengths`` of the result are ``array('Q')``.
     """
     if off < 0:  # Rule 1
-        return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)  # type: ignore[arg-type]
+        return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)
     ptr = _byte_buffer(buf)
     if ptr is None:
-        return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)  # type: ignore[arg-type]
+        return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)
     with ptr:
         return _scan_on(ptr, off, end, expected_seq, max_records, max_bytes)
 
@@ -351,10 +347,10 @@ def resync(
     """``_pure.resync``: the first sound, dense enough frame at an aligned offset >= ``off``
     whose sequence number lies in [min_seq, max_seq], as (offset, seq), or None."""
     if off < 0:  # Rule 1
-        return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
+        return _pure.resync(buf, off, end, min_seq, max_seq)
     ptr = _byte_buffer(buf)
     if ptr is None:
-        return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
+        return _pure.resync(buf, off, end, min_seq, max_seq)
     with ptr:
         return _resync_on(ptr, off, end, min_seq, max_seq)
 
@@ -643,14 +639,14 @@ class Scanner:
         """``scan(buf, ...)`` on the bound buffer."""
         buf = self._bound()
         if off < 0 or self._ptr is None:  # Rule 1
-            return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)  # type: ignore[arg-type]
+            return _pure.scan(buf, off, end, expected_seq, max_records, max_bytes)
         return _scan_on(self._ptr, off, end, expected_seq, max_records, max_bytes)
 
     def resync(self, off: int, end: int, min_seq: int, max_seq: int) -> tuple[int, int] | None:
         """``resync(buf, ...)`` on the bound buffer."""
         buf = self._bound()
         if off < 0 or self._ptr is None:  # Rule 1
-            return _pure.resync(buf, off, end, min_seq, max_seq)  # type: ignore[arg-type]
+            return _pure.resync(buf, off, end, min_seq, max_seq)
         return _resync_on(self._ptr, off, end, min_seq, max_seq)
 
     def release(self) -> None:

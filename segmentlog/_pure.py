@@ -7,6 +7,7 @@ a machine without a compiler still gets every check, just not the speed.
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +33,8 @@ NAME = "pure"
 ERR_CURSOR_CLOSED = -6  # csrc/segmentlog.h SL_ERR_CLOSED
 
 Buffer = bytes | bytearray | memoryview
+ReadableBuffer = Buffer | mmap.mmap  # what scan and resync read (a segment's map too)
+WritableBuffer = bytearray | memoryview | mmap.mmap  # what a Framer writes into
 
 
 class ScanResult(NamedTuple):
@@ -141,7 +144,7 @@ def _check_frame(view: memoryview, pos: int, end: int) -> tuple[int, int, int, i
 
 
 def scan(
-    buf: Buffer,
+    buf: ReadableBuffer,
     off: int,
     end: int,
     expected_seq: int,
@@ -175,7 +178,9 @@ def scan(
     return ScanResult(pos, seq, len(offsets), nbytes, status, offsets, lengths)
 
 
-def resync(buf: Buffer, off: int, end: int, min_seq: int, max_seq: int) -> tuple[int, int] | None:
+def resync(
+    buf: ReadableBuffer, off: int, end: int, min_seq: int, max_seq: int
+) -> tuple[int, int] | None:
     """The first sound frame at an aligned offset >= ``off`` whose sequence number lies in
     [min_seq, max_seq] and is dense enough (the records min_seq .. seq - 1 it skips fit
     between ``off`` and it, a frame header each at least), as (offset, seq); None if

@@ -319,7 +319,7 @@ class SegmentLog:
             segments = len(state.segments)
             next_seq = writer.next_seq
             files = segments + self._preparer.files + self._retention.deleting
-            data = {
+            data: dict[str, Any] = {
                 "directory": self.directory,
                 "backend": impl.NAME,
                 "fsync": self.fsync,
