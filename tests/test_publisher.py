@@ -159,12 +159,12 @@ def test_normal_run_delivers_every_message_once_persistent_json(
         rabbitmq_url: str, queue: str, fast: bool) -> None:
     messages = _messages(5000)
     with Publisher(rabbitmq_url, queue, window=200) as pub:
-        pub._fast_frames = fast
+        pub._sender._fast_frames = fast
         pub.connect()
         assert pub.is_available()
         # the installed pika has the method the fast path writes through; a pika
         # release without it would silently cost ~9x the CPU per message
-        assert (pub._emit is not None) is fast
+        assert (pub._sender._emit is not None) is fast
         ledger = Ledger()
         for start in range(0, len(messages), 1000):
             batch = messages[start:start + 1000]
@@ -193,7 +193,7 @@ def test_bodies_of_every_size_arrive_byte_for_byte(
     tag = uuid.uuid4().hex[:8]
     messages = [(f"size-{tag}-{i}", bytes([i % 251]) * n) for i, n in enumerate(sizes)]
     with Publisher(rabbitmq_url, queue, window=150) as pub:
-        pub._fast_frames = fast
+        pub._sender._fast_frames = fast
         assert pub.publish_batch(messages).delivered
     got = consume_all(rabbitmq_url, queue, 3.0, passive=True)
     assert [(mid, body) for mid, _, body in got] == messages
