@@ -1,10 +1,13 @@
 """Confirm-mode RabbitMQ publishing for segmentlog.
 
-``Publisher`` (pika adapter, :mod:`segmentlog.amqp.publisher`) publishes batches with a
-window of unanswered messages and reports the confirmed prefix of each batch;
-``ConfirmTracker`` (:mod:`segmentlog.amqp.confirms`) is its pure, network-free
-bookkeeping. The publisher never reads or commits a buffer: the caller commits
-exactly ``PublishResult.confirmed_prefix`` messages and retries the rest.
+``Publisher`` (:mod:`segmentlog.amqp.publisher`) publishes batches with a window of
+unanswered messages and reports the confirmed prefix of each batch. Its parts: the
+connection with failover and watchdog (:mod:`~segmentlog.amqp.connection`), the batches
+on its channel (:mod:`~segmentlog.amqp.sender`), the pure decisions of both
+(:mod:`~segmentlog.amqp.policy`) over the pure delivery-tag bookkeeping
+``ConfirmTracker`` (:mod:`~segmentlog.amqp.confirms`), URL checks and redaction
+(:mod:`~segmentlog.amqp.urls`). The publisher never reads or commits a buffer: the
+caller commits exactly ``PublishResult.confirmed_prefix`` messages and retries the rest.
 """
 
 from __future__ import annotations
