@@ -95,9 +95,8 @@ static void init_tables(void) {
 #ifdef SL_X86_CRC
 /* Block sizes of the interleaved loops: three blocks of LONG bytes for big buffers,
  * three of SHORT for medium ones; what is left (and any buffer shorter than 3 * SHORT)
- * runs as one stream. Measured on an AVX-512-era x86-64: one stream ~11 GB/s at any
- * size; with SHORT = 128 a 514-byte record runs at ~20 GB/s and 1 MiB at ~27 GB/s
- * (SHORT = 256 left 514 bytes single-stream, ~12 GB/s). */
+ * runs as one stream. SHORT is small enough that a CADF-sized record (~500 bytes)
+ * runs interleaved (benchmarks/README.md, "Design measurements"). */
 #define LONG_BLOCK 8192
 #define SHORT_BLOCK 128
 

@@ -9,8 +9,8 @@ serialises it once with orjson, checks its size (Rule 5), appends
 ``(id, bytes, time)`` to a bounded in-process queue and returns. A model that cannot
 change after it is built (:attr:`~segmentlog.cadf.Event.constant`: no attachment
 holding a container) is queued as it is and serialised by the delivery thread when it
-takes it: the same bytes, and the caller no longer pays for them (record() 5.3-5.8 ->
-1.3-1.6 us on this VM, benchmarks/README.md). One delivery thread does everything
+takes it: the same bytes, and the caller no longer pays for them (benchmarks/README.md).
+One delivery thread does everything
 else, in order:
 
 * **Direct**: with no backlog and the broker up, it takes queued events in arrival

@@ -47,19 +47,13 @@ no-confirm rate of the same round; the numbers are in the comments of
 
 The store is read with ``read_encoded_up_to``: the file and memory stores hand over
 the JSON bytes they stored, so the drain neither decodes events into dicts nor encodes
-them again (its own work per event ~10.7 -> ~3 us). The publisher encodes each
-message's frames in one step and writes a window's room 100 messages at a time
-(segmentlog/amqp/frames.py; its CPU per message 34 -> 14 us). With both, a 100k-event
-file-store backlog drained at 0.87-1.04x pika's no-confirm publish rate on a version 1
-classic queue (the default of RabbitMQ before 3.13, and of the local 3.10 broker; four
-runs) and 0.89-1.00x the bare Publisher's rate; before the frame encoder, 0.66-0.78x
-(benchmarks/README.md). The broker's own no-confirm ceiling (frames encoded in advance
-on a plain socket) is higher still: the drain reaches 0.65-0.72x of it, and confirmed
-publishes from that same costless client 0.73-0.81x: the rest is what confirms cost
-the broker. A version 2 classic queue (a ``queue-version`` policy, or
+them again. The publisher encodes each message's frames in one step and writes a
+window's room 100 messages at a time (segmentlog/amqp/frames.py). With both, a drain
+runs near pika's no-confirm publish rate; the rest is what confirms cost the broker,
+and a version 2 classic queue (a ``queue-version`` policy, or
 ``${PREFIX}_QUEUE_ARGUMENTS`` = ``{"x-queue-version": 2}``, or the broker's
-``classic_queue.default_version = 2``) raises that ceiling (15.1-17.7 k against
-11.4-13.7 k msg/s here).
+``classic_queue.default_version = 2``) raises that ceiling (the figures:
+benchmarks/README.md, "Auditor drain sizing").
 
 The backlog gauge (``segmentlog_auditor_backlog_events``) is the store's ``pending()``
 read after every write and commit of the delivery thread and every 5 s (exact, including

@@ -68,19 +68,16 @@ __all__ = [
 
 Item = tuple[str, bytes, float]  # (event id, body, monotonic time of record())
 
-#: Default ``drain_batch_size``: events per store batch while draining. Measured with a
-#: 100k-event file-store backlog drained by an Auditor, 4 interleaved rounds, rate as a
-#: fraction of the same round's no-confirm publish rate (medians; events of the first
-#: confirmed batch excluded from the timed interval): batch 5000 -> 0.59x, 10000 ->
-#: 0.59x, 20000 -> 0.63x (window 5000). The broker's confirm-mode rate is the limit;
-#: larger batches gain a few percent (fewer batch ends, where the broker idles while
-#: the auditor commits, reads and decodes) at ~3 KB per decoded event: 5000 keeps the
-#: peak near 20 MB (20000 would need ~85 MB).
+#: Default ``drain_batch_size``: events per store batch while draining. The broker's
+#: confirm-mode rate is the limit; larger batches gain a few percent (fewer batch ends,
+#: where the broker idles while the auditor commits, reads and decodes) at the cost of
+#: memory per decoded event: 5000 keeps the peak small (benchmarks/README.md, "Auditor
+#: drain sizing").
 DRAIN_BATCH_SIZE = 5000
 
 #: The first batch of a drain (after start, or after the store was seen empty): small, so
-#: the first events are confirmed within ~0.1 s of the broker's return (a 20000-event
-#: first batch took 1.4-1.9 s); later batches are drain_batch_size. Costs one batch end.
+#: the first events are confirmed soon after the broker's return; later batches are
+#: drain_batch_size. Costs one batch end.
 FIRST_DRAIN_BATCH = 1000
 
 SPILL_MAX = 10_000  # most events moved from the queue to the store in one write
