@@ -478,6 +478,8 @@ _TIME_KEYS = ("eventTime", "time", "timestamp", "@timestamp", "ts")
 def payload_time(payload: bytes) -> tuple[float, str] | None:
     """(Unix time, field name) of a JSON payload's timestamp field, if it has one: the
     frames themselves carry no clock."""
+    from segmentlog.cadf import parse_time
+
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -488,7 +490,7 @@ def payload_time(payload: bytes) -> tuple[float, str] | None:
         raw = value.get(key)
         if isinstance(raw, str):
             try:
-                when = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                when = parse_time(raw)
             except ValueError:
                 continue
             if when.tzinfo is None:
