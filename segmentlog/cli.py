@@ -248,7 +248,7 @@ def _is_command_line() -> bool:
         args = sys.orig_argv[1:]
         for i, arg in enumerate(args):
             if arg == "-m":
-                return args[i + 1:i + 2] in ([m] for m in _COMMAND_MODULES)
+                return i + 1 < len(args) and args[i + 1] in _COMMAND_MODULES
             if arg.startswith("-m"):
                 return arg[2:] in _COMMAND_MODULES
         return False
