@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _target  # noqa: F401  (the segmentlog to measure: Rule 1 there)
 
 from segmentlog import SegmentLog
 from segmentlog.bench import payload_of

@@ -32,8 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import _target  # noqa: F401  (the segmentlog to measure: Rule 1 there)
 from prometheus_client import CollectorRegistry
 
 from segmentlog.bench import CADF_EVENT

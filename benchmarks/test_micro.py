@@ -14,15 +14,12 @@ run on the live backend (``segmentlog.backend``) and, for comparison, on the pur
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _target  # noqa: F401  (the segmentlog to measure: Rule 1 there)
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from segmentlog import SegmentLog, _pure
 from segmentlog._backend import impl

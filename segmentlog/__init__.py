@@ -7,7 +7,6 @@ stores; ``segmentlog.amqp`` the confirm-mode publisher; ``segmentlog.audit`` the
 
 from __future__ import annotations
 
-from segmentlog._backend import NAME as backend
 from segmentlog.errors import (
     BackingStoreError,
     BackingStoreFull,
@@ -22,6 +21,17 @@ from segmentlog.errors import (
     RecordTooLargeError,
     SegmentLogError,
 )
+
+try:
+    from segmentlog._backend import NAME as backend
+except (ConfigError, ImportError) as exc:
+    # A bad SEGMENTLOG_BACKEND, or "native" without the C core. The command line promises
+    # a one-line reason, never a traceback, and this import runs before any of its code:
+    # it exits here when this process is the command; any other program gets the error.
+    from segmentlog.cli import exit_if_command_line
+
+    exit_if_command_line(exc)
+    raise
 from segmentlog.log import Batch, SegmentLog
 
 __version__ = "0.1.0"

@@ -43,12 +43,13 @@ import dataclasses
 import enum
 import math
 import os
+import re
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from datetime import time as dt_time
 from typing import Any
 
@@ -71,6 +72,7 @@ __all__ = [
     "new_event_id",
     "now_cadf",
     "outcome_for",
+    "parse_time",
 ]
 
 #: ``typeURI`` of every CADF event.
@@ -134,6 +136,48 @@ def format_time(moment: datetime) -> str:
             "eventTime: a naive datetime has no time zone; pass an aware one, e.g. "
             "datetime.now(timezone.utc)", "eventTime")
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+# RFC 3339 date-time, the form the Go original writes: Go trims trailing zeros of the
+# fraction ("12:53:20.12+00:00") and RFC3339Nano writes up to 9 digits and "Z", which
+# Python 3.10's fromisoformat refuses (it takes 3 or 6 digits, and no "Z").
+_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?"
+                      r"(?:([Zz])|([+-])(\d\d):(\d\d))?")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time string as a datetime (aware when it names a zone); ValueError if
+    it is not one.
+
+    On every version the RFC 3339 forms the original writes: fractions of 1 to 9 digits
+    (beyond microseconds truncated, as fromisoformat does from 3.11), ``Z`` or ``z``,
+    ``+HH:MM``/``-HH:MM``; and whatever ``datetime.fromisoformat`` takes on this Python
+    (from 3.11 more ISO 8601 forms, and some lenient readings such as ``+01:60``).
+    """
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return parse_rfc3339(text)
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """The RFC 3339 forms of :func:`parse_time`, without fromisoformat (tested apart, so
+    the path Python 3.10 takes is tested on every version)."""
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    micro = int((m[7] or "").ljust(6, "0")[:6])
+    zone: timezone | None = None
+    if m[8]:
+        zone = timezone.utc
+    elif m[9]:
+        zone_hours, zone_minutes = int(m[10]), int(m[11])
+        if zone_hours > 23 or zone_minutes > 59:
+            raise ValueError(f"not an RFC 3339 time (offset out of range): {text!r}")
+        offset = timedelta(hours=zone_hours, minutes=zone_minutes)
+        zone = timezone(-offset if m[9] == "-" else offset)
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
 
 
 def outcome_for(reason_code: int) -> str:
@@ -616,8 +660,7 @@ def _check_time(value: object, name: str) -> None:
     if type(value) is not str:
         raise _fail(name, "an ISO 8601 time string with a zone", value)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00", 1)
-                                        if value.endswith("Z") else value)
+        parsed = parse_time(value)
     except ValueError:
         raise _fail(name, "an ISO 8601 time with a zone, e.g. 2025-01-31T12:34:56.123456"
                     "+00:00", value) from None

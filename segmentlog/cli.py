@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import io
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +29,22 @@ import orjson
 EXIT_OK, EXIT_DAMAGE, EXIT_ERROR = 0, 1, 2
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
 
 
 def _positive_seconds(text: str) -> float:
@@ -42,16 +54,6 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segmentlog", description="Tools for segmentlog directories and benchmarks."
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = sub.add_parser(
         "bench", help="measure the log against buffered JSONL, the page cache and the Go original",
@@ -211,6 +214,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shared is None:
         return _run_tool(args.command, tool, args)
     return _run_shared(args.command, tool, args, shared)
+
+
+def _version_line() -> str:
+    from segmentlog import __version__, backend
+
+    return f"segmentlog {__version__} ({backend} backend, Python {platform.python_version()})"
+
+
+# Module names ``python -m`` runs the command by.
+_COMMAND_MODULES = ("segmentlog", "segmentlog.__main__", "segmentlog.cli")
+
+
+def exit_if_command_line(exc: BaseException) -> None:
+    """Exit with status 2 and ``exc``'s one-line reason when this process is the
+    segmentlog command; return otherwise.
+
+    ``exc`` stopped the import of the package (a bad ``SEGMENTLOG_BACKEND``, or ``native``
+    without the C core). Python imports the package before any code of the command runs,
+    so main() cannot catch it: segmentlog/__init__.py calls this, then re-raises for any
+    other program.
+    """
+    if _is_command_line():
+        sys.stderr.write(f"segmentlog: {_reason(exc)}\n")
+        raise SystemExit(EXIT_ERROR)
+
+
+def _is_command_line() -> bool:
+    """``python -m segmentlog`` (while Python imports the package for ``-m``,
+    ``sys.argv[0]`` is ``"-m"`` and the module's name is in ``sys.orig_argv``) or the
+    ``segmentlog`` script."""
+    if sys.argv[:1] == ["-m"]:
+        args = sys.orig_argv[1:]
+        for i, arg in enumerate(args):
+            if arg == "-m":
+                return i + 1 < len(args) and args[i + 1] in _COMMAND_MODULES
+            if arg.startswith("-m"):
+                return arg[2:] in _COMMAND_MODULES
+        return False
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) == "segmentlog"
 
 
 def _shared_logs(directory: str) -> list[str] | None:
@@ -436,6 +478,8 @@ _TIME_KEYS = ("eventTime", "time", "timestamp", "@timestamp", "ts")
 def payload_time(payload: bytes) -> tuple[float, str] | None:
     """(Unix time, field name) of a JSON payload's timestamp field, if it has one: the
     frames themselves carry no clock."""
+    from segmentlog.cadf import parse_time
+
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -446,7 +490,7 @@ def payload_time(payload: bytes) -> tuple[float, str] | None:
         raw = value.get(key)
         if isinstance(raw, str):
             try:
-                when = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                when = parse_time(raw)
             except ValueError:
                 continue
             if when.tzinfo is None:

@@ -17,6 +17,7 @@ As a script (``python tests/audit_child.py MODE``), configured like a service, t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import uuid
@@ -24,7 +25,10 @@ from collections.abc import Sequence
 
 import orjson
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# As a script in a checkout without an install, the checkout's package; never in front of
+# an installed one (tests/childenv.py says why), nor when imported by a test.
+if importlib.util.find_spec("segmentlog") is None:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from amqptools import consume_all
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import childenv
 import pytest
 
 from segmentlog import SegmentLog
@@ -32,7 +33,6 @@ from segmentlog.bench import (
 )
 from segmentlog.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--records", "2000", "--reps", "1", "--threads-seconds", "0.2"]
 HAS_QUEUELIB = importlib.util.find_spec("queuelib") is not None
 
@@ -66,7 +66,8 @@ def run_bench(*args: str, tmpdir: Path) -> subprocess.CompletedProcess[str]:
     # the test can see that the run removed what it made.
     env = dict(os.environ, TMPDIR=str(tmpdir))
     return subprocess.run([sys.executable, "-m", "segmentlog", "bench", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+                          cwd=childenv.PKG_ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
 
 
 def run_json(*args: str, tmpdir: Path) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from segmentlog.cadf import (
     new_event_id,
     now_cadf,
     outcome_for,
+    parse_rfc3339,
+    parse_time,
 )
 from segmentlog.errors import InvalidEventError, SegmentLogError
 
@@ -111,6 +113,61 @@ def test_mapping_check_returns_a_complete_dict_itself_without_copying() -> None:
 def test_mapping_check_treats_none_id_as_absent() -> None:
     out = check_event_mapping(_mapping(id=None))
     assert uuid.UUID(out["id"])
+
+
+# ------------------------------------------------------------ time strings (every Python)
+UTC = timezone.utc
+# Known answers: the forms the Go original writes (trailing zeros of the fraction trimmed,
+# 1 to 9 digits; "Z" or an offset). Python 3.10's fromisoformat refused all but 3 and 6
+# digits and "Z" (issue 19: "2024-05-06T12:53:20.12+00:00" raised InvalidEventError).
+TIME_VECTORS = [
+    ("2024-05-06T12:53:20+00:00", datetime(2024, 5, 6, 12, 53, 20, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.1+00:00", datetime(2024, 5, 6, 12, 53, 20, 100000, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.12+00:00", datetime(2024, 5, 6, 12, 53, 20, 120000, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.123+00:00", datetime(2024, 5, 6, 12, 53, 20, 123000, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.1234+00:00", datetime(2024, 5, 6, 12, 53, 20, 123400, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.12345Z", datetime(2024, 5, 6, 12, 53, 20, 123450, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.123456Z", datetime(2024, 5, 6, 12, 53, 20, 123456, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.1234567Z", datetime(2024, 5, 6, 12, 53, 20, 123456, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.12345678Z", datetime(2024, 5, 6, 12, 53, 20, 123456, tzinfo=UTC)),
+    ("2024-05-06T12:53:20.999999999Z", datetime(2024, 5, 6, 12, 53, 20, 999999, tzinfo=UTC)),
+    ("2024-05-06T12:53:20Z", datetime(2024, 5, 6, 12, 53, 20, tzinfo=UTC)),
+    ("2024-05-06T14:53:20.5+02:00",
+     datetime(2024, 5, 6, 14, 53, 20, 500000, tzinfo=timezone(timedelta(hours=2)))),
+    ("2024-05-06T07:23:20.05-05:30",
+     datetime(2024, 5, 6, 7, 23, 20, 50000, tzinfo=timezone(-timedelta(hours=5, minutes=30)))),
+    ("2024-05-06T12:53:20.12", datetime(2024, 5, 6, 12, 53, 20, 120000)),  # no zone: naive
+]
+NOT_TIMES = ["2024-05-06T12:53:20.12+24:00", "2024-13-06T12:53:20.12Z",
+             "2024-05-06T12:53:20.12Z trailing", "noon", ""]
+# Refused by the RFC 3339 parser; fromisoformat takes some of them on some versions
+# (3.11+ reads "+01:60" as +02:00), and parse_time keeps what fromisoformat takes.
+NOT_RFC3339 = ["2024-05-06T12:53:20.+00:00", "2024-05-06T12:53:20.1234567890Z",
+               "2024-05-06T12:53:20.12+01:60", "2024-05-06T12:53:20,12Z"]
+
+
+@pytest.mark.parametrize(("text", "expected"), TIME_VECTORS)
+def test_time_strings_the_original_writes_parse_on_every_python(
+        text: str, expected: datetime) -> None:
+    for parse in (parse_time, parse_rfc3339):  # the second is 3.10's path, on every version
+        got = parse(text)
+        assert (got, got.utcoffset()) == (expected, expected.utcoffset()), parse
+    if expected.tzinfo is not None:
+        check_event_mapping(_mapping(eventTime=text))
+        Event(action="a", outcome="success", initiator=USER, target=PROJECT,
+              observer=OBSERVER, event_time=text)
+
+
+@pytest.mark.parametrize("text", NOT_TIMES + NOT_RFC3339)
+def test_malformed_time_strings_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rfc3339(text)
+    if text in NOT_TIMES:
+        with pytest.raises(ValueError):
+            parse_time(text)
+        with pytest.raises(InvalidEventError) as exc:
+            check_event_mapping(_mapping(eventTime=text))
+        assert exc.value.field == "eventTime"
 
 
 # ------------------------------------------------------------------ refusals (Rule 2)

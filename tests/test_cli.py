@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+import childenv
 import orjson
 import pytest
 from logtools import (
@@ -37,6 +38,7 @@ from logtools import (
     write_log,
 )
 
+import segmentlog
 from segmentlog import SegmentLog, checkpoint
 from segmentlog.cli import main, payload_time
 from segmentlog.examine import DAMAGE_KINDS, INFO_KINDS
@@ -773,7 +775,7 @@ def test_payload_time_understands_common_fields() -> None:
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "segmentlog", *argv], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+                          text=True, timeout=60, cwd=childenv.PKG_ROOT)
 
 
 def test_python_m_segmentlog_exit_statuses(logcopy: str, tmp_path: os.PathLike[str]) -> None:
@@ -805,6 +807,82 @@ def test_console_script_is_installed(logcopy: str) -> None:
         pytest.fail("the segmentlog console script is not installed: pip install -e .")
     res = subprocess.run([exe, "verify", logcopy], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "result: intact" in res.stdout
+
+
+def _without_c_core(tmp_path: os.PathLike[str]) -> str:
+    """A PYTHONPATH entry whose sitecustomize makes ``import segmentlog._native`` fail,
+    as it does when the C core was not built."""
+    root = os.path.join(os.fspath(tmp_path), "site")
+    os.mkdir(root)
+    with open(os.path.join(root, "sitecustomize.py"), "w") as f:
+        f.write("import sys\nsys.modules['segmentlog._native'] = None\n")
+    return root
+
+
+@pytest.mark.parametrize("case", ["bogus", "native_not_built"])
+def test_bad_backend_variable_is_one_line_not_a_traceback(
+        logcopy: str, tmp_path: os.PathLike[str], case: str) -> None:
+    # Issue 19: the variable is read when the package is imported, before the command's
+    # code runs, and `SEGMENTLOG_BACKEND=bogus python -m segmentlog verify DIR` printed
+    # a traceback.
+    env = dict(os.environ, SEGMENTLOG_BACKEND="bogus")
+    if case == "native_not_built":
+        env.update(SEGMENTLOG_BACKEND="native",
+                   PYTHONPATH=childenv.pythonpath(_without_c_core(tmp_path)))
+    commands = [[sys.executable, "-m", "segmentlog"], [sys.executable, "-msegmentlog"],
+                [sys.executable, "-m", "segmentlog.cli"]]
+    exe = shutil.which("segmentlog", path=os.path.dirname(sys.executable))
+    if exe is not None and case == "bogus":  # the script imports the installed package
+        commands.append([exe])
+    for command in commands:
+        res = subprocess.run([*command, "verify", logcopy], capture_output=True, text=True,
+                             timeout=60, cwd=childenv.PKG_ROOT, env=env)
+        assert res.returncode == 2 and res.stdout == "", (command, res)
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith("segmentlog: SEGMENTLOG_BACKEND="), res.stderr
+        assert ("use auto, native or pure" if case == "bogus" else "C core is not built"
+                ) in res.stderr
+
+
+def test_bad_backend_variable_still_raises_in_a_program_that_imports_segmentlog() -> None:
+    # Only the command exits with one line: a service importing the package gets the
+    # exception, as before.
+    res = subprocess.run([sys.executable, "-c", "import segmentlog"], capture_output=True,
+                         text=True, timeout=60, cwd=childenv.PKG_ROOT,
+                         env=dict(os.environ, SEGMENTLOG_BACKEND="bogus"))
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    assert res.stderr.splitlines()[-1].startswith("segmentlog.errors.ConfigError: ")
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["bench", "--records", "abc"], "argument --records: must be an integer, got 'abc'"),
+    (["bench", "--reps", "0"], "argument --reps: must be >= 1, got 0"),
+    (["dump", "DIR", "--limit", "1.5"], "argument --limit: must be an integer, got '1.5'"),
+    (["dump", "DIR", "--from", "-1"], "argument --from: must be >= 0, got -1"),
+    (["stats", "DIR", "--max-total-size", "lots"],
+     "argument --max-total-size: must be a byte count like 1073741824 or 64M, got 'lots'"),
+])
+def test_argument_errors_say_what_is_expected(capsys: pytest.CaptureFixture[str],
+                                              argv: list[str], reason: str) -> None:
+    # Issue 19: `bench --records abc` said "invalid _positive value: 'abc'".
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"segmentlog {argv[0]}: error: {reason}"
+    assert "invalid" not in err and "_positive" not in err
+
+
+def test_version_names_the_package_version_and_backend(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"segmentlog {segmentlog.__version__} ({segmentlog.backend} backend, "
+                          f"Python {sys.version_info.major}.{sys.version_info.minor}.")
+    res = _cli("--version")
+    assert res.returncode == 0 and res.stdout == out
 
 
 def test_unknown_format_version_is_left_alone_and_reported(
@@ -847,7 +925,8 @@ def test_progress_shows_on_a_terminal_only(logcopy: str) -> None:
     master, slave = pty.openpty()
     try:
         res = subprocess.run([sys.executable, "-m", "segmentlog", "verify", logcopy],
-                             stdout=subprocess.PIPE, stderr=slave, timeout=60, cwd=REPO)
+                             stdout=subprocess.PIPE, stderr=slave, timeout=60,
+                             cwd=childenv.PKG_ROOT)
         os.close(slave)
         shown = b""
         while True:

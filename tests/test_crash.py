@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import childenv
 import pytest
 from crash_child import parse, spec
 
@@ -32,7 +33,6 @@ from segmentlog import SegmentLog, backend
 
 NATIVE = backend == "native"
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_child.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small segments: a round rotates through several, and commits recycle them.
 SEGMENT = (64 if NATIVE else 16) << 10
 
@@ -74,8 +74,7 @@ def read_journal(path: str) -> Journal:
 def run_child(directory: str, journal: str, round_no: int, threads: int, consume: bool,
               fsync: str, rng: random.Random) -> Journal:
     """Start a child, kill it with SIGKILL at a random moment, return its journal."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
+    env = dict(os.environ, PYTHONPATH=childenv.pythonpath())
     open(journal, "wb").close()
     child = subprocess.Popen(
         [sys.executable, CHILD, directory, journal, str(round_no), str(threads), str(SEGMENT),

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import childenv
 import pytest
 from hooktools import need_test_hooks
 from logtools import segment_files
@@ -36,7 +37,6 @@ from segmentlog._backend import impl
 from segmentlog._format import parse_segment_name, segment_name
 
 SEGMENT = 16384
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -610,8 +610,7 @@ def test_append_batch_stays_contiguous_while_a_rotation_waits_for_the_preparer(
 
 
 def run_python(code: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
+    env = dict(os.environ, PYTHONPATH=childenv.pythonpath())
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

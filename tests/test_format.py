@@ -9,6 +9,7 @@ segment header helper; the scan status table of FORMAT.md against SCAN_STATUS_NA
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 from types import ModuleType
@@ -198,7 +199,12 @@ def _build_script() -> ModuleType:
         "build_native", ROOT / "segmentlog" / "_build_native.py")
     assert spec and spec.loader
     build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    here = os.getcwd()
+    os.chdir(ROOT)  # the script names its sources from the project root, as setuptools runs it
+    try:
+        spec.loader.exec_module(build)
+    finally:
+        os.chdir(here)
     return build
 
 

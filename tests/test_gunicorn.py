@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import childenv
 import orjson
 import pytest
 from amqptools import consume_all, delete_queue, message_count
@@ -25,7 +26,6 @@ from tcpproxy import TcpProxy
 pytestmark = pytest.mark.rabbitmq
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 @pytest.fixture()
@@ -53,7 +53,7 @@ def test_gunicorn_workers_deliver_every_acknowledged_event(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Any) -> None:
     buf = tmp_path / "buf"
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]),
+    env = dict(os.environ, PYTHONPATH=childenv.pythonpath(str(HERE)),
                AUDIT_HOSTNAME="127.0.0.1", AUDIT_PORT=str(proxy.port), AUDIT_QUEUE_NAME=queue,
                AUDIT_BACKING_STORE=orjson.dumps(
                    {"type": "file", "params": {"directory": str(buf)}}).decode())

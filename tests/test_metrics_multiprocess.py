@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import childenv
 import pytest
 
 pytestmark = pytest.mark.rabbitmq
@@ -57,7 +58,7 @@ def test_two_worker_processes_are_scraped_as_one(rabbitmq_url: str, tmp_path: An
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-               PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+               PYTHONPATH=childenv.pythonpath(str(HERE)))
     script = tmp_path / "scrape.py"  # a file: spawned workers import their function
     script.write_text(SCRIPT)
     try:
