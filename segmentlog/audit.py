@@ -16,15 +16,15 @@ else, in order:
 * **Direct**: with no backlog and the broker up, it takes queued events in arrival
   order and publishes them in confirmed batches (``Publisher.publish_batch``).
 * **Buffer**: events it cannot publish (broker down, or the unconfirmed tail of a
-  batch) go to the backing store with ``write_many`` (one durability point per
-  batch), before any newer event.
+  batch) go to the backing store with ``write_many_encoded`` (the bytes ``record()``
+  made; one durability point per batch), before any newer event.
 * **Drain**: while the store holds events (a *backlog*), new events queue *behind*
   it: they are appended to the store too, and the store is drained oldest first
   (``read_encoded_up_to(drain_batch_size)`` -> ``publish_batch`` -> ``commit``). Draining
   starts as soon as the publisher reconnects (it retries every <= 0.5 s by default),
   not on a timer.
 
-With ``write_ahead=True``, ``record()`` itself writes the event to the store and
+With ``write_ahead=True``, ``record()`` itself writes the event's bytes to the store and
 returns when it is stored as durably as the store promises (file store with
 ``fsync="always"``: on disk, concurrent callers sharing fsyncs); the delivery thread
 then only drains the store.
@@ -309,7 +309,7 @@ class Auditor(DeliveryThread, AuditorBase):
             if len(body) > self._max_event_size:
                 raise self._too_large(mid, len(body))
             if self._write_ahead:
-                self._record_write_ahead(mid, data)
+                self._record_write_ahead(mid, body)
                 return
             item = (mid, body, time.monotonic())
         if len(self._queue) + len(self._pending) >= self._memory_limit:
@@ -359,7 +359,7 @@ class Auditor(DeliveryThread, AuditorBase):
                 self._waiters -= 1
                 self.metrics.backpressure.inc(time.monotonic() - start)
 
-    def _record_write_ahead(self, mid: str, data: dict[str, Any]) -> None:
+    def _record_write_ahead(self, mid: str, body: bytes) -> None:
         if self._closed:
             raise LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
                                  "close() is refused")
@@ -374,7 +374,8 @@ class Auditor(DeliveryThread, AuditorBase):
                 raise LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
                                      "close() is refused")
             try:
-                self._store.write(data)
+                # The bytes dump_event made: stored as they are (Rule 10 of the stores).
+                self._store.write_many_encoded((body,))
                 break
             except TypeError as exc:
                 # Rule 2 of the stores: nothing was stored. Same error as the queue path.
@@ -382,6 +383,9 @@ class Auditor(DeliveryThread, AuditorBase):
                 raise InvalidEventError(
                     f"invalid CADF event: not JSON-serialisable ({exc}); use str, int, "
                     "float, bool, None, lists and dicts with string keys") from None
+            except ValueError:
+                self._t_record.pop(mid, None)  # refused alone (Rule 2): nothing stored
+                raise
             except BackingStoreFull:
                 # Rule 4: wait for the delivery thread to commit a drained batch.
                 now = time.monotonic()

@@ -7,11 +7,12 @@ write-ahead) writes it. Each round it reads the store's metrics when they are du
 queued events into the policy's ``pending`` (serialising constant models on the way),
 asks the policy (``closing``, ``route``) and does what it answers: publish a direct batch
 (``Publisher.publish_batch``), write the held events to the store (the parts of a
-``StoreWrite``, ``write_many``), drain one store batch (``read_encoded_up_to`` ->
-``publish_batch`` -> ``commit``), wait for the broker, or sleep until ``record()`` wakes
-it. It tells the policy every outcome. The rules it keeps are those of
-:mod:`segmentlog.audit` (order, nothing dropped silently, at-least-once, the store's room
-as the only backpressure) and of :mod:`segmentlog.audit_policy`.
+``StoreWrite``, ``write_many_encoded``: the bytes ``record()`` encoded), drain one
+store batch (``read_encoded_up_to`` -> ``publish_batch`` -> ``commit``), wait for the
+broker, or sleep until ``record()`` wakes it. It tells the policy every outcome. The
+rules it keeps are those of :mod:`segmentlog.audit` (order, nothing dropped silently,
+at-least-once, the store's room as the only backpressure) and of
+:mod:`segmentlog.audit_policy`.
 
 It also keeps what callers must see: the memory limit ``record()`` checks (Rule 4 of
 segmentlog.audit: the store's room, 0 while the store refuses what the thread holds),
@@ -73,8 +74,6 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-
-import orjson
 
 from .amqp import Publisher
 from .audit_metrics import AuditorMetrics
@@ -406,7 +405,7 @@ class DeliveryThread:
             return False  # waiting out the retry time of a store that refused
         while (part := write.next_part()) is not None:
             try:
-                self._store.write_many([orjson.loads(body) for _, body, _ in part])
+                self._store.write_many_encoded([body for _, body, _ in part])
             except BackingStoreFull:
                 if write.full():
                     self._set_full(True)

@@ -415,6 +415,55 @@ def test_memory_store_loses_nothing_across_an_outage_and_new_events_queue_behind
     check_delivery(consume(rabbitmq_url, queue), recorded)
 
 
+class _SeesEncoded:
+    """Keeps what the Auditor hands to ``write_many_encoded`` (and still stores it)."""
+
+    encoded: list[bytes]
+
+    def write_many_encoded(self, bodies: Any) -> None:
+        self.encoded.extend(bodies)
+        super().write_many_encoded(bodies)  # type: ignore[misc]
+
+
+class _SeesEncodedMemory(_SeesEncoded, MemoryStore):
+    pass
+
+
+class _SeesEncodedFile(_SeesEncoded, FileStore):
+    pass
+
+
+@pytest.mark.parametrize("write_ahead", [False, True], ids=["spill", "write-ahead"])
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_the_store_keeps_the_bytes_record_made_through_spill_and_write_ahead(
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path, kind: str,
+        write_ahead: bool) -> None:
+    # Issue 18 goal 3: JSON is encoded once, in record(). The store gets those bytes
+    # (not a decoded dict to encode again) and hands the very same bytes back.
+    store: _SeesEncodedMemory | _SeesEncodedFile = (
+        _SeesEncodedMemory(max_events=1000, registry=CollectorRegistry())
+        if kind == "memory" else
+        _SeesEncodedFile(tmp_path / "buf", fsync="never", registry=CollectorRegistry()))
+    store.encoded = []
+    events = make_events(400)
+    proxy.refuse()
+    try:
+        auditor = Auditor(OBSERVER, connection_url=proxy.url(), queue_name=queue,
+                          backing_store=store, write_ahead=write_ahead, connect_wait=0)
+        recorded = _record_all(auditor, events)
+        deadline = time.monotonic() + 30
+        while _value(auditor, "segmentlog_auditor_backlog_events") < len(events):
+            assert time.monotonic() < deadline, "events were not buffered in the store"
+            time.sleep(0.02)
+        auditor.close(timeout=0)  # the broker is away: they stay in the caller's store
+        assert store.encoded == [body for _, body in recorded]
+        bodies, ids, commit = store.read_encoded_up_to(1000)
+        assert list(zip(ids, bodies, strict=True)) == recorded
+        assert commit is not None
+    finally:
+        store.close()
+
+
 def _store_config(store_type: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """``${PREFIX}_BACKING_STORE`` for a persistent store of ``store_type`` (file, sqlite
     or sql: a table of its own, dropped after the test)."""

@@ -59,6 +59,23 @@ Rule 9: ``adopt()`` takes over events that processes which are gone left in a st
         already). A drainer calls it every few seconds; adopted events are then read
         like the store's own.
 
+Rule 10: ``write_many_encoded(bodies)`` stores events given as JSON bytes, one JSON
+        object each (what ``orjson.dumps`` of a dict returns), as ``write_many`` would
+        store their decoded form: same limits, same errors, and a body that is not
+        ``bytes`` is a ``TypeError``, one that is not framed as one JSON object
+        (``{`` ... ``}``) an :class:`~segmentlog.errors.InvalidEventError`, raised before
+        anything is stored. The default decodes and calls ``write_many``, so a custom
+        store needs nothing new. The file, SQLite and memory stores keep the bytes as
+        given, so what they hand back (``read_encoded_up_to``) is byte-identical to
+        what the writer encoded. The file and SQLite stores do not parse a body again:
+        their readers parse every stored event anyway, so a body that breaks the
+        contract is moved to the dead-letter place and counted when read, never
+        handed out or lost. The memory store has no dead-letter place: it parses each
+        body once when it is written (and keeps its id, so its reads parse nothing).
+        The PostgreSQL store takes the default: its jsonb column keeps an event's
+        content, not its bytes, and a body holding two objects (``{...},{...}``)
+        would become two rows of one JSON array.
+
 Custom stores written before ``max_events`` existed define ``read_batch(self)``. They
 keep working: drainers call :meth:`BackingStore.read_batch_up_to`, which passes
 ``max_events`` only to a ``read_batch`` whose signature accepts it (checked once per
@@ -71,7 +88,11 @@ The Auditor's drain reads with :meth:`BackingStore.read_encoded_up_to`: the same
 as JSON bytes and ids. Its default encodes what ``read_batch_up_to`` returns; the file
 and memory stores hand over the bytes they stored, parsed once to validate them and to
 take the id (a drain's own work per event fell to under a third: benchmarks/README.md).
-A subclass that overrides ``read_batch`` gets the default, so it still reads.
+A subclass that overrides ``read_batch`` gets the default, so it still reads. The
+Auditor writes with :meth:`BackingStore.write_many_encoded` (Rule 10), so an event is
+encoded once, in ``record()``, on its way through a store to the broker; a built-in
+store's subclass that overrides ``write`` or ``write_many`` gets the default, which
+decodes the events for it.
 
 A store never publishes, never retries on its own and never drops an event silently:
 an event that cannot be parsed back is moved to a dead-letter place and counted.
@@ -88,7 +109,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import BackingStoreError, ConfigError
+from ..errors import BackingStoreError, ConfigError, InvalidEventError
 
 __all__ = ["BackingStore", "BatchTracker", "Commit", "Event", "batch_limit"]
 
@@ -146,6 +167,41 @@ def _dumps(event: Event) -> bytes:
     return orjson.dumps(event if isinstance(event, dict) else dict(event))
 
 
+def _check_encoded(bodies: Sequence[bytes], what: str) -> None:
+    """Refuse, before anything is stored, a body that is not bytes (``TypeError``) or
+    not framed as one JSON object (``InvalidEventError``): Rule 10, for stores that
+    keep the bytes without parsing them."""
+    for body in bodies:
+        if not isinstance(body, bytes):
+            raise TypeError(
+                f"{what}: write_many_encoded takes bytes (one JSON object each, e.g. "
+                f"orjson.dumps(event)), got {type(body).__name__}")
+        if not (body.startswith(b"{") and body.endswith(b"}")):
+            raise InvalidEventError(
+                f"{what}: write_many_encoded: {body[:40]!r} (length {len(body)}) is not "
+                "the JSON encoding of one JSON object: it must start with '{' and end "
+                "with '}', no whitespace around it, as orjson.dumps(dict) returns")
+
+
+def _parse_encoded(body: bytes, what: str) -> dict[str, Any]:
+    """The event of a body that passed :func:`_check_encoded`; ``InvalidEventError``
+    when it is not JSON after all."""
+    try:
+        event: dict[str, Any] = orjson.loads(body)  # framed as an object: a dict
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEventError(f"{what}: write_many_encoded: {body[:40]!r} (length "
+                                f"{len(body)}) is not JSON ({exc})") from None
+    return event
+
+
+def _writes_overridden(store: BackingStore, cls: type[BackingStore]) -> bool:
+    """Whether ``store``'s class, a subclass of the built-in store ``cls``, overrides
+    ``write`` or ``write_many``: then ``cls.write_many_encoded`` hands the events to the
+    default (decoded), so they still go through the override."""
+    own = type(store)
+    return own.write is not cls.write or own.write_many is not cls.write_many
+
+
 class BackingStore(ABC):
     """A durable (or, for the memory store, bounded in-memory) FIFO of events."""
 
@@ -165,6 +221,17 @@ class BackingStore(ABC):
         """
         for event in events:
             self.write(event)
+
+    def write_many_encoded(self, bodies: Sequence[bytes]) -> None:
+        """Persist events given as JSON bytes, one JSON object each, like
+        :meth:`write_many` (Rule 10).
+
+        This default decodes them and calls :meth:`write_many`, for custom stores; the
+        file, SQLite and memory stores keep the bytes as given.
+        """
+        what = type(self).__name__
+        _check_encoded(bodies, what)
+        self.write_many([_parse_encoded(body, what) for body in bodies])
 
     #: Whether this class's ``read_batch`` takes ``max_events`` (set per class, Rule 4).
     _read_batch_takes_max_events = True

@@ -6,7 +6,8 @@ One event is one record of the segment log: ``orjson.dumps(event)``, framed and
 checksummed by the log. The store adds only the mapping to the BackingStore interface:
 
 * ``write`` is ``log.append`` and ``write_many`` is one ``log.append_batch`` (one
-  durability point for the whole list, all or nothing). Writers are not serialised by
+  durability point for the whole list, all or nothing); ``write_many_encoded`` appends
+  the caller's JSON bytes as they are (Rule 10 of base.py). Writers are not serialised by
   the store: concurrent ``fsync="always"`` writers share fsyncs in the log (group commit).
 * ``read_batch(max_events)`` is ``log.read_batch(max_events or batch_size)``. If the
   previous batch was not committed, it first calls ``log.rewind()``, so reading again
@@ -76,7 +77,17 @@ from ..errors import (
     RecordTooLargeError,
 )
 from ..segment import open_regular, prepare_directory
-from .base import BackingStore, BatchTracker, Commit, Event, _dumps, _event_id, batch_limit
+from .base import (
+    BackingStore,
+    BatchTracker,
+    Commit,
+    Event,
+    _check_encoded,
+    _dumps,
+    _event_id,
+    _writes_overridden,
+    batch_limit,
+)
 from .metrics import StoreMetrics
 from .params import Params, check_int
 
@@ -472,18 +483,29 @@ class FileStore(BackingStore):
     # -- writes -------------------------------------------------------------------------
 
     def write(self, event: Event) -> None:
-        payload = _dumps(event)  # TypeError here: nothing stored
-        try:
-            self._log.append(payload)
-        except (RecordTooLargeError, LogFullError, DurabilityError) as exc:
-            raise self._translate(exc) from exc
+        self._append_batch((_dumps(event),))  # TypeError here: nothing stored
 
     def write_many(self, events: Sequence[Event]) -> None:
-        payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
-        if not payloads:
+        self._append_batch([_dumps(e) for e in events])  # TypeError here: nothing stored
+
+    def write_many_encoded(self, bodies: Sequence[bytes]) -> None:
+        """The bytes as given, one record each (Rule 10 of base.py: not parsed again;
+        the reader parses every record and dead-letters one that is not a JSON
+        object)."""
+        if _writes_overridden(self, FileStore):
+            super().write_many_encoded(bodies)
             return
+        _check_encoded(bodies, self._what)
+        self._append_batch(bodies)
+
+    def _append_batch(self, payloads: Sequence[bytes]) -> None:
+        """Append the records, all or none (one durability point); one record takes the
+        log's cheaper single append (write-ahead writes one event at a time)."""
         try:
-            self._log.append_batch(payloads)
+            if len(payloads) == 1:
+                self._log.append(payloads[0])
+            elif payloads:
+                self._log.append_batch(payloads)
         except (RecordTooLargeError, LogFullError, DurabilityError) as exc:
             raise self._translate(exc) from exc
 

@@ -2,10 +2,13 @@
 
 Theory of operation
 -------------------
-Events are kept serialised (orjson bytes) in a deque under one lock. Keeping bytes, not
-the caller's dicts, means a caller that mutates an event after ``write`` cannot change
-what is buffered, reads hand out fresh dicts as the other stores do, and
-``audittools_backing_store_size_bytes`` is a real byte count.
+Events are kept serialised (orjson bytes) in a deque under one lock, each with its id.
+Keeping bytes, not the caller's dicts, means a caller that mutates an event after
+``write`` cannot change what is buffered, reads hand out fresh dicts as the other stores
+do, and ``audittools_backing_store_size_bytes`` is a real byte count.
+``write_many_encoded`` keeps the caller's bytes (parsed once, to check them and take the
+id: Rule 10 of base.py), so ``read_encoded_up_to`` hands back those very bytes and
+parses nothing.
 
 Rule 1: ``max_events`` is strict: a write (or a whole ``write_many`` list) that would
         exceed it raises ``BackingStoreFull`` and stores nothing.
@@ -29,7 +32,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import BackingStoreFull, LogClosedError
-from .base import BackingStore, BatchTracker, Commit, Event, _dumps, _event_id, batch_limit
+from .base import (
+    BackingStore,
+    BatchTracker,
+    Commit,
+    Event,
+    _check_encoded,
+    _dumps,
+    _event_id,
+    _parse_encoded,
+    _writes_overridden,
+    batch_limit,
+)
 from .metrics import StoreMetrics
 from .params import Params, check_int
 
@@ -65,7 +79,7 @@ class MemoryStore(BackingStore):
         self._max_events = check_int(max_events, "max_events", minimum=1, unit="events")
         self._batch_size = check_int(batch_size, "batch_size", minimum=1, unit="events")
         self._lock = threading.Lock()
-        self._entries: deque[tuple[int, bytes]] = deque()
+        self._entries: deque[tuple[int, bytes, str | None]] = deque()  # seq, JSON, id
         self._next_seq = 0
         self._bytes = 0
         self._closed = False
@@ -112,7 +126,27 @@ class MemoryStore(BackingStore):
         self.write_many((event,))
 
     def write_many(self, events: Sequence[Event]) -> None:
-        payloads = [_dumps(e) for e in events]  # TypeError here: nothing stored
+        # TypeError here: nothing stored. The id as _dumps sees the event (a copy for
+        # a mapping that is not a dict).
+        entries = []
+        for e in events:
+            event = e if isinstance(e, dict) else dict(e)
+            entries.append((_dumps(event), _event_id(event)))
+        self._append(entries)
+
+    def write_many_encoded(self, bodies: Sequence[bytes]) -> None:
+        """The bytes as given (Rule 10 of base.py), each parsed once: this store has
+        no dead-letter place, so it must never take a body it could not hand back as
+        an event. The parse also yields the id its reads hand out."""
+        if _writes_overridden(self, MemoryStore):
+            super().write_many_encoded(bodies)
+            return
+        what = "memory backing store"
+        _check_encoded(bodies, what)
+        self._append([(body, _event_id(_parse_encoded(body, what))) for body in bodies])
+
+    def _append(self, payloads: list[tuple[bytes, str | None]]) -> None:
+        """Store (JSON, id) pairs, all or none (Rule 1)."""
         with self._lock:
             self._check_open()
             if len(self._entries) + len(payloads) > self._max_events:
@@ -122,8 +156,8 @@ class MemoryStore(BackingStore):
                     f"{self._max_events} events buffered, {len(payloads)} more refused; "
                     "drain it (deliver and commit) or raise max_events"
                 )
-            for payload in payloads:
-                self._entries.append((self._next_seq, payload))
+            for payload, mid in payloads:
+                self._entries.append((self._next_seq, payload, mid))
                 self._next_seq += 1
                 self._bytes += len(payload)
             self._metrics.wrote(len(payloads))
@@ -137,21 +171,23 @@ class MemoryStore(BackingStore):
     def read_batch(
         self, max_events: int | None = None
     ) -> tuple[list[dict[str, Any]], Commit | None]:
-        payloads, commit = self._take(max_events)
-        return [orjson.loads(p) for p in payloads], commit
+        taken, commit = self._take(max_events)
+        return [orjson.loads(payload) for _, payload, _ in taken], commit
 
     def read_encoded_up_to(
         self, max_events: int
     ) -> tuple[list[bytes], list[str | None], Commit | None]:
-        """The stored bytes themselves (see BackingStore), ids from one parse each. A
-        subclass that overrides read_batch gets the default, which reads through it."""
+        """The stored bytes themselves (see BackingStore) and the ids kept with them: no
+        parse. A subclass that overrides read_batch gets the default, which reads
+        through it."""
         if type(self).read_batch is not MemoryStore.read_batch:
             return super().read_encoded_up_to(max_events)
-        payloads, commit = self._take(max_events)
-        return payloads, [_event_id(orjson.loads(p)) for p in payloads], commit
+        taken, commit = self._take(max_events)
+        return [payload for _, payload, _ in taken], [mid for _, _, mid in taken], commit
 
-    def _take(self, max_events: int | None) -> tuple[list[bytes], Commit | None]:
-        """The oldest payloads (at most ``max_events``) and their commit."""
+    def _take(self, max_events: int | None
+              ) -> tuple[list[tuple[int, bytes, str | None]], Commit | None]:
+        """The oldest entries (at most ``max_events``) and their commit."""
         limit = batch_limit(max_events, self._batch_size, "memory backing store")
         with self._lock:
             self._check_open()
@@ -161,18 +197,17 @@ class MemoryStore(BackingStore):
             n = min(limit, len(self._entries))
             taken = [self._entries[i] for i in range(n)]
             last_seq = taken[-1][0]
-            payloads = [payload for _, payload in taken]
-            self._metrics.read(len(payloads))
+            self._metrics.read(len(taken))
 
             def do_commit() -> None:
                 # Only entries of this batch can be at the head with seq <= last_seq:
                 # later writes have larger numbers.
                 while self._entries and self._entries[0][0] <= last_seq:
-                    _, payload = self._entries.popleft()
+                    _, payload, _ = self._entries.popleft()
                     self._bytes -= len(payload)
                 self._publish_gauges()
 
-            return payloads, self._batches.issue(do_commit)
+            return taken, self._batches.issue(do_commit)
 
     def pending(self) -> int:
         """Events held now, including a batch read but not committed."""
