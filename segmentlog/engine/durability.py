@@ -22,16 +22,16 @@ class Durability:
     # Frames reach the active segment through its map; else they are queued, framed into
     # the group buffer by each sync round's leader and written with one pwrite.
     via_map: ClassVar[bool] = True
-    # Map each write window ahead of the writer (MADV_POPULATE_WRITE). Not where
-    # fdatasyncs follow: each cleans (write-protects) the pages again, so pre-dirtied
-    # pages fault twice and their zeros go to disk for nothing.
-    populate_write: ClassVar[bool] = False
-    # How the preparer makes a new segment file: zero-filled (and fdatasynced), or only
-    # reserved and read through once ("warm": clean zero pages in the page cache, which
-    # no fdatasync writes).
-    zero_fill: ClassVar[bool] = True
+    # How the preparer makes a new segment file: reserved (posix_fallocate) and read
+    # through once ("warm": clean zero pages wait in the page cache, so the writer's
+    # pages are ready and no zeros are ever written back), or zero-filled and
+    # fdatasynced, so that later fdatasyncs of records write into blocks already written
+    # (no unwritten extents to convert on each one). Zero-filling without the fdatasync
+    # dirtied every page twice and let writeback write the zeros: the slowest choice in
+    # a long run (benchmarks/README.md, "Sustained appends").
+    warm: ClassVar[bool] = True
+    zero_fill: ClassVar[bool] = False
     sync_prepared: ClassVar[bool] = False
-    warm: ClassVar[bool] = False
     # append() returns once its record is durable (group commit).
     append_waits: ClassVar[bool] = False
     # The old segment's last frames are durable before the next segment's name is.
@@ -59,7 +59,9 @@ class Always(Durability):
 
     name = "always"
     via_map = False
-    sync_prepared = True  # cheaper fdatasyncs of records later
+    warm = False
+    zero_fill = True  # cheaper fdatasyncs of records later
+    sync_prepared = True
     append_waits = True
     sync_before_rotation = True
     durable_commits = True
@@ -72,8 +74,6 @@ class Interval(Durability):
     """``fsync="interval"``: a background thread syncs every ``fsync_interval`` seconds."""
 
     name = "interval"
-    zero_fill = False
-    warm = True
     background_sync = True
 
 
@@ -81,7 +81,6 @@ class Never(Durability):
     """``fsync="never"``: the page cache only; ``sync()`` is the only fsync."""
 
     name = "never"
-    populate_write = True
     closes_sealed = True
     sync_on_close = False
 

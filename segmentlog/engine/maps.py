@@ -1,9 +1,9 @@
 """Mapped segment files: the writer's read-write map and the reader's read-only one.
 
-Pages are mapped ahead of the reader (and, without fsync="always", of the writer) in
-windows of ``POPULATE_WINDOW`` with one ``madvise(MADV_POPULATE_*)`` call instead of one
-page fault per page, and unmapped behind them (``unmap_below``), so resident memory stays
-a few windows, not whole segments (benchmarks/README.md, "Design measurements").
+Pages are mapped ahead of the reader in windows of ``POPULATE_WINDOW`` with one
+``madvise(MADV_POPULATE_READ)`` call instead of one page fault per page, and the reader
+and the writer unmap the pages behind them (``unmap_below``), so resident memory stays a
+few windows, not whole segments (benchmarks/README.md, "Design measurements").
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ MAP_STEP = POPULATE_WINDOW // 4  # the reader maps and unmaps in steps of this o
 ZEROS = memoryview(bytes(POPULATE_WINDOW + (64 << 10)))
 END_MARK = 8  # zero bytes after the last frame in a recycled segment (a zero marker)
 MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and we stop asking
-MADV_POPULATE_WRITE = 23
 
 
 def populate(mm: Any, start: int, end: int, advice: int) -> bool:
@@ -70,7 +69,7 @@ class Segment(_Map):
         self.recycled = recycled
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.framer = impl.Framer(self.mm)
-        self.populated = 0  # pages below this offset are mapped for writing
+        self.populated = 0  # the writer's windows reach this offset
         self.dropped = 0  # pages below this offset are unmapped (unmap_below)
 
     def close(self) -> None:

@@ -2,8 +2,8 @@
 
 A background thread keeps one file ready (``next.prep``): a consumed segment kept for
 reuse (``spare.prep``) renamed, or a new file reserved and prepared as the durability
-policy wants (zero-filled, synced, or read through once). Rotation takes it, so it costs
-a header write, two fsyncs and a rename.
+policy wants (zero-filled and synced, or read through once). Rotation takes it, so it
+costs a header write, two fsyncs and a rename.
 """
 
 from __future__ import annotations

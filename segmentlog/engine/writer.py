@@ -28,14 +28,7 @@ from segmentlog import _fs
 from segmentlog._backend import impl
 from segmentlog._format import FRAME_ALIGN, FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, frame_size
 from segmentlog.engine.durability import Durability
-from segmentlog.engine.maps import (
-    END_MARK,
-    MADV_POPULATE_WRITE,
-    POPULATE_WINDOW,
-    ZEROS,
-    Segment,
-    populate,
-)
+from segmentlog.engine.maps import END_MARK, POPULATE_WINDOW, ZEROS, Segment
 from segmentlog.engine.preparer import Preparer
 from segmentlog.engine.reader import Reader
 from segmentlog.engine.retention import Retention
@@ -75,7 +68,6 @@ class Writer:
         self.write_window = 0  # append's fast path runs while frames end below this
         self.next_seq = 0
         self._via_map = policy.via_map
-        self._populate_write = policy.populate_write  # False once the kernel refuses
         # Without the map: the queued records of [group_start, write_off) of the active
         # segment; the file (and so every reader) has everything before.
         self._pending: list[bytes] = []
@@ -451,17 +443,12 @@ class Writer:
         assert seg is not None
         end = self.write_off + size
         if self._via_map and seg.populated < end:
-            # Map the next window for writing in one call where the policy wants it. In a
-            # recycled segment, write zeros over its old bytes instead, which maps the
-            # pages too. Windows advance in every case, to drop the pages behind.
+            # The next window: pages fault in as they are written, and those behind are
+            # dropped. In a recycled segment, zeros go over its old bytes first.
             upto = min(seg.size, max(end, self.write_off + POPULATE_WINDOW))
             if seg.recycled:
                 start = max(seg.populated, self.write_off)
                 seg.mm[start:upto] = ZEROS[: upto - start]
-            elif self._populate_write:
-                # An old kernel refuses: pages fault in one by one from then on.
-                self._populate_write = populate(seg.mm, seg.populated, upto,
-                                                MADV_POPULATE_WRITE)
             seg.populated = upto
             # What the writer wrote it never touches again: keep resident memory to a
             # few windows, not whole segments.
