@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 from amqptools import consume_all, delete_queue
+from forktools import fork
 from prometheus_client import CollectorRegistry
 from tcpproxy import TcpProxy
 
@@ -280,24 +281,17 @@ def test_the_installed_pika_offers_every_internal_the_publisher_uses(
 def _fork_and_forget(pub: Publisher, fd: int) -> bool:
     """Fork; the child forgets ``pub``'s connection as the Auditor's after-fork hook
     does, and says whether its copy of descriptor ``fd`` is still open."""
-    import warnings
-
     read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def child() -> None:
+        pub._forget_in_child()
         try:
-            pub._forget_in_child()
-            try:
-                os.fstat(fd)
-                os.write(write_end, b"open")
-            except OSError:
-                os.write(write_end, b"closed")
-            code = 0
-        finally:
-            os._exit(code)
+            os.fstat(fd)
+            os.write(write_end, b"open")
+        except OSError:
+            os.write(write_end, b"closed")
+
+    pid = fork(child)
     os.close(write_end)
     try:
         said = os.read(read_end, 16)
