@@ -658,10 +658,10 @@ class DeliveryThread:
 def _forget_connection(publisher: Publisher) -> None:
     """In a forked child: close the child's copy of the parent's broker socket without a
     word on it (a Connection.Close would end the parent's connection), so the connection
-    ends when the parent closes it. Best effort: pika's internals may change."""
+    ends when the parent closes it. Best effort: pika may lack the internal it takes
+    (segmentlog.amqp.pikainternals), or the connection may be going down."""
     with contextlib.suppress(Exception):
-        sock = publisher._conn._transport._sock
-        os.close(sock.detach())
+        publisher._forget_in_child()
 
 
 _LIVE: weakref.WeakSet[DeliveryThread] = weakref.WeakSet()  # live auditors, for forks

@@ -32,6 +32,7 @@ from audit_child import (
     make_events,
     wire,
 )
+from forktools import fork
 from prometheus_client import CollectorRegistry, Counter
 from tcpproxy import TcpProxy
 
@@ -1116,27 +1117,6 @@ def test_recording_auditor_expects_events_ignoring_id_time_and_observer() -> Non
         auditor.record(_mapping(1))
 
 
-def _fork(child: Any) -> int:
-    """Fork; run ``child()`` in the child and leave with its status (0: it returned)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            child()
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
 @pytest.mark.parametrize("store", ["memory", "file"])
 def test_an_auditor_made_before_fork_delivers_every_event_once(
         rabbitmq_url: str, queue: str, tmp_path: Path, store: str) -> None:
@@ -1156,7 +1136,7 @@ def test_an_auditor_made_before_fork_delivers_every_event_once(
             mine = _record_all(auditor, make_events(40, tag=name))
             auditor.close(timeout=30)  # raises if anything was neither delivered nor kept
             (tmp_path / name).write_bytes(orjson.dumps([[m, b.decode()] for m, b in mine]))
-        children.append((name, _fork(child)))
+        children.append((name, fork(child)))
     recorded += _record_all(auditor, make_events(30, tag="after"))
     auditor.close(timeout=30)
     for name, pid in children:

@@ -15,6 +15,7 @@ Broker-wide changes are always undone in ``finally``.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import ssl
@@ -31,10 +32,11 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 from amqptools import consume_all, delete_queue
+from forktools import fork
 from prometheus_client import CollectorRegistry
 from tcpproxy import TcpProxy
 
-from segmentlog.amqp import MessageStatus, Publisher, PublishResult
+from segmentlog.amqp import MessageStatus, Publisher, PublishResult, pikainternals
 from segmentlog.errors import BrokerUnavailableError, ConfigError, LogClosedError
 
 pytestmark = pytest.mark.rabbitmq
@@ -157,18 +159,34 @@ def _metric(pub: Publisher, name: str) -> float:
     return value
 
 
+def _without(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make the publisher find none of these pika internals (``pikainternals`` names),
+    as if a pika release had renamed them: their fallbacks run instead."""
+    for name in names:
+        monkeypatch.setattr(pikainternals, name, getattr(pikainternals, name) + "_renamed")
+
+
+#: The send paths: the fast one, and each fallback forced (pikainternals).
+SEND_PATHS = {
+    "encoded_frames": (),
+    "pika_basic_publish": ("FRAMES_WRITER",),
+    "pika_basic_publish_unjoined": ("FRAMES_WRITER", "TX_BUFFERS"),
+}
+
+
 # ------------------------------------------------------------- normal runs
-@pytest.mark.parametrize("fast", [True, False], ids=["encoded_frames", "pika_basic_publish"])
+@pytest.mark.parametrize("missing", list(SEND_PATHS.values()), ids=list(SEND_PATHS))
 def test_normal_run_delivers_every_message_once_persistent_json(
-        rabbitmq_url: str, queue: str, fast: bool) -> None:
+        rabbitmq_url: str, queue: str, missing: tuple[str, ...],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, *missing)
     messages = _messages(5000)
     with Publisher(rabbitmq_url, queue, window=200) as pub:
-        pub._sender._fast_frames = fast
         pub.connect()
         assert pub.is_available()
-        # the installed pika has the method the fast path writes through; a pika
-        # release without it would silently cost ~9x the CPU per message
-        assert (pub._sender._emit is not None) is fast
+        paths = pub._link.paths
+        assert (paths.write_frames is None) is ("FRAMES_WRITER" in missing)
+        assert (paths.tx_buffers is None) is ("TX_BUFFERS" in missing)
         ledger = Ledger()
         for start in range(0, len(messages), 1000):
             batch = messages[start:start + 1000]
@@ -189,18 +207,118 @@ def test_normal_run_delivers_every_message_once_persistent_json(
         assert props.message_id == mid
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["encoded_frames", "pika_basic_publish"])
+@pytest.mark.parametrize("missing", list(SEND_PATHS.values()), ids=list(SEND_PATHS))
 def test_bodies_of_every_size_arrive_byte_for_byte(
-        rabbitmq_url: str, queue: str, fast: bool) -> None:
+        rabbitmq_url: str, queue: str, missing: tuple[str, ...],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, *missing)
     # empty, one byte, both sides of one full frame (frame_max 131072 - 8), several frames
     sizes = [0, 1, 131_063, 131_064, 131_065, 400_000] + [514] * 300
     tag = uuid.uuid4().hex[:8]
     messages = [(f"size-{tag}-{i}", bytes([i % 251]) * n) for i, n in enumerate(sizes)]
     with Publisher(rabbitmq_url, queue, window=150) as pub:
-        pub._sender._fast_frames = fast
         assert pub.publish_batch(messages).delivered
     got = consume_all(rabbitmq_url, queue, 3.0, passive=True)
     assert [(mid, body) for mid, _, body in got] == messages
+
+
+# ---------------------------------------------------------- pika internals
+#: What the log line says for each internal, found and missing (pikainternals).
+_PATH_WORDS = {
+    "FRAMES_WRITER": ("encoded frames through Connection._output_marshaled_frames",
+                      "channel.basic_publish (fallback"),
+    "TX_BUFFERS": (None, "frames sent one by one (fallback"),
+    "TERMINATE": ("aborts with Connection._terminate_stream",
+                  "Connection.close(), forgetting the connection at once (fallback"),
+    "SOCKET": ("closes its copy of the socket", "keeps its copy of the socket open (fallback"),
+}
+
+
+@pytest.mark.parametrize("missing", [(), tuple(_PATH_WORDS)], ids=["internals", "fallbacks"])
+def test_the_send_and_abort_paths_are_logged_once_per_publisher(
+        rabbitmq_url: str, queue: str, broker_addr: tuple[str, int], missing: tuple[str, ...],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line per Publisher, not per connection, naming pika's version and, for each
+    internal, the path taken; every message gets through on either."""
+    _without(monkeypatch, *missing)
+    caplog.set_level(logging.INFO, logger="segmentlog.amqp.publisher")
+    messages = _messages(600)
+    ledger = Ledger()
+    with TcpProxy(*broker_addr) as proxy, \
+            Publisher(proxy.url(), queue, window=100, backoff_initial=0.05) as pub:
+        pub.connect()
+        ledger.deliver_all(pub, messages[:300])
+        proxy.cut()
+        end = time.monotonic() + 30
+        while _metric(pub, "segmentlog_publisher_reconnects_total") < 1:
+            assert time.monotonic() < end, "the publisher did not reconnect"
+            pub.wait_available(0.1)
+        ledger.deliver_all(pub, messages[300:])
+    ledger.check_queue(rabbitmq_url, queue, messages)
+    lines = [m for m in _log_messages(caplog) if f"pika {pika.__version__}: sends " in m]
+    assert len(lines) == 1, lines
+    for name, (found, fallback) in _PATH_WORDS.items():
+        if name in missing:
+            assert fallback in lines[0], (name, lines[0])
+        elif found is not None:
+            assert found in lines[0], (name, lines[0])
+            assert "fallback" not in lines[0], lines[0]
+
+
+def test_the_installed_pika_offers_every_internal_the_publisher_uses(
+        rabbitmq_url: str, queue: str) -> None:
+    """Without them every fallback still works (the tests above force each), but the
+    send path costs ~9x the CPU: a pika release that renames one shows here first."""
+    with Publisher(rabbitmq_url, queue) as pub:
+        pub.connect()
+        paths = pub._link.paths
+        assert paths.write_frames is not None
+        assert paths.terminate is not None
+        assert paths.tx_buffers is not None
+        assert paths.sock is not None
+
+
+def _fork_and_forget(pub: Publisher, fd: int) -> bool:
+    """Fork; the child forgets ``pub``'s connection as the Auditor's after-fork hook
+    does, and says whether its copy of descriptor ``fd`` is still open."""
+    read_end, write_end = os.pipe()
+
+    def child() -> None:
+        pub._forget_in_child()
+        try:
+            os.fstat(fd)
+            os.write(write_end, b"open")
+        except OSError:
+            os.write(write_end, b"closed")
+
+    pid = fork(child)
+    os.close(write_end)
+    try:
+        said = os.read(read_end, 16)
+    finally:
+        os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert said in (b"open", b"closed"), said
+    return said == b"open"
+
+
+@pytest.mark.parametrize("missing", [(), ("SOCKET",)], ids=["socket_closed", "socket_kept"])
+def test_a_forked_child_forgets_the_connection_without_ending_the_parents(
+        rabbitmq_url: str, queue: str, missing: tuple[str, ...],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_name = pikainternals.SOCKET
+    _without(monkeypatch, *missing)
+    messages = _messages(200)
+    with Publisher(rabbitmq_url, queue) as pub:
+        pub.connect()
+        # the descriptor's number, straight from pika (the publisher may not know it)
+        fd = getattr(pub._link.conn._transport, sock_name).fileno()
+        assert _fork_and_forget(pub, fd) is bool(missing)
+        # the child said nothing on the connection: the parent's goes on as it was
+        assert pub.publish_batch(messages).delivered
+        assert _metric(pub, "segmentlog_publisher_reconnects_total") == 0
+    assert len(_drain_queue(rabbitmq_url, queue)) == len(messages)
 
 
 def test_queue_is_declared_durable_and_survives_redeclare(rabbitmq_url: str, queue: str) -> None:
@@ -450,10 +568,16 @@ def test_connection_cut_mid_batch_keeps_every_confirmed_message(
     ledger.check_queue(rabbitmq_url, queue, messages)
 
 
+#: The abort paths: pika's _terminate_stream, and the close-and-forget fallback.
+ABORT_PATHS = {"terminate_stream": (), "close_and_forget": ("TERMINATE",)}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("missing", list(ABORT_PATHS.values()), ids=list(ABORT_PATHS))
 def test_silent_partition_is_detected_by_the_liveness_watchdog(
-        rabbitmq_url: str, queue: str, proxy: TcpProxy,
-        caplog: pytest.LogCaptureFixture) -> None:
+        rabbitmq_url: str, queue: str, proxy: TcpProxy, missing: tuple[str, ...],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, *missing)
     messages = _messages(20000)
     caplog.set_level(logging.WARNING, logger="segmentlog.amqp.publisher")
     # default heartbeat/liveness settings: the requirement (found within 15 s) is about
@@ -470,6 +594,7 @@ def test_silent_partition_is_detected_by_the_liveness_watchdog(
         aborts = [m for m in _log_messages(caplog) if "aborting connection" in m]
         assert aborts and "(liveness_timeout=10 s): silent partition?" in aborts[0], aborts
         assert not pub.is_available()
+        assert (pub._link.paths.terminate is None) is bool(missing)
         first: PublishResult = box["result"]
         assert not first.delivered
         proxy.restore()
@@ -479,12 +604,14 @@ def test_silent_partition_is_detected_by_the_liveness_watchdog(
     ledger.check_queue(rabbitmq_url, queue, messages)
 
 
+@pytest.mark.parametrize("missing", list(ABORT_PATHS.values()), ids=list(ABORT_PATHS))
 def test_a_broker_that_stops_confirming_is_dropped_after_confirm_timeout(
-        rabbitmq_url: str, queue: str, broker_addr: tuple[str, int],
-        caplog: pytest.LogCaptureFixture) -> None:
+        rabbitmq_url: str, queue: str, broker_addr: tuple[str, int], missing: tuple[str, ...],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The broker stays alive (heartbeats and every other frame flow) but its confirms
     never arrive: publish_batch must not wait forever, must not call anything in flight
     confirmed, and the messages must all get through once confirms flow again."""
+    _without(monkeypatch, *missing)
     messages = _messages(3000)
     ledger = Ledger()
     caplog.set_level(logging.WARNING, logger="segmentlog.amqp.publisher")

@@ -6,7 +6,8 @@ connection with failover and watchdog (:mod:`~segmentlog.amqp.connection`), the 
 on its channel (:mod:`~segmentlog.amqp.sender`), the pure decisions of both
 (:mod:`~segmentlog.amqp.policy`) over the pure delivery-tag bookkeeping
 ``ConfirmTracker`` (:mod:`~segmentlog.amqp.confirms`), URL checks and redaction
-(:mod:`~segmentlog.amqp.urls`). The publisher never reads or commits a buffer: the
+(:mod:`~segmentlog.amqp.urls`), the pika internals it uses and their fallbacks
+(:mod:`~segmentlog.amqp.pikainternals`). The publisher never reads or commits a buffer: the
 caller commits exactly ``PublishResult.confirmed_prefix`` messages and retries the rest.
 """
 

@@ -28,6 +28,9 @@ also aborts a connection whose confirms stopped (the user's ``overdue``).
 Rule 3: a bug in a callback of the I/O thread resets the connection, not the thread
 (:meth:`BrokerConnection.safe`).
 Rule 4: no password in a log line or error (:class:`~segmentlog.amqp.urls.Redactor`).
+Rule 5: the pika internals used (abort, fast send) are looked up when each connection
+opens (:mod:`~segmentlog.amqp.pikainternals`, ``paths``), each with a public-API
+fallback; which ones are used is logged once.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
 from segmentlog.amqp.metrics import PublisherMetrics
+from segmentlog.amqp.pikainternals import PikaPaths, probe
 from segmentlog.amqp.policy import Failover, Liveness
 from segmentlog.amqp.urls import Redactor, scrub_url
 from segmentlog.errors import BrokerUnavailableError, ConfigError
@@ -172,6 +176,9 @@ class BrokerConnection:
         self.conn: Any = None
         #: The open confirm-mode channel (None while there is none).
         self.channel: Any = None
+        #: The internals ``conn`` offers (looked up when it is made and when it opens).
+        self.paths = PikaPaths(None, None, None, None)
+        self._paths_logged = False
         self._closing = False
         self._reconnect_timer: Any = None
         self._watchdog_timer: Any = None
@@ -354,9 +361,25 @@ class BrokerConnection:
             self._last_error = reason
         if conn.is_closed:
             return
-        # pika offers no public abort; _terminate_stream is what its own heartbeat
-        # checker calls, and it ends in the usual close/open-error callbacks.
-        conn._terminate_stream(pika.exceptions.AMQPConnectionError(reason))
+        terminate = self.paths.terminate
+        if terminate is not None:
+            # pika offers no public abort; _terminate_stream is what its own heartbeat
+            # checker calls, and it ends in the usual close/open-error callbacks.
+            terminate(pika.exceptions.AMQPConnectionError(reason))
+            return
+        # Fallback: ask for a close and forget the connection now. Its callbacks find
+        # it is no longer self.conn and do nothing; the old channel's answers are
+        # dropped (the channel is no longer self.channel), so none reaches the batch.
+        if not conn.is_closing:
+            conn.close(reply_text=reason)
+        self._lost(reason)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close the child's copy of the socket (Rule 5; best
+        effort: the connection may be gone or going)."""
+        if self.conn is not None and not self.paths.close_inherited_socket():
+            LOG.debug("publisher %r: forked child keeps its copy of the parent's socket",
+                      self.queue_name)
 
     def _run(self) -> None:
         try:
@@ -403,6 +426,7 @@ class BrokerConnection:
             self._attempt_failed(self.describe(exc))
             return
         self.conn = conn
+        self.paths = probe(conn)
         conn.add_on_connection_blocked_callback(self._on_blocked)
         conn.add_on_connection_unblocked_callback(self._on_unblocked)
 
@@ -430,6 +454,10 @@ class BrokerConnection:
     def _on_conn_open(self, conn: Any) -> None:
         if conn is not self.conn:
             return
+        self.paths = probe(conn)  # the transport exists from now on
+        if not self._paths_logged:
+            self._paths_logged = True
+            LOG.info("publisher %r: %s", self.queue_name, self.paths.describe())
         conn.channel(on_open_callback=self._on_channel_open)
 
     @_guard
@@ -448,9 +476,18 @@ class BrokerConnection:
             return
         self.channel = channel
         on_answer, on_return = self._user.attach(channel)
+
+        def answer(frame: Any) -> None:
+            if channel is self.channel:  # not from a connection aborted and forgotten
+                on_answer(frame)
+
+        def returned(ch: Any, method: Any, props: Any, body: Any) -> None:
+            if channel is self.channel:
+                on_return(ch, method, props, body)
+
         channel.add_on_close_callback(self._on_channel_closed)
-        channel.add_on_return_callback(self.safe(on_return))
-        channel.confirm_delivery(self.safe(on_answer),
+        channel.add_on_return_callback(self.safe(returned))
+        channel.confirm_delivery(self.safe(answer),
                                  callback=lambda _frame: self.declare(self._on_setup_done))
 
     @_guard
@@ -492,10 +529,14 @@ class BrokerConnection:
     def _on_conn_closed(self, conn: Any, exc: BaseException) -> None:
         if conn is not self.conn:
             return
+        self._lost(self.describe(exc))
+
+    def _lost(self, text: str) -> None:
+        """The connection is gone (closed, or aborted and forgotten): its batch ends,
+        and a new one starts (or the loop stops when closing)."""
         self.conn = None
         self.channel = None
         was_ready = self._ready
-        text = self.describe(exc)
         lost = self._user.connection_lost()
         self.metrics.connected.set(0)
         self.metrics.blocked.set(0)

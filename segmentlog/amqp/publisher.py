@@ -238,11 +238,10 @@ class Publisher:
         """Why the publisher is (or last was) unavailable; never contains a password."""
         return self._link.last_error
 
-    @property
-    def _conn(self) -> Any:
-        """The open pika connection, if any (the Auditor's after-fork cleanup closes a
-        forked child's copy of its socket)."""
-        return self._link.conn
+    def _forget_in_child(self) -> None:
+        """In a forked child: close the child's copy of the connection's socket without
+        a word on it (the Auditor's after-fork cleanup; best effort)."""
+        self._link.forget_in_child()
 
     def publish_batch(self, messages: Sequence[tuple[str, bytes]]) -> PublishResult:
         """Publish ``messages`` (``(message_id, json_body)``) and wait for their answers.
