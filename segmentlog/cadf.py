@@ -47,15 +47,18 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from datetime import time as dt_time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import InvalidEventError
+
+if TYPE_CHECKING:
+    from .cadf_http import TrustedProxies
 
 __all__ = [
     "CADF_EVENT_TYPE_URI",
@@ -585,6 +588,111 @@ class Event:
             event_time=format_time(time) if time is not None else "",
         )
 
+    @classmethod
+    def from_wsgi(
+        cls,
+        environ: Mapping[str, Any],
+        *,
+        status: int,
+        target: Resource | Callable[[Mapping[str, Any]], Resource] | None = None,
+        initiator: Resource | Callable[[Mapping[str, Any]], Resource] | None = None,
+        action: str | None = None,
+        actions: Mapping[str, str] | None = None,
+        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+        observer: Resource | Observer | None = None,
+        attachments: Sequence[Attachment] = (),
+    ) -> Event:
+        """The event of one WSGI request, answered with HTTP ``status`` (see
+        segmentlog.cadf_http for the rules).
+
+        ``initiator``: a Resource, or a function of the environ returning one; by
+        default the user keystonemiddleware put into the request. The request's host
+        (address, user agent) is added to it unless it has a host. ``target``: a
+        Resource or a function of the environ; by default ``typeURI`` ``unknown`` with
+        the request path as id. ``action``: fixed, else ``actions[method]`` (default
+        :data:`~segmentlog.cadf_http.DEFAULT_ACTIONS`). ``trusted_proxies``: addresses
+        or networks whose ``Forwarded`` / ``X-Forwarded-For`` are believed.
+        """
+        if not isinstance(environ, Mapping):
+            raise _fail("environ", "a WSGI environ (mapping)", environ)
+        get = environ.get
+        path = _http.wsgi_path(environ)
+        address = _http.as_trusted_proxies(trusted_proxies).client(
+            get("REMOTE_ADDR") or None, get("HTTP_FORWARDED"), get("HTTP_X_FORWARDED_FOR"))
+        return cls._from_http(environ, get, get("REQUEST_METHOD") or "", path, address,
+                              status, target, initiator, action, actions, observer,
+                              attachments)
+
+    @classmethod
+    def from_asgi(
+        cls,
+        scope: Mapping[str, Any],
+        *,
+        status: int,
+        target: Resource | Callable[[Mapping[str, Any]], Resource] | None = None,
+        initiator: Resource | Callable[[Mapping[str, Any]], Resource] | None = None,
+        action: str | None = None,
+        actions: Mapping[str, str] | None = None,
+        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+        observer: Resource | Observer | None = None,
+        attachments: Sequence[Attachment] = (),
+    ) -> Event:
+        """The event of one ASGI HTTP request (``scope["type"] == "http"``), answered
+        with ``status``; the arguments are those of :meth:`from_wsgi`, and functions
+        given as ``initiator`` or ``target`` receive the scope."""
+        if not isinstance(scope, Mapping):
+            raise _fail("scope", "an ASGI scope (mapping)", scope)
+        headers = _http.asgi_headers(scope)
+        get = headers.get
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        address = _http.as_trusted_proxies(trusted_proxies).client(
+            peer, get("HTTP_FORWARDED"), get("HTTP_X_FORWARDED_FOR"))
+        return cls._from_http(scope, get, scope.get("method") or "", _http.asgi_path(scope),
+                              address, status, target, initiator, action, actions,
+                              observer, attachments)
+
+    @classmethod
+    def _from_http(
+        cls,
+        request: Mapping[str, Any],
+        get: Callable[[str], Any],
+        method: str,
+        path: str,
+        address: str | None,
+        status: int,
+        target: Resource | Callable[[Mapping[str, Any]], Resource] | None,
+        initiator: Resource | Callable[[Mapping[str, Any]], Resource] | None,
+        action: str | None,
+        actions: Mapping[str, str] | None,
+        observer: Resource | Observer | None,
+        attachments: Sequence[Attachment],
+    ) -> Event:
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise _fail("status", "an HTTP status code (int)", status)
+        agent = get("HTTP_USER_AGENT") or None
+        if initiator is None:
+            who = _http.initiator_from(get, address, agent)
+        else:
+            given = initiator(request) if callable(initiator) else initiator
+            if not isinstance(given, Resource):
+                raise _fail("initiator", "a Resource (or a function returning one)", given)
+            who = _http.with_host(given, address, agent)
+        if target is None:
+            what = Resource(type_uri=_http.UNKNOWN, id=path)
+        else:
+            what = target(request) if callable(target) else target
+        return cls(
+            action=_http.action_for(method, action, actions),
+            outcome=outcome_for(status),
+            reason=Reason(reason_type="HTTP", reason_code=str(status)),
+            initiator=who,
+            target=what,
+            observer=observer,
+            request_path=path,
+            attachments=attachments,
+        )
+
     def to_dict(self, observer: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The CADF mapping (fresh dicts, safe to modify); ``observer`` is used when the
         event has none of its own."""
@@ -907,3 +1015,7 @@ def _check_details(event: dict[str, Any]) -> None:
                 raise _fail(f"attachments[{i}]", "a JSON object with typeURI and content", item)
             _req_str(item.get("typeURI"), f"attachments[{i}].typeURI")
     _opt_str(get("requestPath"), "requestPath")
+
+
+# Last: cadf_http builds on the models above (Event.from_wsgi / from_asgi use it).
+from . import cadf_http as _http  # noqa: E402
