@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["MULTIPROCESS", "CallbackCounter", "MetricSet", "claim", "register_all", "release",
-           "sync_callbacks"]
+           "shared_set", "sync_callbacks"]
 
 #: prometheus-client writes values to files for a multiprocess scrape (Rule 4).
 MULTIPROCESS = _values.ValueClass is not _values.MutexValue
@@ -102,27 +102,39 @@ def register_all(registry: CollectorRegistry, collectors: Iterable[Collector]) -
         raise
 
 
+def _shared_locked(registry: CollectorRegistry, kind: type[S]) -> S:
+    per = _SETS.get(registry)
+    if per is None:
+        per = _SETS[registry] = {}
+    shared = per.get(kind)
+    if shared is None:
+        shared = kind()
+        register_all(registry, shared.collectors())
+        per[kind] = shared
+    return shared  # type: ignore[return-value]
+
+
+def shared_set(registry: CollectorRegistry, kind: type[S]) -> S:
+    """The ``kind`` set of ``registry`` (registered on first use), without claiming a
+    label: for owners that share their series by name (Rule 3 does not apply)."""
+    with _LOCK:
+        return _shared_locked(registry, kind)
+
+
 def claim(registry: CollectorRegistry, kind: type[S], base: str,
           on_claim: Callable[[S, str], None] | None = None) -> tuple[S, str]:
     """The ``kind`` set of ``registry`` (registered on first use) and a free label made
     from ``base`` (Rule 3); ``on_claim(set, label)`` runs under the same lock."""
     with _LOCK:
-        per = _SETS.get(registry)
-        if per is None:
-            per = _SETS[registry] = {}
-        shared = per.get(kind)
-        if shared is None:
-            shared = kind()
-            register_all(registry, shared.collectors())
-            per[kind] = shared
+        shared = _shared_locked(registry, kind)
         label, n = base, 2
         while label in shared.labels_in_use:
             label = f"{base}-{n}"
             n += 1
         shared.labels_in_use.add(label)
         if on_claim is not None:
-            on_claim(shared, label)  # type: ignore[arg-type]
-        return shared, label  # type: ignore[return-value]
+            on_claim(shared, label)
+        return shared, label
 
 
 def release(shared: MetricSet, label: str) -> None:
