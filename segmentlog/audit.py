@@ -86,6 +86,7 @@ store); :mod:`segmentlog.audit_config` reads the environment and checks the sett
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -290,29 +291,52 @@ class Auditor(DeliveryThread, AuditorBase):
         InvalidEventError) for one larger than the store or broker can take (Rule 5),
         LogClosedError after close(), BackingStoreFull / BackingStoreError after
         ``full_timeout`` of a full / failing buffer."""
-        item: Queued
+        item = self._item(event)
+        if item is not None:
+            self._enqueue(item, wait=True)
+
+    async def arecord(self, event: EventLike) -> None:
+        """``record(event)`` for a coroutine: never blocks the event loop. The event is
+        checked and serialised as ``record()`` does, in the caller's thread; when the
+        buffer has room it is queued at once (the common case, as fast as ``record()``),
+        else the wait for room (Rule 4) runs in a worker thread. With ``write_ahead``
+        the store write (a disk write, perhaps an fsync) always runs in a worker thread.
+        Raises what ``record()`` raises."""
+        if self._write_ahead:
+            await asyncio.to_thread(self.record, event)
+            return
+        item = self._item(event)
+        if item is not None and not self._enqueue(item, wait=False):
+            await asyncio.to_thread(self._enqueue, item, True)
+
+    def _item(self, event: EventLike) -> Queued | None:
+        """``event`` checked and ready to queue; None when it was written ahead."""
         if (type(event) is Event and event.constant and not self._write_ahead
                 and event.size_bound <= self._model_size_limit):
             # Nothing in it can change: the delivery thread serialises it (_take), to
             # the bytes this thread would make (Rule 3 of segmentlog.cadf). Its fields
             # were checked when it was built, and its size bound fits (Rule 5). Not for
             # a subclass, which may add state of its own.
-            item = (event.id, event, time.monotonic())
+            return (event.id, event, time.monotonic())
+        if isinstance(event, Event):
+            mid = event.id
+            data = event.wire_dict(self._observer_dict)
         else:
-            if isinstance(event, Event):
-                mid = event.id
-                data = event.wire_dict(self._observer_dict)
-            else:
-                data = check_event_mapping(event, self._observer_dict)
-                mid = data["id"]
-            body = dump_event(data)  # refuses what JSON cannot carry, naming the field
-            if len(body) > self._max_event_size:
-                raise self._too_large(mid, len(body))
-            if self._write_ahead:
-                self._record_write_ahead(mid, body)
-                return
-            item = (mid, body, time.monotonic())
+            data = check_event_mapping(event, self._observer_dict)
+            mid = data["id"]
+        body = dump_event(data)  # refuses what JSON cannot carry, naming the field
+        if len(body) > self._max_event_size:
+            raise self._too_large(mid, len(body))
+        if self._write_ahead:
+            self._record_write_ahead(mid, body)
+            return None
+        return (mid, body, time.monotonic())
+
+    def _enqueue(self, item: Queued, wait: bool) -> bool:
+        """Queue ``item``; False (nothing queued) if the buffer is full and not ``wait``."""
         if len(self._queue) + len(self._pending) >= self._memory_limit:
+            if not wait:
+                return False
             self._wait_for_room()
         with self._lock:
             if self._closed:
@@ -323,6 +347,7 @@ class Auditor(DeliveryThread, AuditorBase):
         if self._idle:
             self._idle = False
             self._wake.set()
+        return True
 
     def _too_large(self, mid: str, size: int) -> EventTooLargeError:
         return EventTooLargeError(

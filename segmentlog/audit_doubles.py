@@ -1,8 +1,9 @@
 """What every auditor offers, and the two that deliver nothing: for tests and for
 deployments without a broker.
 
-:class:`AuditorBase` is the interface (``record(event)``, ``close()``, a context
-manager); :class:`~segmentlog.audit.Auditor` is the one that ships events.
+:class:`AuditorBase` is the interface (``record(event)``, ``close()``, ``flush()``,
+a context manager, and for asyncio ``await arecord(event)``, ``aclose()``, ``aflush()``,
+which never block the event loop); :class:`~segmentlog.audit.Auditor` is the one that ships events.
 :class:`NullAuditor` checks every event and throws it away; :class:`RecordingAuditor`
 keeps what it was given for a test to compare. Both check events exactly as the Auditor
 does (same :class:`~segmentlog.errors.InvalidEventError`), so a service tested against
@@ -12,6 +13,7 @@ store. All three are importable from ``segmentlog.audit`` as well.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -36,7 +38,8 @@ EventLike = Event | Mapping[str, Any]
 
 
 class AuditorBase(ABC):
-    """What every auditor offers: ``record(event)`` and ``close()``."""
+    """What every auditor offers: ``record(event)``, ``close()``, ``flush()`` and their
+    asyncio forms ``arecord``, ``aclose``, ``aflush``."""
 
     @abstractmethod
     def record(self, event: EventLike) -> None:
@@ -44,6 +47,25 @@ class AuditorBase(ABC):
 
     def close(self, timeout: float = 10.0) -> None:  # noqa: B027 - nothing to release
         """Deliver or persist what was recorded; release connections."""
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until what was recorded so far was delivered; False if ``timeout`` passed
+        first. An auditor that delivers nothing has nothing to wait for."""
+        return True
+
+    # asyncio: a coroutine must never block its event loop. These run the blocking call
+    # in a worker thread (asyncio.to_thread); auditors that never block override them.
+    async def arecord(self, event: EventLike) -> None:
+        """``record(event)`` for a coroutine: waits for room without blocking the loop."""
+        await asyncio.to_thread(self.record, event)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """``close(timeout)`` for a coroutine, in a worker thread."""
+        await asyncio.to_thread(self.close, timeout)
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        """``flush(timeout)`` for a coroutine, in a worker thread."""
+        return await asyncio.to_thread(self.flush, timeout)
 
     def __enter__(self: _A) -> _A:
         return self
@@ -77,6 +99,15 @@ class NullAuditor(AuditorBase):
         body = dump_event(_prepare(event, self._observer or _NULL_OBSERVER))
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("audit event discarded (NullAuditor): %s", body.decode())
+
+    async def arecord(self, event: EventLike) -> None:
+        self.record(event)  # never blocks: nothing is buffered
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        self.close(timeout)
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        return True
 
 
 _NULL_OBSERVER: dict[str, Any] = {"typeURI": "unknown", "id": "unknown"}
@@ -141,3 +172,13 @@ class RecordingAuditor(AuditorBase):
     def close(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._closed = True
+
+    # The lock is held only to append or copy a list: these never block an event loop.
+    async def arecord(self, event: EventLike) -> None:
+        self.record(event)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        self.close(timeout)
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        return True

@@ -16,7 +16,8 @@ Rule 2: the event is recorded when the status is known: WSGI, once the applicati
         returned with ``start_response`` called (the usual case: the body is handed to
         the server as it is, untouched), else at the body's first chunk (or its end, or
         ``close()``: a generator application calls ``start_response`` lazily); ASGI,
-        right after ``http.response.start`` was sent. Response bodies are never read
+        right after ``http.response.start`` was sent, with ``await auditor.arecord``
+        (a full buffer never blocks the event loop). Response bodies are never read
         or held: a streamed body flows through chunk by chunk.
 Rule 3: an application that fails before a status is known is recorded with 500 (what
         the server answers), and its exception propagates unchanged.
@@ -110,7 +111,8 @@ class _Auditing:
         trusted_proxies: TrustedProxies | Iterable[str] | None,
         registry: CollectorRegistry | None,
     ) -> None:
-        if not callable(getattr(auditor, "record", None)):
+        if not (callable(getattr(auditor, "record", None))
+                and callable(getattr(auditor, "arecord", None))):
             raise ConfigError(f"audit middleware: auditor must be an Auditor (or another "
                               f"AuditorBase), got {type(auditor).__name__}")
         if isinstance(methods, str):
@@ -336,6 +338,6 @@ class ASGIAuditMiddleware:
             event = Event.from_asgi(scope, status=status, target=audit.target,
                                     initiator=audit.initiator, actions=audit.actions,
                                     trusted_proxies=audit.proxies)
-            audit.auditor.record(event)
+            await audit.auditor.arecord(event)  # a full buffer never blocks the loop
         except Exception:
             audit.failed(scope)
