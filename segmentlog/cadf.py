@@ -685,7 +685,7 @@ class Event:
         return cls(
             action=_http.action_for(method, action, actions),
             outcome=outcome_for(status),
-            reason=Reason(reason_type="HTTP", reason_code=str(status)),
+            reason=_http.reason_for(status),
             initiator=who,
             target=what,
             observer=observer,

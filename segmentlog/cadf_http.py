@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from .cadf import Host, Resource
+from .cadf import Host, Reason, Resource
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_ACTIONS", "USER_TYPE_URI", "TrustedProxies"]
@@ -118,13 +118,13 @@ class TrustedProxies:
         return address
 
 
+_NO_PROXIES = TrustedProxies()
+
+
 def as_trusted_proxies(value: TrustedProxies | Iterable[str] | None) -> TrustedProxies:
     if isinstance(value, TrustedProxies):
         return value
-    return TrustedProxies(() if value is None else value)
-
-
-_NO_PROXIES = TrustedProxies()
+    return _NO_PROXIES if value is None else TrustedProxies(value)
 
 
 def _is_ip(text: str) -> bool:
@@ -172,25 +172,63 @@ def asgi_path(scope: Mapping[str, Any]) -> str:
     return quote(path.encode("utf-8", "replace"), safe=_PATH_SAFE) or "/"
 
 
+# Initiators already built, by everything they are built from: a resource is immutable,
+# and a service sees the same users from the same addresses again and again (building
+# one costs more than the rest of the event). Bounded: emptied when it fills.
+_INITIATORS: dict[tuple[str | None, ...], Resource] = {}
+_INITIATORS_MAX = 4096
+
+
 def initiator_from(get: Callable[[str], str | None], address: str | None,
                    agent: str | None) -> Resource:
     """The initiator from keystonemiddleware's headers (Rules 1 and 3); ``get`` reads one
     header by its WSGI name (``HTTP_X_USER_ID``)."""
-    host = Host(address=address, agent=agent) if address or agent else None
     user_id = get("HTTP_X_USER_ID")
     status = get("HTTP_X_IDENTITY_STATUS")
     if not user_id or (status is not None and status.lower() != "confirmed"):
+        key: tuple[str | None, ...] = (None, address, agent)
+    else:
+        key = (user_id, address, agent, get("HTTP_X_USER_NAME"),
+               get("HTTP_X_USER_DOMAIN_NAME"), get("HTTP_X_PROJECT_ID"),
+               get("HTTP_X_DOMAIN_ID"))
+    found = _INITIATORS.get(key)
+    if found is None:
+        found = _build_initiator(key)
+        if len(_INITIATORS) >= _INITIATORS_MAX:
+            _INITIATORS.clear()
+        _INITIATORS[key] = found
+    return found
+
+
+def _build_initiator(key: tuple[str | None, ...]) -> Resource:
+    user_id, address, agent = key[:3]
+    host = Host(address=address, agent=agent) if address or agent else None
+    if user_id is None:
         return Resource(type_uri=USER_TYPE_URI, id=UNKNOWN, host=host)
+    name, domain, project_id, domain_id = key[3:]
     return Resource(
         type_uri=USER_TYPE_URI,
         id=user_id,
-        name=get("HTTP_X_USER_NAME") or None,
-        domain=get("HTTP_X_USER_DOMAIN_NAME") or None,
+        name=name or None,
+        domain=domain or None,
         host=host,
         # the token's scope: only one of the two is set
-        project_id=get("HTTP_X_PROJECT_ID") or None,
-        domain_id=get("HTTP_X_DOMAIN_ID") or None,
+        project_id=project_id or None,
+        domain_id=domain_id or None,
     )
+
+
+_REASONS: dict[int, Reason] = {}
+
+
+def reason_for(status: int) -> Reason:
+    """The ``HTTP`` reason of ``status`` (one shared, immutable instance per code)."""
+    found = _REASONS.get(status)
+    if found is None:
+        found = Reason(reason_type="HTTP", reason_code=str(status))
+        if 100 <= status < 600:  # a bounded set: anything else is built each time
+            _REASONS[status] = found
+    return found
 
 
 def with_host(resource: Resource, address: str | None, agent: str | None) -> Resource:
@@ -215,8 +253,11 @@ def asgi_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     """The few headers this module reads, by WSGI name, from an ASGI scope (Rule 1:
     nothing else is decoded)."""
     out: dict[str, str] = {}
+    read = _ASGI_READ
     for name, value in scope.get("headers") or ():
-        key = _ASGI_READ.get(bytes(name).lower())
+        key = read.get(name)  # servers send lower-case names (the ASGI spec)
+        if key is None and not name.islower():
+            key = read.get(bytes(name).lower())
         if key is not None:
             text = bytes(value).decode("latin-1")
             # Repeated headers are one comma-separated list (RFC 9110).

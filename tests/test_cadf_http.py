@@ -209,3 +209,25 @@ def test_event_from_a_request_serialises_and_round_trips() -> None:
                             observer=OBSERVER.to_resource())
     assert event.constant
     assert Event.from_dict(orjson.loads(event.to_json())) == event
+
+
+def test_asgi_header_names_in_upper_case_are_read_too() -> None:
+    sc = scope()
+    sc["headers"] = [(b"X-User-Id", b"u-9"), (b"User-Agent", b"ua"), (b"x-user-name", b"bob")]
+    initiator = Event.from_asgi(sc, status=200).initiator
+    assert (initiator.id, initiator.name) == ("u-9", "bob")
+    assert initiator.host == Host(address="192.0.2.10", agent="ua")
+
+
+def test_initiators_are_shared_per_user_and_address_and_the_cache_is_bounded() -> None:
+    from segmentlog import cadf_http
+
+    a = Event.from_wsgi(environ(), status=200).initiator
+    assert Event.from_wsgi(environ(), status=201).initiator is a
+    assert Event.from_wsgi(environ(REMOTE_ADDR="192.0.2.11"), status=200).initiator.host \
+        == Host(address="192.0.2.11", agent="openstacksdk/4.0")
+    assert Event.from_wsgi(environ(HTTP_X_PROJECT_ID="p-8"), status=200).initiator \
+        .project_id == "p-8"
+    for i in range(cadf_http._INITIATORS_MAX + 10):
+        Event.from_wsgi(environ(HTTP_X_USER_ID=f"user-{i}"), status=200)
+        assert len(cadf_http._INITIATORS) <= cadf_http._INITIATORS_MAX
