@@ -291,9 +291,26 @@ class Auditor(DeliveryThread, AuditorBase):
         InvalidEventError) for one larger than the store or broker can take (Rule 5),
         LogClosedError after close(), BackingStoreFull / BackingStoreError after
         ``full_timeout`` of a full / failing buffer."""
-        item = self._item(event)
-        if item is not None:
-            self._enqueue(item, wait=True)
+        # The hot path, inline (arecord shares it through _item and _enqueue: two calls
+        # more, kept out of here).
+        if (type(event) is Event and event.constant and not self._write_ahead
+                and event.size_bound <= self._model_size_limit):
+            item: Queued = (event.id, event, time.monotonic())  # see _item
+        else:
+            serialised = self._serialised(event)
+            if serialised is None:
+                return
+            item = serialised
+        if len(self._queue) + len(self._pending) >= self._memory_limit:
+            self._wait_for_room()
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self._queue.append(item)
+            self._accepted += 1
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     async def arecord(self, event: EventLike) -> None:
         """``record(event)`` for a coroutine: never blocks the event loop. The event is
@@ -318,6 +335,10 @@ class Auditor(DeliveryThread, AuditorBase):
             # were checked when it was built, and its size bound fits (Rule 5). Not for
             # a subclass, which may add state of its own.
             return (event.id, event, time.monotonic())
+        return self._serialised(event)
+
+    def _serialised(self, event: EventLike) -> Queued | None:
+        """``event`` checked and serialised in this thread; None when written ahead."""
         if isinstance(event, Event):
             mid = event.id
             data = event.wire_dict(self._observer_dict)
@@ -340,14 +361,17 @@ class Auditor(DeliveryThread, AuditorBase):
             self._wait_for_room()
         with self._lock:
             if self._closed:
-                raise LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
-                                     "close() is refused")
+                raise self._closed_error()
             self._queue.append(item)
             self._accepted += 1
         if self._idle:
             self._idle = False
             self._wake.set()
         return True
+
+    def _closed_error(self) -> LogClosedError:
+        return LogClosedError(f"auditor {self.queue_name!r} is closed; record() after "
+                              "close() is refused")
 
     def _too_large(self, mid: str, size: int) -> EventTooLargeError:
         return EventTooLargeError(

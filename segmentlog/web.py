@@ -152,7 +152,36 @@ class _Auditing:
                       request.get("PATH_INFO") or request.get("path"))
 
 
-class WSGIAuditMiddleware:
+class _AuditMiddleware:
+    """The constructor both middlewares share (their keyword arguments are one set)."""
+
+    _kind = ""
+
+    def __init__(
+        self,
+        app: Any,
+        auditor: AuditorBase,
+        *,
+        methods: Iterable[str] = DEFAULT_METHODS,
+        include: Iterable[str | re.Pattern[str]] | None = None,
+        exclude: Iterable[str | re.Pattern[str]] | None = None,
+        target: ResourceSource = None,
+        initiator: ResourceSource = None,
+        actions: Mapping[str, str] | None = None,
+        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+        registry: CollectorRegistry | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(app):
+            raise ConfigError(f"{type(self).__name__}: app must be the {self._kind} "
+                              f"application to wrap (a callable), got {type(app).__name__}")
+        self.app = app
+        self._audit = _Auditing(auditor, name or self._kind.lower(), methods, include,
+                                exclude, target, initiator, actions, trusted_proxies,
+                                registry)
+
+
+class WSGIAuditMiddleware(_AuditMiddleware):
     """Records one CADF event per selected request of a WSGI ``app`` on ``auditor``.
 
     :param methods: methods recorded (Rule 1; default :data:`DEFAULT_METHODS`).
@@ -167,30 +196,12 @@ class WSGIAuditMiddleware:
     :param trusted_proxies: addresses or networks whose forwarded headers are believed.
     :param registry: where the failure counter lives (default: the auditor's registry,
         else prometheus-client's default one).
-    :param name: the ``middleware`` label of that counter and the name in log messages.
+    :param name: the ``middleware`` label of that counter and the name in log messages
+        (default ``wsgi``; ``asgi`` for the ASGI middleware).
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        auditor: AuditorBase,
-        *,
-        methods: Iterable[str] = DEFAULT_METHODS,
-        include: Iterable[str | re.Pattern[str]] | None = None,
-        exclude: Iterable[str | re.Pattern[str]] | None = None,
-        target: ResourceSource = None,
-        initiator: ResourceSource = None,
-        actions: Mapping[str, str] | None = None,
-        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
-        registry: CollectorRegistry | None = None,
-        name: str = "wsgi",
-    ) -> None:
-        if not callable(app):
-            raise ConfigError(f"WSGIAuditMiddleware: app must be a WSGI application "
-                              f"(callable), got {type(app).__name__}")
-        self.app = app
-        self._audit = _Auditing(auditor, name, methods, include, exclude, target, initiator,
-                                actions, trusted_proxies, registry)
+    _kind = "WSGI"
+    app: WSGIApp
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         audit = self._audit
@@ -273,32 +284,13 @@ class _AuditedBody:
             self._finish()
 
 
-class ASGIAuditMiddleware:
+class ASGIAuditMiddleware(_AuditMiddleware):
     """Records one CADF event per selected HTTP request of an ASGI ``app`` on
     ``auditor``; the keyword arguments are those of :class:`WSGIAuditMiddleware`
     (functions receive the scope). ``websocket`` and ``lifespan`` scopes pass through."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        auditor: AuditorBase,
-        *,
-        methods: Iterable[str] = DEFAULT_METHODS,
-        include: Iterable[str | re.Pattern[str]] | None = None,
-        exclude: Iterable[str | re.Pattern[str]] | None = None,
-        target: ResourceSource = None,
-        initiator: ResourceSource = None,
-        actions: Mapping[str, str] | None = None,
-        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
-        registry: CollectorRegistry | None = None,
-        name: str = "asgi",
-    ) -> None:
-        if not callable(app):
-            raise ConfigError(f"ASGIAuditMiddleware: app must be an ASGI application "
-                              f"(callable), got {type(app).__name__}")
-        self.app = app
-        self._audit = _Auditing(auditor, name, methods, include, exclude, target, initiator,
-                                actions, trusted_proxies, registry)
+    _kind = "ASGI"
+    app: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         audit = self._audit

@@ -221,7 +221,7 @@ def test_bad_middleware_settings_are_a_config_error(kwargs: dict[str, Any], matc
             cls(hello, RecordingAuditor(), **kwargs)
     with pytest.raises(ConfigError, match="auditor must be an Auditor"):
         WSGIAuditMiddleware(hello, object())  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="app must be an ASGI application"):
+    with pytest.raises(ConfigError, match="ASGIAuditMiddleware: app must be the ASGI application"):
         ASGIAuditMiddleware(None, RecordingAuditor())  # type: ignore[arg-type]
 
 
