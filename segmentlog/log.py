@@ -241,6 +241,7 @@ class SegmentLog:
         self._reader.seek(committed)
 
         state.start_thread(self._preparer.loop, "segmentlog-prepare")
+        state.start_thread(self._retention.delete_loop, "segmentlog-delete")
         if sync.policy.background_sync:
             state.start_thread(self._sync_loop, "segmentlog-flush")
 
@@ -384,6 +385,7 @@ class SegmentLog:
             self._writer.write_window = -1
             state.stop.set()
             self._preparer.stop()
+            self._retention.stop_deleting()
             self._sync.open_gates()  # a sync() still waiting: the log is closed
             self._retention.cond.notify_all()
         for t in state.threads:
@@ -395,6 +397,7 @@ class SegmentLog:
         state.closed = True
         state.stop.set()
         self._preparer.wake.set()
+        self._retention.stop_deleting()  # a second sentinel after close() does no harm
         self._writer.release()
         self._sync.release()
         self._reader.close()

@@ -1,13 +1,16 @@
 """Retention: the checkpoint, reclaiming consumed segments, and the space limit.
 
 ``commit`` moves the checkpoint; segments wholly below a durable checkpoint are deleted
-or recycled (the preparer takes them as the next segment). With ``max_total_size`` the
+or recycled (the preparer takes them as the next segment). A deleted segment is renamed
+to ``*.tmp`` under the lock and unlinked by a thread of its own, so neither appenders nor
+the reader wait for the unlink of a large file. With ``max_total_size`` the
 directory holds at most ``capacity`` segment files: a rotation waits for (or refuses for
 lack of) space. Fields under the lock unless said otherwise.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -51,6 +54,7 @@ class Retention:
         self.checkpoint_durable = True
         self.checkpoint_time = 0.0
         self.unlink = _fs.fs.unlink  # fault-injection tests replace it
+        self._doomed: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         preparer.at_capacity = self.at_capacity
 
     def start(self, committed: int) -> None:
@@ -135,8 +139,18 @@ class Retention:
                     doomed += self.dispose(base, defer=True)
         fsync_dir(state.directory)
         for path in doomed:
+            self._doomed.put(path)  # unlinked by the deleter thread, off the reader's path
+        with state.lock:
+            self.cond.notify_all()
+
+    def delete_loop(self) -> None:
+        """The deleter thread: unlink consumed segments handed over by ``reclaim`` (each
+        already renamed to ``*.tmp`` and counted in ``deleting``; a crash before the
+        unlink leaves the ``*.tmp``, removed on open), until ``stop_deleting``."""
+        state = self.state
+        while (path := self._doomed.get()) is not None:
             try:
-                self.unlink(path)  # a crash before this leaves a *.tmp, removed on open
+                self.unlink(path)
             except OSError as exc:
                 log.warning("segmentlog %s: could not delete consumed segment %s: %s",
                             state.directory, path, exc)
@@ -144,14 +158,16 @@ class Retention:
                 with state.lock:
                     self.deleting -= 1
                     self.cond.notify_all()
-        with state.lock:
-            self.cond.notify_all()
+
+    def stop_deleting(self) -> None:
+        """The deleter thread ends once it has unlinked what it was given."""
+        self._doomed.put(None)
 
     def dispose(self, base: int, defer: bool = False) -> list[str]:
         """Recycle or delete consumed segment ``base`` (lock held; the caller fsyncs the
         directory). With ``defer``, a segment to delete is only renamed to ``*.tmp``
-        and counted in ``deleting``; the caller unlinks the returned path after
-        releasing the lock, then decrements ``deleting``."""
+        and counted in ``deleting``; the caller hands the returned path to the deleter
+        thread, which unlinks it and then decrements ``deleting``."""
         path = self.state.path(base)
         doomed: list[str] = []
         if self.preparer.recycle(path):
