@@ -619,12 +619,17 @@ def test_write_ahead_full_store_blocks_until_drained(
     check_delivery(consume(rabbitmq_url, queue), [(e.id, wire(e)) for e in events])
 
 
+def _file_store_env(queue: str, port: int, directory: Path) -> dict[str, str]:
+    """A service's environment: the broker on 127.0.0.1:``port``, a file store in
+    ``directory`` (the configuration every worker of a service shares)."""
+    return {"AUDIT_QUEUE_NAME": queue, "AUDIT_HOSTNAME": "127.0.0.1", "AUDIT_PORT": str(port),
+            "AUDIT_BACKING_STORE": orjson.dumps(
+                {"type": "file", "params": {"directory": str(directory)}}).decode()}
+
+
 def test_close_with_broker_down_persists_to_the_file_store_for_the_next_auditor(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Path) -> None:
-    config = {"AUDIT_QUEUE_NAME": queue, "AUDIT_HOSTNAME": "127.0.0.1",
-              "AUDIT_PORT": str(proxy.port),
-              "AUDIT_BACKING_STORE": orjson.dumps(
-                  {"type": "file", "params": {"directory": str(tmp_path / "buf")}}).decode()}
+    config = _file_store_env(queue, proxy.port, tmp_path / "buf")
     proxy.refuse()
     first = Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0)
     recorded = _record_all(first, make_events(700))
@@ -645,10 +650,7 @@ def test_a_live_auditor_delivers_the_backlog_a_closed_one_left_in_the_shared_dir
     # Issue 16: workers share one configuration; a worker that exits during an outage
     # leaves its log, and a live worker delivers it once the broker is back (not only a
     # restart of that same worker).
-    config = {"AUDIT_QUEUE_NAME": queue, "AUDIT_HOSTNAME": "127.0.0.1",
-              "AUDIT_PORT": str(proxy.port),
-              "AUDIT_BACKING_STORE": orjson.dumps(
-                  {"type": "file", "params": {"directory": str(tmp_path / "buf")}}).decode()}
+    config = _file_store_env(queue, proxy.port, tmp_path / "buf")
     proxy.refuse()
     with Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0) as live:
         gone = Auditor(OBSERVER, env_prefix="AUDIT", environ=config, connect_wait=0)

@@ -269,6 +269,12 @@ def test_default_mode_on_a_full_device_blocks_record_and_keeps_every_accepted_ev
                           [(e.id, wire(e)) for e in accepted]) == 0
 
 
+def _small_unknown_store(tmp_path: Path) -> _UnknownLimits:
+    """A small file store (four segments of 64 KiB) that cannot tell its room."""
+    return _UnknownLimits(tmp_path / "buf", max_file_size=64 << 10, max_total_size=256 << 10,
+                          fsync="never", registry=CollectorRegistry())
+
+
 def _record_until_full(store: BackingStore, proxy: TcpProxy, queue: str,
                        closing: list[Auditor]) -> tuple[Auditor, list[Event]]:
     """An Auditor over ``store`` with the broker down, recording until record() refuses
@@ -290,9 +296,7 @@ def test_close_raises_with_every_accepted_event_the_full_store_refused(
         closing: list[Auditor]) -> None:
     # A store that cannot tell its room: memory fills before the store says "full".
     # What it refused is not dropped with a log line: close() raises with the events.
-    store = _UnknownLimits(tmp_path / "buf", max_file_size=64 << 10,
-                           max_total_size=256 << 10, fsync="never",
-                           registry=CollectorRegistry())
+    store = _small_unknown_store(tmp_path)
     try:
         auditor, accepted = _record_until_full(store, proxy, queue, closing)
         with pytest.raises(UndeliveredEventsError, match="neither delivered nor stored") as info:
@@ -313,9 +317,7 @@ def test_close_waits_for_the_broker_while_the_store_refuses_what_it_holds(
         closing: list[Auditor]) -> None:
     # A durable store normally lets close() return at once with the broker down (the
     # store keeps the rest); events the store refused have only the broker left.
-    store = _UnknownLimits(tmp_path / "buf", max_file_size=64 << 10,
-                           max_total_size=256 << 10, fsync="never",
-                           registry=CollectorRegistry())
+    store = _small_unknown_store(tmp_path)
     try:
         auditor, accepted = _record_until_full(store, proxy, queue, closing)
         assert store.pending() < len(accepted), "the store took everything"
