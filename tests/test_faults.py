@@ -296,6 +296,10 @@ def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
     committer.join(30)
     writer.join(30)
     assert outcome == ["appended"]
+    # The appender needed only the first freed file; the deleter thread unlinks the rest
+    # after commit() returned, and then nothing of them is left.
+    with log._state.lock:
+        assert log._retention.cond.wait_for(lambda: log._retention.deleting == 0, 30)
     assert not any(n.endswith(".tmp") for n in os.listdir(logdir))
     assert read_all(log) == [record(i) for i in range(len(acked), len(acked) + 12)]
     log.close()
