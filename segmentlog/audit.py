@@ -319,6 +319,19 @@ class Auditor(DeliveryThread, AuditorBase):
         else the wait for room (Rule 4) runs in a worker thread. With ``write_ahead``
         the store write (a disk write, perhaps an fsync) always runs in a worker thread.
         Raises what ``record()`` raises."""
+        # The hot path of record(), inline as there (a coroutine already costs a call).
+        if (type(event) is Event and event.constant and not self._write_ahead
+                and event.size_bound <= self._model_size_limit
+                and len(self._queue) + len(self._pending) < self._memory_limit):
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                self._queue.append((event.id, event, time.monotonic()))
+                self._accepted += 1
+            if self._idle:
+                self._idle = False
+                self._wake.set()
+            return
         if self._write_ahead:
             await asyncio.to_thread(self.record, event)
             return

@@ -515,16 +515,19 @@ class Event:
         _req_str(self.action, "action")
         if self.outcome not in OUTCOMES:
             raise _fail("outcome", f"one of {', '.join(sorted(OUTCOMES))}", self.outcome)
-        if not isinstance(self.initiator, Resource):
-            raise _fail("initiator", "a Resource", self.initiator)
-        if not isinstance(self.target, Resource):
-            raise _fail("target", "a Resource", self.target)
-        if self.observer is not None and not isinstance(self.observer, (Resource, Observer)):
-            raise _fail("observer", "a Resource or an Observer (or omitted)", self.observer)
+        initiator, target, observer = self.initiator, self.target, self.observer
+        if not isinstance(initiator, Resource):
+            raise _fail("initiator", "a Resource", initiator)
+        if not isinstance(target, Resource):
+            raise _fail("target", "a Resource", target)
+        if observer is not None and not isinstance(observer, (Resource, Observer)):
+            raise _fail("observer", "a Resource or an Observer (or omitted)", observer)
         if self.reason is not None and not isinstance(self.reason, Reason):
             raise _fail("reason", "a Reason (or omitted)", self.reason)
-        object.__setattr__(self, "attachments",
-                           _tuple_of(self.attachments, Attachment, "attachments"))
+        attachments = self.attachments
+        if type(attachments) is not tuple or attachments:  # usually (): nothing to check
+            attachments = _tuple_of(attachments, Attachment, "attachments")
+            object.__setattr__(self, "attachments", attachments)
         _opt_str(self.request_path, "requestPath")
         if not self.id:
             object.__setattr__(self, "id", new_event_id())
@@ -539,12 +542,10 @@ class Event:
             _check_time(moment, "eventTime")
         _req_str(self.event_type, "eventType")
         _req_str(self.type_uri, "typeURI")
-        observer = self.observer
-        constant = (_constant_attachments(self.attachments)
-                    and _constant_attachments(self.initiator.attachments)
-                    and _constant_attachments(self.target.attachments)
-                    and (not isinstance(observer, Resource)
-                         or _constant_attachments(observer.attachments)))
+        # A resource's _size is -1 when one of its attachments holds a container.
+        constant = (initiator._size >= 0 and target._size >= 0
+                    and (not isinstance(observer, Resource) or observer._size >= 0)
+                    and (not attachments or _constant_attachments(attachments)))
         object.__setattr__(self, "constant", constant)
         bound = -1
         if constant:
@@ -554,10 +555,10 @@ class Event:
             bound = (6 * (len(self.action) + len(self.id) + len(self.event_time)
                           + len(self.event_type) + len(self.type_uri)
                           + len(self.request_path or ""))
-                     + _EVENT_FRAME + self.initiator._size + self.target._size
+                     + _EVENT_FRAME + initiator._size + target._size
                      + (self.reason._size if self.reason is not None else 0)
                      + (observer._size if observer is not None else 0)
-                     + sum(a.size + 1 for a in self.attachments))
+                     + sum(a.size + 1 for a in attachments))
         object.__setattr__(self, "size_bound", bound)
 
     @classmethod
@@ -679,7 +680,7 @@ class Event:
                 raise _fail("initiator", "a Resource (or a function returning one)", given)
             who = _http.with_host(given, address, agent)
         if target is None:
-            what = Resource(type_uri=_http.UNKNOWN, id=path)
+            what = _http.target_for(path)
         else:
             what = target(request) if callable(target) else target
         return cls(

@@ -156,11 +156,30 @@ def _forwarded_for(header: str) -> list[str]:
     return hops
 
 
+# What is built from a request and shared by later requests with the same input: paths,
+# initiators and default targets are immutable, and a service sees the same paths and
+# users from the same addresses again and again (building them costs more than the rest
+# of the event). Each cache is bounded: emptied when it fills.
+_CACHE_MAX = 4096
+_WSGI_PATHS: dict[str, str] = {}
+_ASGI_PATHS: dict[str, str] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
 def wsgi_path(environ: Mapping[str, Any]) -> str:
     """The request path of a WSGI environ, percent-encoded, without the query string."""
     raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # PEP 3333: the server decoded the path bytes as latin-1; these are those bytes.
-    return quote(raw.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+    found = _WSGI_PATHS.get(raw)
+    if found is None:
+        # PEP 3333: the server decoded the path bytes as latin-1; these are those bytes.
+        found = quote(raw.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+        _remember(_WSGI_PATHS, raw, found)
+    return found
 
 
 def asgi_path(scope: Mapping[str, Any]) -> str:
@@ -169,14 +188,14 @@ def asgi_path(scope: Mapping[str, Any]) -> str:
     root: str = scope.get("root_path", "")
     if root and not path.startswith(root):  # servers differ on whether path includes it
         path = root + path
-    return quote(path.encode("utf-8", "replace"), safe=_PATH_SAFE) or "/"
+    found = _ASGI_PATHS.get(path)
+    if found is None:
+        found = quote(path.encode("utf-8", "replace"), safe=_PATH_SAFE) or "/"
+        _remember(_ASGI_PATHS, path, found)
+    return found
 
 
-# Initiators already built, by everything they are built from: a resource is immutable,
-# and a service sees the same users from the same addresses again and again (building
-# one costs more than the rest of the event). Bounded: emptied when it fills.
 _INITIATORS: dict[tuple[str | None, ...], Resource] = {}
-_INITIATORS_MAX = 4096
 
 
 def initiator_from(get: Callable[[str], str | None], address: str | None,
@@ -194,9 +213,7 @@ def initiator_from(get: Callable[[str], str | None], address: str | None,
     found = _INITIATORS.get(key)
     if found is None:
         found = _build_initiator(key)
-        if len(_INITIATORS) >= _INITIATORS_MAX:
-            _INITIATORS.clear()
-        _INITIATORS[key] = found
+        _remember(_INITIATORS, key, found)
     return found
 
 
@@ -216,6 +233,18 @@ def _build_initiator(key: tuple[str | None, ...]) -> Resource:
         project_id=project_id or None,
         domain_id=domain_id or None,
     )
+
+
+_TARGETS: dict[str, Resource] = {}
+
+
+def target_for(path: str) -> Resource:
+    """The default target: ``typeURI`` ``unknown`` with the request path as id."""
+    found = _TARGETS.get(path)
+    if found is None:
+        found = Resource(type_uri=UNKNOWN, id=path)
+        _remember(_TARGETS, path, found)
+    return found
 
 
 _REASONS: dict[int, Reason] = {}

@@ -468,3 +468,14 @@ def test_constant_is_not_an_argument_and_not_compared() -> None:
     assert not dataclasses.replace(plain, attachments=(
         Attachment(type_uri="mime:application/json", content={"k": 1}),)).constant
     assert "constant" not in repr(plain)
+
+
+def test_attachments_given_as_a_list_are_checked_and_kept_as_a_tuple() -> None:
+    att = Attachment(type_uri="mime:text/plain", content="x")
+    event = Event(action="read", outcome="success", initiator=USER, target=PROJECT,
+                  attachments=[att])
+    assert event.attachments == (att,) and event.constant
+    assert event.size_bound >= len(event.to_json(OBSERVER.to_dict()))
+    with pytest.raises(InvalidEventError, match=r"attachments\[1\]"):
+        Event(action="read", outcome="success", initiator=USER, target=PROJECT,
+              attachments=(att, "not an attachment"))  # type: ignore[arg-type]

@@ -228,6 +228,26 @@ def test_initiators_are_shared_per_user_and_address_and_the_cache_is_bounded() -
         == Host(address="192.0.2.11", agent="openstacksdk/4.0")
     assert Event.from_wsgi(environ(HTTP_X_PROJECT_ID="p-8"), status=200).initiator \
         .project_id == "p-8"
-    for i in range(cadf_http._INITIATORS_MAX + 10):
+    for i in range(cadf_http._CACHE_MAX + 10):
         Event.from_wsgi(environ(HTTP_X_USER_ID=f"user-{i}"), status=200)
-        assert len(cadf_http._INITIATORS) <= cadf_http._INITIATORS_MAX
+        assert len(cadf_http._INITIATORS) <= cadf_http._CACHE_MAX
+
+
+def test_default_targets_are_shared_per_path_and_the_cache_is_bounded() -> None:
+    from segmentlog import cadf_http
+
+    a = Event.from_wsgi(environ(), status=200).target
+    assert (a.type_uri, a.id) == ("unknown", "/v2/servers")
+    assert Event.from_wsgi(environ(), status=201).target is a
+    assert Event.from_wsgi(environ(PATH_INFO="/v2/flavors"), status=200).target.id \
+        == "/v2/flavors"
+    for i in range(cadf_http._CACHE_MAX + 10):
+        assert Event.from_wsgi(environ(PATH_INFO=f"/v2/servers/{i}"), status=200) \
+            .target.id == f"/v2/servers/{i}"
+        assert len(cadf_http._TARGETS) <= cadf_http._CACHE_MAX
+        assert len(cadf_http._WSGI_PATHS) <= cadf_http._CACHE_MAX
+    # A path read again comes from the cache, encoded as the first time.
+    odd = "/v2/caf\xc3\xa9 x"  # PEP 3333: the bytes of "café x" decoded as latin-1
+    for _ in range(2):
+        assert Event.from_wsgi(environ(PATH_INFO=odd), status=200).request_path \
+            == "/v2/caf%C3%A9%20x"
