@@ -12,27 +12,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import childenv
 import orjson
 import pytest
-from amqptools import consume_all, delete_queue, message_count
+from amqptools import consume_all, message_count
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.rabbitmq
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-gunicorn-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 def _free_port() -> int:
