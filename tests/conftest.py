@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from amqptools import delete_queue
 from tcpproxy import TcpProxy
 
 RABBITMQ_HOST = os.environ.get("SEGMENTLOG_TEST_RABBITMQ_HOST", "127.0.0.1")
@@ -66,6 +68,16 @@ def postgres_dsn() -> str:
     except psycopg.Error as exc:
         _missing(f"PostgreSQL ({POSTGRES_DSN}: {exc.__class__.__name__})")
     return POSTGRES_DSN
+
+
+@pytest.fixture()
+def queue(rabbitmq_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A queue name of this test's own (the test module's name and a random part), the
+    queue deleted afterwards: tests never see each other's messages."""
+    module = request.module.__name__.removeprefix("test_").replace("_", "-")
+    name = f"segmentlog-{module}-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_queue(rabbitmq_url, name)
 
 
 @pytest.fixture()

@@ -15,7 +15,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,13 +53,6 @@ from segmentlog.errors import (
 from segmentlog.store import BackingStore, Commit, FileStore, MemoryStore
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-audit-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 def _labels(auditor: Auditor, name: str) -> dict[str, str]:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from amqptools import delete_queue
 from audit_child import OBSERVER, check_delivery, consume, make_events, wire
 from prometheus_client import CollectorRegistry
 from tcpproxy import TcpProxy
@@ -17,13 +14,6 @@ from tcpproxy import TcpProxy
 from segmentlog.audit import Auditor, AuditorBase, EventLike, NullAuditor, RecordingAuditor
 from segmentlog.errors import InvalidEventError, LogClosedError
 from segmentlog.store import MemoryStore
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-audit-async-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 async def _ticker(ticks: list[int], stop: asyncio.Event) -> None:

@@ -16,14 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from amqptools import delete_queue
 from audit_child import OBSERVER, check_delivery, consume, make_events, wire
 from tcpproxy import TcpProxy
 
@@ -34,13 +31,6 @@ from segmentlog.store import FileStore
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "audit_child.py")
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-auditf-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 def _confirmed(auditor: Auditor) -> float:

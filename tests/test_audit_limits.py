@@ -20,13 +20,11 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from amqptools import delete_queue
 from audit_child import OBSERVER, check_delivery, consume, make_events, wire
 from prometheus_client import CollectorRegistry
 from tcpproxy import TcpProxy
@@ -45,13 +43,6 @@ from segmentlog.store import BackingStore, FileStore
 pytestmark = pytest.mark.rabbitmq
 
 MIB = 1 << 20
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-auditl-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 def _down(auditor: Auditor, proxy: TcpProxy) -> None:

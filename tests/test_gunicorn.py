@@ -7,38 +7,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import childenv
 import orjson
 import pytest
-from amqptools import consume_all, delete_queue, message_count
+from amqptools import consume_all, message_count
+from servertools import free_port
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.rabbitmq
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-gunicorn-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -52,7 +37,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 def test_gunicorn_workers_deliver_every_acknowledged_event(
         rabbitmq_url: str, queue: str, proxy: TcpProxy, tmp_path: Any) -> None:
     buf = tmp_path / "buf"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=childenv.pythonpath(str(HERE)),
                AUDIT_HOSTNAME="127.0.0.1", AUDIT_PORT=str(proxy.port), AUDIT_QUEUE_NAME=queue,
                AUDIT_BACKING_STORE=orjson.dumps(

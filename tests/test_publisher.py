@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -111,13 +111,6 @@ class Ledger:
         dups = {mid for mid, n in ids.items() if n > 1}
         assert dups <= self.may_duplicate, f"{len(dups - self.may_duplicate)} unexplained dups"
         return ids
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 @pytest.fixture()

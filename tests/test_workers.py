@@ -28,15 +28,14 @@ import signal
 import stat
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from amqptools import consume_all, delete_queue, message_count
+from amqptools import consume_all, message_count
 from audit_child import OBSERVER, make_event, wire
 from tcpproxy import TcpProxy
 
@@ -200,13 +199,6 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -
 def _logs(buf: Path) -> set[str]:
     logs = buf / "logs"
     return {p.name for p in logs.iterdir()} if logs.exists() else set()
-
-
-@pytest.fixture()
-def queue(rabbitmq_url: str) -> Iterator[str]:
-    name = f"segmentlog-workers-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_queue(rabbitmq_url, name)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
