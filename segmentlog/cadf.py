@@ -80,6 +80,8 @@ __all__ = [
 
 #: ``typeURI`` of every CADF event.
 CADF_EVENT_TYPE_URI = "http://schemas.dmtf.org/cloud/audit/1.0/event"
+#: The ``eventType`` of every event the original sends.
+EVENT_TYPE = "activity"
 
 #: The CADF outcome taxonomy.
 OUTCOMES = frozenset(("success", "failure", "pending", "unknown"))
@@ -233,6 +235,19 @@ def _opt_str(value: object, name: str) -> None:
             raise _fail(name, "a string (or omitted)", value)
         if not value.isascii():
             _check_text(value, name)
+
+
+def _check_parts(action: object, target: object, observer: object,
+                 attachments: object) -> tuple[Attachment, ...]:
+    """The caller's parts of an event checked; its attachments as a tuple."""
+    _req_str(action, "action")
+    if not isinstance(target, Resource):
+        raise _fail("target", "a Resource", target)
+    if observer is not None and not isinstance(observer, (Resource, Observer)):
+        raise _fail("observer", "a Resource or an Observer (or omitted)", observer)
+    if type(attachments) is tuple and not attachments:  # the usual case: none
+        return attachments
+    return _tuple_of(attachments, Attachment, "attachments")
 
 
 def _tuple_of(value: object, kind: type, name: str) -> tuple[Any, ...]:
@@ -497,7 +512,7 @@ class Event:
     request_path: str | None = None
     id: str = ""
     event_time: str = ""
-    event_type: str = "activity"
+    event_type: str = EVENT_TYPE
     type_uri: str = CADF_EVENT_TYPE_URI
     #: True when nothing reachable from the event can change after it is built (Rule 3):
     #: every field is checked and frozen, and no attachment (of the event or of its
@@ -512,21 +527,14 @@ class Event:
     size_bound: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _req_str(self.action, "action")
         if self.outcome not in OUTCOMES:
             raise _fail("outcome", f"one of {', '.join(sorted(OUTCOMES))}", self.outcome)
-        initiator, target, observer = self.initiator, self.target, self.observer
-        if not isinstance(initiator, Resource):
-            raise _fail("initiator", "a Resource", initiator)
-        if not isinstance(target, Resource):
-            raise _fail("target", "a Resource", target)
-        if observer is not None and not isinstance(observer, (Resource, Observer)):
-            raise _fail("observer", "a Resource or an Observer (or omitted)", observer)
+        if not isinstance(self.initiator, Resource):
+            raise _fail("initiator", "a Resource", self.initiator)
         if self.reason is not None and not isinstance(self.reason, Reason):
             raise _fail("reason", "a Reason (or omitted)", self.reason)
-        attachments = self.attachments
-        if type(attachments) is not tuple or attachments:  # usually (): nothing to check
-            attachments = _tuple_of(attachments, Attachment, "attachments")
+        attachments = _check_parts(self.action, self.target, self.observer, self.attachments)
+        if attachments is not self.attachments:
             object.__setattr__(self, "attachments", attachments)
         _opt_str(self.request_path, "requestPath")
         if not self.id:
@@ -542,6 +550,12 @@ class Event:
             _check_time(moment, "eventTime")
         _req_str(self.event_type, "eventType")
         _req_str(self.type_uri, "typeURI")
+        self._seal()
+
+    def _seal(self) -> None:
+        """Set ``constant`` and ``size_bound`` from the checked fields."""
+        initiator, target, observer = self.initiator, self.target, self.observer
+        attachments = self.attachments
         # A resource's _size is -1 when one of its attachments holds a container.
         constant = (initiator._size >= 0 and target._size >= 0
                     and (not isinstance(observer, Resource) or observer._size >= 0)
@@ -558,8 +572,39 @@ class Event:
                      + _EVENT_FRAME + initiator._size + target._size
                      + (self.reason._size if self.reason is not None else 0)
                      + (observer._size if observer is not None else 0)
-                     + sum(a.size + 1 for a in attachments))
+                     + (sum(a.size + 1 for a in attachments) if attachments else 0))
         object.__setattr__(self, "size_bound", bound)
+
+    @classmethod
+    def _of_request(cls, action: str, status: int, initiator: Resource, target: Resource,
+                    observer: Resource | Observer | None, request_path: str | None,
+                    attachments: Sequence[Attachment]) -> Event:
+        """``cls(...)`` of an HTTP request answered with ``status``, with a new id and
+        the time now: the same event, checked the same way, but what this module made
+        itself (outcome, reason, id, time, type) is not checked again (``initiator``
+        is a Resource and ``request_path`` a string: the caller made sure)."""
+        reason = _http.reason_for(status)
+        if cls is not Event:  # a subclass may check more in its own __post_init__
+            return cls(action=action, outcome=outcome_for(status), reason=reason,
+                       initiator=initiator, target=target, observer=observer,
+                       request_path=request_path, attachments=attachments)
+        attachments = _check_parts(action, target, observer, attachments)
+        event = object.__new__(cls)
+        put = object.__setattr__
+        put(event, "action", action)
+        put(event, "outcome", "success" if 200 <= status < 300 else "failure")
+        put(event, "initiator", initiator)
+        put(event, "target", target)
+        put(event, "observer", observer)
+        put(event, "reason", reason)
+        put(event, "attachments", attachments)
+        put(event, "request_path", request_path)
+        put(event, "id", new_event_id())
+        put(event, "event_time", now_cadf())
+        put(event, "event_type", EVENT_TYPE)
+        put(event, "type_uri", CADF_EVENT_TYPE_URI)
+        event._seal()
+        return event
 
     @classmethod
     def from_request(
@@ -683,16 +728,8 @@ class Event:
             what = _http.target_for(path)
         else:
             what = target(request) if callable(target) else target
-        return cls(
-            action=_http.action_for(method, action, actions),
-            outcome=outcome_for(status),
-            reason=_http.reason_for(status),
-            initiator=who,
-            target=what,
-            observer=observer,
-            request_path=path,
-            attachments=attachments,
-        )
+        return cls._of_request(_http.action_for(method, action, actions), status, who, what,
+                               observer, path, attachments)
 
     def to_dict(self, observer: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The CADF mapping (fresh dicts, safe to modify); ``observer`` is used when the

@@ -284,13 +284,20 @@ def asgi_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     read = _ASGI_READ
     for name, value in scope.get("headers") or ():
-        key = read.get(name)  # servers send lower-case names (the ASGI spec)
-        if key is None and not name.islower():
+        try:
+            key = read.get(name)
+        except TypeError:  # a bytearray name (unhashable): read below
+            key = None
+        if key is None:
+            # Servers send names as lower-case bytes (the ASGI spec).
+            if type(name) is bytes and name.islower():
+                continue
             key = read.get(bytes(name).lower())
-        if key is not None:
-            text = bytes(value).decode("latin-1")
-            # Repeated headers are one comma-separated list (RFC 9110).
-            out[key] = f"{out[key]}, {text}" if key in out else text
+            if key is None:
+                continue
+        text = (value if type(value) is bytes else bytes(value)).decode("latin-1")
+        # Repeated headers are one comma-separated list (RFC 9110).
+        out[key] = f"{out[key]}, {text}" if key in out else text
     return out
 
 

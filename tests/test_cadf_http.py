@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from segmentlog.cadf import Event, Host, Observer, Resource
+from segmentlog.cadf import Attachment, Event, Host, Observer, Resource
 from segmentlog.cadf_http import USER_TYPE_URI, TrustedProxies
 from segmentlog.errors import ConfigError, InvalidEventError
 
@@ -251,3 +251,61 @@ def test_default_targets_are_shared_per_path_and_the_cache_is_bounded() -> None:
     for _ in range(2):
         assert Event.from_wsgi(environ(PATH_INFO=odd), status=200).request_path \
             == "/v2/caf%C3%A9%20x"
+
+
+@pytest.mark.parametrize("status", [200, 204, 302, 404, 503])
+@pytest.mark.parametrize("extra", ["none", "attachments", "observer", "container"])
+def test_a_request_event_is_the_event_the_checked_constructor_builds(
+        status: int, extra: str) -> None:
+    # from_wsgi/from_asgi skip the checks of what they made themselves: the event, its
+    # `constant` flag and its size bound must still be those of Event(...).
+    att = (Attachment(type_uri="mime:text/plain", content="note"),) if extra == "attachments" \
+        else (Attachment(type_uri="mime:application/json", content={"k": [1]}),) \
+        if extra == "container" else ()
+    observer = OBSERVER if extra == "observer" else None
+    for event in (Event.from_wsgi(environ(), status=status, attachments=list(att),
+                                  observer=observer),
+                  Event.from_asgi(scope(), status=status, attachments=list(att),
+                                  observer=observer)):
+        again = Event(action=event.action, outcome=event.outcome, reason=event.reason,
+                      initiator=event.initiator, target=event.target, observer=observer,
+                      request_path=event.request_path, attachments=att, id=event.id,
+                      event_time=event.event_time)
+        assert event == again and type(event.attachments) is tuple
+        assert (event.constant, event.size_bound) == (again.constant, again.size_bound)
+        assert event.constant == (extra != "container")
+        assert event.outcome == ("success" if status < 300 else "failure")
+        assert event.to_json(OBSERVER.to_dict()) == again.to_json(OBSERVER.to_dict())
+
+
+def test_the_callers_parts_of_a_request_event_are_checked() -> None:
+    with pytest.raises(InvalidEventError, match="target"):
+        Event.from_wsgi(environ(), status=200, target=lambda env: "srv-1")  # type: ignore
+    with pytest.raises(InvalidEventError, match="action"):
+        Event.from_wsgi(environ(), status=200, action="")
+    with pytest.raises(InvalidEventError, match="observer"):
+        Event.from_asgi(scope(), status=200, observer="nova")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match=r"attachments\[0\]"):
+        Event.from_asgi(scope(), status=200, attachments=["x"])  # type: ignore[list-item]
+
+
+def test_a_subclass_of_event_is_built_through_its_own_checks() -> None:
+    class Tagged(Event):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.action == "delete":
+                raise InvalidEventError("no deletes here", "action")
+
+    assert type(Tagged.from_wsgi(environ(), status=201)) is Tagged
+    with pytest.raises(InvalidEventError, match="no deletes"):
+        Tagged.from_wsgi(environ(method="DELETE"), status=204)
+
+
+def test_asgi_headers_in_any_case_and_as_bytearray_are_read() -> None:
+    sc = scope()
+    sc["headers"] = [(bytearray(b"X-User-Id"), bytearray(b"u-3")),
+                     (b"x-user-name", memoryview(b"carol")), (b"Accept", b"*/*"),
+                     (b"user-agent", b"a"), (b"User-Agent", b"b")]
+    initiator = Event.from_asgi(sc, status=200).initiator
+    assert (initiator.id, initiator.name) == ("u-3", "carol")
+    assert initiator.host == Host(address="192.0.2.10", agent="a, b")
