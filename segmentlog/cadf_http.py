@@ -10,7 +10,11 @@ address and user agent; the outcome and reason follow the response status. Pytho
 services behind keystonemiddleware find that token's identity in the request headers
 ``X-User-Id``, ``X-User-Name``, ``X-User-Domain-Name``, ``X-Project-Id`` and
 ``X-Domain-Id`` (keystonemiddleware removes these headers from what clients send and
-sets them from the validated token).
+sets them from the validated token). It also sets ``X-User-Domain-Id``,
+``X-Project-Domain-Id``, ``X-Project-Name`` and ``X-Domain-Name``, which are not read:
+the original's initiator has no field for them (it carries the user's domain by name
+and the token's scope by id), and events must look like the original's. A service that
+wants them passes an ``initiator`` function (attachments can carry them).
 
 Rule 1: secrets never enter an event. Only the headers named above, ``User-Agent``,
         ``X-Identity-Status`` and (from trusted proxies) ``Forwarded`` and
