@@ -404,6 +404,7 @@ class SegmentLog:
         self._retention.stop_deleting()  # a second sentinel after close() does no harm
         self._sync.stop_ahead()
         self._writer.release()
+        self._preparer.release()
         self._sync.release()
         self._reader.close()
         if self._lock_fd >= 0:

@@ -656,6 +656,42 @@ def test_append_batch_stays_contiguous_while_a_rotation_waits_for_the_preparer(
         assert log.stats()["rotations"] > 12
 
 
+def test_rotation_never_waits_for_the_read_through_of_the_next_segment(
+    logdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync="never": a new segment is ready once reserved; reading it through only puts
+    its zero pages in the page cache, so the writer takes it while that read still runs
+    (here it never ends until the appends are done) and loses nothing."""
+    from segmentlog.engine.preparer import Preparer
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck_warm(self: Preparer, fd: int) -> None:
+        started.set()
+        release.wait()
+
+    monkeypatch.setattr(Preparer, "warm", stuck_warm)
+    records = [record(i, 500) for i in range(100)]
+    try:
+        with SegmentLog(logdir, segment_size=SEGMENT, fsync="never") as log:
+
+            def append_all() -> None:
+                for r in records:
+                    log.append(r)
+
+            worker = threading.Thread(target=append_all)
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "a rotation waited for the read-through"
+            assert started.is_set()
+            assert log.stats()["rotations"] >= 2
+            release.set()
+            assert read_all(log) == records
+    finally:
+        release.set()
+
+
 # ---------------------------------------------------------------------------- locking
 
 
