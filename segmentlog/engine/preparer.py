@@ -137,7 +137,9 @@ class Preparer:
             self.cond.wait()
 
     def loop(self) -> None:
-        """The thread: keep one segment file ready."""
+        """The thread: keep one segment file ready, then read through what needs it (the
+        next file first reserved: a rotation needs it, while the writer can make the
+        pages of the file it writes itself)."""
         state = self.state
         self.wake.set()
         while True:
@@ -145,37 +147,44 @@ class Preparer:
             self.wake.clear()
             if state.stop.is_set():
                 return
+            fd = self._prepare_next()
             self._warm_handed()
-            with state.lock:
-                if self.prepared or self.preparing or state.closed:
-                    continue
-                if self.spare:
-                    # A consumed segment kept for reuse: no bytes to write at all.
-                    _fs.fs.rename(self._spare, self._prep)
-                    self.spare, self.prepared, self.recycled = False, True, True
-                    continue
-                if self.at_capacity():
-                    continue
-                self.preparing = True
-            ok, fd = False, -1
-            try:
-                self.reserve(self._prep)
-                ok = True
-                if self.policy.warm:
-                    # Opened before the file is handed over: a rotation may rename it.
-                    fd = open_regular(self._prep, os.O_RDONLY)
-            except OSError as exc:
-                # Not fatal here: rotation will try again and report the error itself.
-                log.warning("segmentlog %s: could not prepare the next segment: %s",
-                            state.directory, exc)
-            finally:
-                with state.lock:
-                    self.preparing = False
-                    self.prepared = ok
-                    self.recycled = False
-                    self.cond.notify_all()
             if fd >= 0:
                 self._warm_and_close(fd)
+
+    def _prepare_next(self) -> int:
+        """Make next.prep if it is missing (thread): a descriptor of it if it wants
+        reading through, else -1."""
+        state = self.state
+        with state.lock:
+            if self.prepared or self.preparing or state.closed:
+                return -1
+            if self.spare:
+                # A consumed segment kept for reuse: no bytes to write at all.
+                _fs.fs.rename(self._spare, self._prep)
+                self.spare, self.prepared, self.recycled = False, True, True
+                return -1
+            if self.at_capacity():
+                return -1
+            self.preparing = True
+        ok, fd = False, -1
+        try:
+            self.reserve(self._prep)
+            ok = True
+            if self.policy.warm:
+                # Opened before the file is handed over: a rotation may rename it.
+                fd = open_regular(self._prep, os.O_RDONLY)
+        except OSError as exc:
+            # Not fatal here: rotation will try again and report the error itself.
+            log.warning("segmentlog %s: could not prepare the next segment: %s",
+                        state.directory, exc)
+        finally:
+            with state.lock:
+                self.preparing = False
+                self.prepared = ok
+                self.recycled = False
+                self.cond.notify_all()
+        return fd
 
     def stop(self) -> None:
         self.wake.set()
