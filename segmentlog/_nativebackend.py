@@ -373,6 +373,9 @@ def _resync_on(ptr: Any, off: int, end: int, min_seq: int, max_seq: int) -> tupl
 
 # Below this many payloads, slicing each costs less than building a struct format.
 _STRUCT_MIN = 8
+# Compiled unpack formats: a drain of same-sized records asks for the same few formats
+# batch after batch, and compiling one of a thousand payloads costs more than its lookup.
+_unpacker = functools.lru_cache(maxsize=16)(struct.Struct)
 _unpack_format = lib.sl_unpack_format
 
 
@@ -394,7 +397,7 @@ def payloads(buf: Any, offsets: Sequence[int], lengths: Sequence[int]) -> Sequen
     if status != _OK:
         return _pure.payloads(buf, offsets, lengths)  # raises ValueError, naming them
     try:
-        return struct.Struct(ffi.buffer(out, size)[:]).unpack_from(buf, offsets[0])
+        return _unpacker(ffi.buffer(out, size)[:]).unpack_from(buf, offsets[0])
     except struct.error:
         return _pure.payloads(buf, offsets, lengths)  # past the end: ValueError
 

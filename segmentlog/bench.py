@@ -270,7 +270,8 @@ def _settle(log: SegmentLog, timeout: float = 10.0) -> None:
     from the state of a log that has been open a while (later preparations are timed)."""
     deadline = time.monotonic() + timeout
     size = log.stats()["segment_size"]
-    while log.stats()["disk_bytes"] < 2 * size and time.monotonic() < deadline:
+    while ((log.stats()["disk_bytes"] < 2 * size or not log._preparer.idle)
+           and time.monotonic() < deadline):
         time.sleep(0.005)
     log.sync()
 

@@ -20,8 +20,9 @@ Durability (``fsync``):
   pwrites the queue (one C call, one syscall), syncs with the lock released, and wakes
   the appenders it covered, one after the other.
 * ``"interval"``: a background thread syncs every ``fsync_interval`` seconds.
-* ``"never"``: the page cache only; ``sync()`` is the only fsync (``close()`` makes
-  nothing durable: call ``sync()`` first).
+* ``"never"``: the page cache only until ``sync()`` (``close()`` makes nothing durable:
+  call ``sync()`` first). A background thread fdatasyncs each sealed segment, so its
+  writeback overlaps the appends and ``sync()`` waits for one segment at most.
 An fsync error is never retried or ignored: the log refuses every later write with
 :class:`DurabilityError` (the page cache may have dropped the data; only a reopen, which
 re-reads the disk, tells what survived).
@@ -244,6 +245,8 @@ class SegmentLog:
         state.start_thread(self._retention.delete_loop, "segmentlog-delete")
         if sync.policy.background_sync:
             state.start_thread(self._sync_loop, "segmentlog-flush")
+        if sync.policy.sync_sealed_ahead:
+            state.start_thread(sync.ahead_loop, "segmentlog-writeback")
 
     def _sync_loop(self) -> None:
         """fsync="interval": the checkpoint and a sync round every fsync_interval."""
@@ -386,6 +389,7 @@ class SegmentLog:
             state.stop.set()
             self._preparer.stop()
             self._retention.stop_deleting()
+            self._sync.stop_ahead()
             self._sync.open_gates()  # a sync() still waiting: the log is closed
             self._retention.cond.notify_all()
         for t in state.threads:
@@ -398,7 +402,9 @@ class SegmentLog:
         state.stop.set()
         self._preparer.wake.set()
         self._retention.stop_deleting()  # a second sentinel after close() does no harm
+        self._sync.stop_ahead()
         self._writer.release()
+        self._preparer.release()
         self._sync.release()
         self._reader.close()
         if self._lock_fd >= 0:

@@ -497,22 +497,68 @@ def test_fsync_failure_in_append_batch_and_sync(logdir: str) -> None:
         assert read_all(again)[:2] == [b"a", b"b"]
 
 
-def test_fsync_failure_of_a_segment_sealed_before_sync_fails_the_log(logdir: str) -> None:
-    """fsync="never": a sync() after a rotation syncs the sealed segment by name; an
-    error there is an fsync error like any other, though the active segment syncs."""
-    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
-    while len(segment_files(logdir)) < 2:
-        log.append(record(log.stats()["next_seq"], 500))
-    sealed = os.path.basename(segment_files(logdir)[0])
+def fsync_failing_for(name: str) -> Callable[[int], None]:
+    """An fdatasync that fails with EIO for the file named ``name`` only."""
 
     def fsync(fd: int) -> None:
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == sealed:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == name:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         os.fdatasync(fd)
 
-    log._fsync_fn = fsync  # type: ignore[assignment]
+    return fsync
+
+
+def test_fsync_failure_of_a_segment_sealed_before_sync_fails_the_log(logdir: str) -> None:
+    """fsync="never": a sync() syncs by name the sealed segments no writeback reached
+    (here: found on open); an error there is an fsync error like any other, though the
+    active segment syncs."""
+    with SegmentLog(logdir, segment_size=SEGMENT, fsync="never") as log:
+        while len(segment_files(logdir)) < 2:
+            log.append(record(log.stats()["next_seq"], 500))
+    sealed = os.path.basename(segment_files(logdir)[0])
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
+    log._fsync_fn = fsync_failing_for(sealed)  # type: ignore[assignment]
     with pytest.raises(DurabilityError):
         log.sync()
+    assert_refuses_writes(log)
+    log.close()
+
+
+def test_sealed_segment_is_synced_by_the_writeback_thread_without_sync(
+        logdir: str) -> None:
+    """fsync="never": a sealed segment is fdatasynced in the background as soon as it is
+    sealed, so sync() later finds it clean; no sync() is called here."""
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        os.fdatasync(fd)
+
+    with SegmentLog(logdir, segment_size=SEGMENT, fsync="never") as log:
+        log._fsync_fn = fsync  # type: ignore[assignment]
+        first = os.path.basename(segment_files(logdir)[0])
+        while len(segment_files(logdir)) < 3:
+            log.append(record(log.stats()["next_seq"], 500))
+        second = os.path.basename(segment_files(logdir)[1])
+        deadline = time.monotonic() + 10
+        while not {first, second} <= set(synced):
+            assert time.monotonic() < deadline, f"sealed segments never synced: {synced}"
+            time.sleep(0.01)
+        assert log.stats()["durable_seq"] == -1, "a background sync made nothing durable"
+
+
+def test_fsync_failure_in_the_writeback_thread_fails_the_log(logdir: str) -> None:
+    """The writeback thread's fdatasync of a sealed segment fails: the kernel reports a
+    writeback error once, so the thread fails the log itself (no sync() would see it)."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
+    log._fsync_fn = fsync_failing_for(os.path.basename(segment_files(logdir)[0]))  # type: ignore[assignment]
+    deadline = time.monotonic() + 10
+    with pytest.raises(DurabilityError):
+        while True:
+            log.append(record(log.stats()["next_seq"], 500))
+            if len(segment_files(logdir)) > 1:
+                assert time.monotonic() < deadline, "the writeback error never failed the log"
+                time.sleep(0.001)
     assert_refuses_writes(log)
     log.close()
 
@@ -608,6 +654,42 @@ def test_append_batch_stays_contiguous_while_a_rotation_waits_for_the_preparer(
             assert [got[s] for s in span] == [record(1000 * i + k) for k in range(10)], (
                 f"batch {i} is not contiguous at {span.start}..{span.stop - 1}")
         assert log.stats()["rotations"] > 12
+
+
+def test_rotation_never_waits_for_the_read_through_of_the_next_segment(
+    logdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync="never": a new segment is ready once reserved; reading it through only puts
+    its zero pages in the page cache, so the writer takes it while that read still runs
+    (here it never ends until the appends are done) and loses nothing."""
+    from segmentlog.engine.preparer import Preparer
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck_warm(self: Preparer, fd: int) -> None:
+        started.set()
+        release.wait()
+
+    monkeypatch.setattr(Preparer, "warm", stuck_warm)
+    records = [record(i, 500) for i in range(100)]
+    try:
+        with SegmentLog(logdir, segment_size=SEGMENT, fsync="never") as log:
+
+            def append_all() -> None:
+                for r in records:
+                    log.append(r)
+
+            worker = threading.Thread(target=append_all)
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "a rotation waited for the read-through"
+            assert started.is_set()
+            assert log.stats()["rotations"] >= 2
+            release.set()
+            assert read_all(log) == records
+    finally:
+        release.set()
 
 
 # ---------------------------------------------------------------------------- locking

@@ -18,7 +18,7 @@ from segmentlog.segment import open_regular
 
 PAGE = mmap.PAGESIZE
 POPULATE_WINDOW = 4 << 20
-MAP_STEP = POPULATE_WINDOW // 4  # the reader maps and unmaps in steps of this or more
+MAP_STEP = POPULATE_WINDOW  # the reader maps and unmaps in steps of this or more
 ZEROS = memoryview(bytes(POPULATE_WINDOW + (64 << 10)))
 END_MARK = 8  # zero bytes after the last frame in a recycled segment (a zero marker)
 MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and we stop asking

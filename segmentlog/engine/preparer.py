@@ -4,10 +4,16 @@ A background thread keeps one file ready (``next.prep``): a consumed segment kep
 reuse (``spare.prep``) renamed, or a new file reserved and prepared as the durability
 policy wants (zero-filled and synced, or read through once). Rotation takes it, so it
 costs a header write, two fsyncs and a rename.
+
+Reading a file through ("warm") only puts clean zero pages in the page cache ahead of
+the writer, which would otherwise fault them in itself: the file is ready once reserved,
+and the thread reads it through afterwards, while a rotation may already be writing it.
+So rotation never waits for the read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -16,7 +22,9 @@ from segmentlog import _fs
 from segmentlog._format import PREPARED_NAME, SPARE_NAME
 from segmentlog.engine.durability import Durability
 from segmentlog.engine.state import LogState, log
-from segmentlog.segment import reserve_and_zero
+from segmentlog.segment import open_regular, reserve_and_zero
+
+WARM_CHUNK = 1 << 20  # bytes the thread reads per call while warming a file
 
 
 class Preparer:
@@ -34,6 +42,9 @@ class Preparer:
         self.wake = threading.Event()
         # Whether the directory may hold no more files (retention's capacity).
         self.at_capacity: Callable[[], bool] = lambda: False
+        # Descriptors of files made by take() itself, for the thread to read through.
+        self._to_warm: list[int] = []
+        self.warming = False  # the thread is reading a file through (see warm)
         self._prep = os.path.join(state.directory, PREPARED_NAME)
         self._spare = os.path.join(state.directory, SPARE_NAME)
 
@@ -43,10 +54,46 @@ class Preparer:
         return self.prepared + self.spare
 
     def reserve(self, path: str) -> None:
-        """Create a new segment file at ``path``, prepared as the policy wants."""
+        """Create a new segment file at ``path``, prepared as the policy wants (but not
+        read through: see ``warm``)."""
         p = self.policy
         reserve_and_zero(path, self.state.segment_size, zero_fill=p.zero_fill,
-                         sync=p.sync_prepared, warm=p.warm)
+                         sync=p.sync_prepared)
+
+    def _warm_handed(self) -> None:
+        """Read through the files take() made itself (thread, lock not held)."""
+        with self.state.lock:
+            fds, self._to_warm = self._to_warm, []
+        for fd in fds:
+            self._warm_and_close(fd)
+
+    def _warm_and_close(self, fd: int) -> None:
+        self.warming = True
+        try:
+            self.warm(fd)
+        except OSError as exc:  # only a loss of speed
+            log.warning("segmentlog %s: could not read a new segment through: %s",
+                        self.state.directory, exc)
+        finally:
+            self.warming = False
+            os.close(fd)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing being prepared or read through, nor waiting to be (for benchmarks:
+        the state of a log open a while)."""
+        return not (self.preparing or self.warming or self._to_warm or self.wake.is_set())
+
+    def warm(self, fd: int) -> None:
+        """Read the reserved file ``fd`` through once, so its clean zero pages wait in
+        the page cache (policy.warm); the writer may be writing it already (pages it
+        wrote are only read). Stops early when the log closes."""
+        chunk, done, size = bytearray(WARM_CHUNK), 0, self.state.segment_size
+        while done < size and not self.state.stop.is_set():
+            n = os.preadv(fd, [chunk], done)
+            if n <= 0:
+                break
+            done += n
 
     def take(self) -> tuple[str, bool]:
         """The prepared file for a new segment, made now if the thread has none ready
@@ -60,6 +107,10 @@ class Preparer:
             else:
                 self.reserve(self._prep)
                 self.recycled = False
+                if self.policy.warm:
+                    # The thread reads it through while the writer starts on it.
+                    with contextlib.suppress(OSError):
+                        self._to_warm.append(open_regular(self._prep, os.O_RDONLY))
         self.prepared = False
         return self._prep, self.recycled
 
@@ -86,7 +137,9 @@ class Preparer:
             self.cond.wait()
 
     def loop(self) -> None:
-        """The thread: keep one segment file ready."""
+        """The thread: keep one segment file ready, then read through what needs it (the
+        next file first reserved: a rotation needs it, while the writer can make the
+        pages of the file it writes itself)."""
         state = self.state
         self.wake.set()
         while True:
@@ -94,32 +147,51 @@ class Preparer:
             self.wake.clear()
             if state.stop.is_set():
                 return
+            fd = self._prepare_next()
+            self._warm_handed()
+            if fd >= 0:
+                self._warm_and_close(fd)
+
+    def _prepare_next(self) -> int:
+        """Make next.prep if it is missing (thread): a descriptor of it if it wants
+        reading through, else -1."""
+        state = self.state
+        with state.lock:
+            if self.prepared or self.preparing or state.closed:
+                return -1
+            if self.spare:
+                # A consumed segment kept for reuse: no bytes to write at all.
+                _fs.fs.rename(self._spare, self._prep)
+                self.spare, self.prepared, self.recycled = False, True, True
+                return -1
+            if self.at_capacity():
+                return -1
+            self.preparing = True
+        ok, fd = False, -1
+        try:
+            self.reserve(self._prep)
+            ok = True
+            if self.policy.warm:
+                # Opened before the file is handed over: a rotation may rename it.
+                fd = open_regular(self._prep, os.O_RDONLY)
+        except OSError as exc:
+            # Not fatal here: rotation will try again and report the error itself.
+            log.warning("segmentlog %s: could not prepare the next segment: %s",
+                        state.directory, exc)
+        finally:
             with state.lock:
-                if self.prepared or self.preparing or state.closed:
-                    continue
-                if self.spare:
-                    # A consumed segment kept for reuse: no bytes to write at all.
-                    _fs.fs.rename(self._spare, self._prep)
-                    self.spare, self.prepared, self.recycled = False, True, True
-                    continue
-                if self.at_capacity():
-                    continue
-                self.preparing = True
-            ok = False
-            try:
-                self.reserve(self._prep)
-                ok = True
-            except OSError as exc:
-                # Not fatal here: rotation will try again and report the error itself.
-                log.warning("segmentlog %s: could not prepare the next segment: %s",
-                            state.directory, exc)
-            finally:
-                with state.lock:
-                    self.preparing = False
-                    self.prepared = ok
-                    self.recycled = False
-                    self.cond.notify_all()
+                self.preparing = False
+                self.prepared = ok
+                self.recycled = False
+                self.cond.notify_all()
+        return fd
 
     def stop(self) -> None:
         self.wake.set()
         self.cond.notify_all()  # lock held
+
+    def release(self) -> None:
+        """The log is closed and the thread has ended (or never ran)."""
+        fds, self._to_warm = self._to_warm, []
+        for fd in fds:
+            os.close(fd)

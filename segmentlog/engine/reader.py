@@ -138,9 +138,10 @@ class Reader:
                      last_written: int, next_base: int | None,
                      stop_seq: int) -> tuple[int, bool]:
         # Map a window ahead of the reader in one call, and unmap what lies a window
-        # behind it, each in steps of at least a quarter window (not two madvise calls
-        # per read_batch). Records written after the last step (a reader keeping up with
-        # the writer) fault in as they are read.
+        # behind it, each a window at a time (fewer, larger madvise calls: quarter
+        # windows were slower, benchmarks/README.md "Sustained appends"). Records past
+        # the last step (a batch crossing it, or a reader keeping up with the writer)
+        # fault in as they are read.
         upto = min(limit, self.read_off + POPULATE_WINDOW)
         if view.populated >= 0 and upto - view.populated >= MAP_STEP:
             view.populated = upto if populate(view.mm, view.populated, upto,

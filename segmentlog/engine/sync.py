@@ -5,9 +5,15 @@ fdatasyncs with the lock released) and wakes those it covered. With the C core a
 ``fsync="always"`` most rounds run inside the committer instead (segmentlog.engine.writer);
 a round here covers everything else (batches, rotation, the pure-Python backend, sync()).
 
+With ``fsync="never"`` a writeback thread fdatasyncs each sealed segment as soon as it
+is sealed (``ahead_loop``), so the disk writes it while the appenders fill the next one
+and ``sync()`` finds it clean; nothing counts as durable before a round says so.
+
 An fsync error is never retried or ignored: the log refuses every later write with
 :class:`DurabilityError` (the page cache may have dropped the data; only a reopen, which
-re-reads the disk, tells what survived).
+re-reads the disk, tells what survived). The writeback thread's errors too: the kernel
+reports a writeback error once, to the first fsync after it, so a later round would not
+see it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import collections
 import contextlib
 import errno
 import os
+import queue
 import threading
 import time
 from typing import Protocol
@@ -76,6 +83,8 @@ class Sync:
         # closed: its fdatasyncs would bypass it.
         self.fsync = _fs.fs.fdatasync
         self.fsync_dir = fsync_dir
+        # Bases of sealed segments for the writeback thread (ahead_loop).
+        self._ahead: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
     @property
     def pending(self) -> bool:
@@ -87,8 +96,10 @@ class Sync:
         if not self.policy.closes_sealed:
             self.unsynced.append(seg)
             return
-        seg.close()
+        seg.close()  # unmapped before its writeback (see round)
         self.unsynced_bases.append(seg.base)
+        if self.policy.sync_sealed_ahead:
+            self._ahead.put(seg.base)
         segments = self.state.segments
         if len(self.unsynced_bases) > 2 * len(segments):
             # Without sync() calls: forget the consumed ones, keep the list bounded.
@@ -208,6 +219,34 @@ class Sync:
         if target > self.durable_seq:
             self.durable_seq = target
         self.open_gates(target)
+
+    def ahead_loop(self) -> None:
+        """The writeback thread (``policy.sync_sealed_ahead``): fdatasync by name each
+        sealed segment handed over by ``seal``, then drop it from the segments the next
+        round syncs; until ``stop_ahead``. Once the log is closing the rest are skipped:
+        ``close()`` makes nothing durable in this mode."""
+        state = self.state
+        while (base := self._ahead.get()) is not None:
+            if state.stop.is_set():
+                continue
+            try:
+                self._fsync_closed(base)
+            except OSError as exc:
+                with state.lock:
+                    if not (state.failed or state.closed):
+                        self.fail(exc.errno or errno.EIO)
+                log.error("segmentlog %s: fsync of sealed segment %d failed (%s); the log "
+                          "refuses writes until reopened", state.directory, base, exc.strerror)
+                continue
+            with state.lock:
+                state.counters["fsyncs"] += 1
+                # A round that took the list already syncs it again: harmless.
+                with contextlib.suppress(ValueError):
+                    self.unsynced_bases.remove(base)
+
+    def stop_ahead(self) -> None:
+        """The writeback thread ends once it has taken what it was given."""
+        self._ahead.put(None)
 
     def background_round(self) -> bool:
         """One round of the background thread if anything waits for one; False once the
