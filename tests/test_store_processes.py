@@ -65,3 +65,24 @@ def test_writers_in_several_processes_lose_and_repeat_nothing(kind: str, tmp_pat
     assert sorted(got) == [(w, i) for w in range(WRITERS) for i in range(EACH)]
     for w in range(WRITERS):  # each writer's events in the order it wrote them
         assert [i for ww, i in got if ww == w] == list(range(EACH))
+
+
+def _open_at_once(path: str, start: Any) -> None:
+    start.wait()
+    _open("sqlite", path).close()
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Any) -> None:
+    # Switching a new database to WAL needs it to itself: SQLite answered "database is
+    # locked" at once (without its busy timeout) to some of several processes opening
+    # it together, and their stores failed to open (a few opens in a hundred).
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(30):
+        path = str(tmp_path / f"new-{round_}.db")
+        start = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_at_once, args=(path, start)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 8, f"round {round_}"

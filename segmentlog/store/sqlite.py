@@ -35,6 +35,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +129,7 @@ class SQLiteStore(BackingStore):
         except sqlite3.Error as exc:
             raise BackingStoreError(f"{self._what}: cannot open the database: {exc}") from exc
         try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._journal_mode_wal()
             if str(mode).lower() != "wal":
                 raise BackingStoreError(
                     f"{self._what}: cannot switch to WAL mode (got {mode!r}); is the file on "
@@ -211,6 +212,22 @@ CREATE TABLE IF NOT EXISTS {dead} (
         return self._metrics.label
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _journal_mode_wal(self) -> object:
+        """``PRAGMA journal_mode=WAL``; the mode it answers. Switching needs the database
+        to itself, and SQLite may answer "database is locked" at once, without its busy
+        timeout, while another process opens the same file: tried again for as long as
+        that timeout (the connection's 30 s)."""
+        deadline = time.monotonic() + 30.0
+        delay = 0.005
+        while True:
+            try:
+                return self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _create_files(self) -> None:
         parent = os.path.dirname(os.path.abspath(self._path))
