@@ -24,7 +24,7 @@ def _open(kind: str, where: str) -> BackingStore:
 
 def _write(kind: str, where: str, writer: int, start: Any) -> None:
     store = _open(kind, where)
-    start.wait()  # all writers at once
+    start.wait(60)  # all writers at once (bounded: a writer that failed never comes)
     for i in range(0, EACH, 20):
         store.write_many([{"w": writer, "i": i + j} for j in range(20)])
     store.close()  # leaves its events for another process (the file store: its log)
@@ -68,7 +68,7 @@ def test_writers_in_several_processes_lose_and_repeat_nothing(kind: str, tmp_pat
 
 
 def _open_at_once(path: str, start: Any) -> None:
-    start.wait()
+    start.wait(60)
     _open("sqlite", path).close()
 
 
