@@ -29,8 +29,8 @@ re-reads the disk, tells what survived).
 
 One consumer reads batches in order (``read_batch``), several may be in flight, and
 ``commit(batch)`` moves the checkpoint past a batch. Segments wholly below a durable
-checkpoint are deleted (or recycled as the next segment). ``rewind`` rereads from the
-last commit.
+checkpoint are deleted (or recycled as the next segment) by the reclaim thread.
+``rewind`` rereads from the last commit.
 
 Recovery on open: the last segment is walked to its end; a torn record at the end (a
 crash mid-write) is zeroed and counted, never reported as damage. Damage anywhere else
@@ -43,7 +43,8 @@ append paths, the fast path), the durability policy (one class per fsync mode), 
 rounds (group commit), the preparer, the reader, retention (checkpoint, reclaim, space),
 recovery, and the state they share (the directory, its segment list, the writer lock,
 closed and failed). ``_lock`` (the writer lock) guards the writer side of every part;
-``_read_lock`` the reader. Lock order is ``_read_lock`` then ``_lock``.
+``_read_lock`` the reader, and retention's ``checkpoint_lock`` the checkpoint file. Lock
+order is ``_read_lock``, ``checkpoint_lock``, ``_lock``.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ class SegmentLog:
         self._reader.seek(committed)
 
         state.start_thread(self._preparer.loop, "segmentlog-prepare")
-        state.start_thread(self._retention.delete_loop, "segmentlog-delete")
+        state.start_thread(self._retention.reclaim_loop, "segmentlog-reclaim")
         if sync.policy.background_sync:
             state.start_thread(self._sync_loop, "segmentlog-flush")
         if sync.policy.sync_sealed_ahead:
@@ -294,7 +295,8 @@ class SegmentLog:
             return self._reader.read_batch(max_records, max_bytes)
 
     def commit(self, batch: Batch) -> None:
-        """Mark every record up to the end of ``batch`` consumed and reclaim space."""
+        """Mark every record up to the end of ``batch`` consumed. The segments it consumed
+        are freed by the log's reclaim thread, after it returns (FORMAT.md)."""
         if not isinstance(batch, Batch):
             raise TypeError(f"commit takes a Batch from read_batch, not {type(batch).__name__}")
         with self._read_lock:
@@ -307,6 +309,12 @@ class SegmentLog:
                     f"{self._reader.read_seq}: commit only batches read since the last rewind"
                 )
             self._retention.commit(batch._end_seq)
+
+    def wait_for_reclaim(self, timeout: float | None = None) -> bool:
+        """Wait until the segments the commits so far consumed are freed (``commit``
+        hands them to the log's reclaim thread and returns); False if ``timeout``
+        seconds passed first. Appends short of space wait for that thread themselves."""
+        return self._retention.settle(timeout)
 
     def rewind(self) -> None:
         """Move the read position back to the last commit (after a failed delivery)."""
@@ -388,7 +396,7 @@ class SegmentLog:
             self._writer.write_window = -1
             state.stop.set()
             self._preparer.stop()
-            self._retention.stop_deleting()
+            self._retention.stop()  # after the reclaims that commits left
             self._sync.stop_ahead()
             self._sync.open_gates()  # a sync() still waiting: the log is closed
             self._retention.cond.notify_all()
@@ -401,7 +409,8 @@ class SegmentLog:
         state.closed = True
         state.stop.set()
         self._preparer.wake.set()
-        self._retention.stop_deleting()  # a second sentinel after close() does no harm
+        with state.lock:
+            self._retention.stop()  # stopping twice does no harm
         self._sync.stop_ahead()
         self._writer.release()
         self._preparer.release()

@@ -18,6 +18,12 @@ def record(seq: int, size: int | None = None) -> bytes:
     return (stem * (n // len(stem) + 1))[:n]
 
 
+def reclaimed(log: SegmentLog) -> None:
+    """Wait until the log's reclaim thread has freed what the commits so far consumed
+    (commit() hands it the work and returns)."""
+    assert log.wait_for_reclaim(30), "the reclaim thread did not finish within 30 s"
+
+
 def segment_files(directory: str) -> list[str]:
     return sorted(
         os.path.join(directory, n) for n in os.listdir(directory)

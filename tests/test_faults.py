@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import childenv
 import pytest
 from hooktools import need_test_hooks
-from logtools import segment_files
+from logtools import reclaimed, segment_files
 from threadtools import run_threads
 
 import segmentlog.segment
@@ -296,13 +296,146 @@ def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
     committer.join(30)
     writer.join(30)
     assert outcome == ["appended"]
-    # The appender needed only the first freed file; the deleter thread unlinks the rest
+    # The appender needed only the first freed file; the reclaim thread unlinks the rest
     # after commit() returned, and then nothing of them is left.
-    with log._state.lock:
-        assert log._retention.cond.wait_for(lambda: log._retention.deleting == 0, 30)
+    reclaimed(log)
     assert not any(n.endswith(".tmp") for n in os.listdir(logdir))
     assert read_all(log) == [record(i) for i in range(len(acked), len(acked) + 12)]
     log.close()
+
+
+def _hold_reclaim(log: SegmentLog) -> tuple[threading.Event, threading.Event]:
+    """Make the log's reclaim thread stop before its first fsync until released: returns
+    (it is held, release it)."""
+    held, release = threading.Event(), threading.Event()
+    real = log._retention.make_durable
+
+    def held_make_durable() -> None:
+        held.set()
+        assert release.wait(30)
+        real()
+
+    log._retention.make_durable = held_make_durable  # type: ignore[method-assign]
+    return held, release
+
+
+def test_commit_returns_and_reading_goes_on_while_the_reclaim_fsyncs(logdir: str) -> None:
+    """The reclaim's fsyncs (the durable checkpoint, the directory) run in the log's
+    reclaim thread: a commit returns, and the reader reads and commits on, while they
+    wait. The consumed segments go once they are done."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
+    try:
+        log.append_batch([record(i) for i in range(400)])
+        many = len(segment_files(logdir))
+        held, release = _hold_reclaim(log)
+        log.commit(log.read_batch(max_records=200))
+        assert held.wait(30)
+        got = []
+        while batch := log.read_batch(max_records=50):  # the reclaim thread is stuck
+            got += batch.records
+            log.commit(batch)
+        assert got == [record(i) for i in range(200, 400)]
+        assert len(segment_files(logdir)) == many  # nothing reclaimed yet
+        release.set()
+        reclaimed(log)
+        assert len(segment_files(logdir)) == 1 < many
+        assert log.stats()["reclaim_errors"] == 0
+    finally:
+        release.set()
+        log.close()
+    with SegmentLog(logdir, segment_size=SEGMENT) as log:
+        assert read_all(log) == []
+
+
+def test_an_appender_short_of_space_waits_for_a_pending_reclaim(logdir: str) -> None:
+    """A full log whose consumer committed: the space comes once the reclaim thread has
+    made the checkpoint durable, so an append (block_when_full=False too) waits for it
+    instead of failing as full."""
+    seg = 8192
+    log = SegmentLog(logdir, segment_size=seg, max_total_size=4 * seg, fsync="never")
+    try:
+        acked = []
+        with pytest.raises(LogFullError):
+            while True:
+                acked.append(log.append(record(len(acked))))
+        held, release = _hold_reclaim(log)
+        log.commit(log.read_batch(max_records=len(acked)))
+        assert held.wait(30)
+        outcome: list[object] = []
+
+        def appender() -> None:
+            try:
+                for i in range(len(acked), len(acked) + 12):  # a rotation or two
+                    log.append(record(i))
+                outcome.append("appended")
+            except BaseException as exc:  # reported below
+                outcome.append(exc)
+
+        writer = threading.Thread(target=appender)
+        writer.start()
+        writer.join(0.3)
+        assert outcome == [], outcome  # neither full nor over the limit: waiting
+        release.set()
+        writer.join(30)
+        assert outcome == ["appended"]
+        assert read_all(log) == [record(i) for i in range(len(acked), len(acked) + 12)]
+    finally:
+        release.set()
+        log.close()
+
+
+def test_a_failed_reclaim_frees_nothing_loses_nothing_and_the_next_commit_retries(
+    logdir: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reclaim thread's durable checkpoint fails (EIO): no segment is deleted, the
+    failure is counted and logged, the log stays usable, and the next commit's reclaim
+    frees the space."""
+    log = SegmentLog(logdir, segment_size=SEGMENT, fsync="never")
+    try:
+        log.append_batch([record(i) for i in range(400)])
+        many = len(segment_files(logdir))
+        real = log._retention.make_durable
+        calls = 0
+
+        def failing_once() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OSError(errno.EIO, "injected fsync failure")
+            real()
+
+        log._retention.make_durable = failing_once  # type: ignore[method-assign]
+        log.commit(log.read_batch(max_records=200))
+        reclaimed(log)
+        assert calls == 1
+        assert log.stats()["reclaim_errors"] == 1
+        assert len(segment_files(logdir)) == many  # nothing deleted
+        assert "could not reclaim consumed segments" in caplog.text
+        assert "injected fsync failure" in caplog.text
+        rest = read_all(log)
+        assert rest == [record(i) for i in range(200, 400)]
+        log.rewind()
+        log.commit(log.read_batch(max_records=200))
+        reclaimed(log)
+        assert calls == 2
+        assert len(segment_files(logdir)) == 1 < many
+    finally:
+        log.close()
+
+
+def test_close_finishes_the_reclaim_a_last_commit_left(logdir: str) -> None:
+    """commit() then close() at once: close waits for the reclaim thread, so the
+    consumed segments are gone (no *.tmp left) and a reopen reads nothing again."""
+    for fsync in ("never", "interval", "always"):
+        log = SegmentLog(logdir, segment_size=SEGMENT, fsync=fsync, recycle=False)
+        log.append_batch([record(i) for i in range(300)])
+        log.commit(log.read_batch(max_records=300))
+        log.close()
+        names = os.listdir(logdir)
+        assert not any(n.endswith(".tmp") for n in names), names
+        assert len(segment_files(logdir)) == 1, names
+        with SegmentLog(logdir, segment_size=SEGMENT) as log:
+            assert read_all(log) == []
 
 
 def test_a_segment_left_half_deleted_by_a_crash_is_removed_on_open(logdir: str) -> None:

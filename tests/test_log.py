@@ -7,7 +7,15 @@ import threading
 import time
 
 import pytest
-from logtools import SMALL, check_intact, read_all, record, segment_files, write_log
+from logtools import (
+    SMALL,
+    check_intact,
+    read_all,
+    reclaimed,
+    record,
+    segment_files,
+    write_log,
+)
 from threadtools import run_threads
 
 import segmentlog
@@ -98,6 +106,7 @@ def test_commit_deletes_or_recycles_consumed_segments(logdir: str) -> None:
         many = len(segment_files(logdir))
         while batch := log.read_batch(max_records=50):
             log.commit(batch)
+        reclaimed(log)
         assert len(segment_files(logdir)) == 1 < many
         assert log.stats()["pending_records"] == 0
         log.append(b"after")
@@ -323,6 +332,7 @@ def test_never_policy_without_sync_forgets_consumed_segments(logdir: str) -> Non
             log.append(record(i, 300))
             if i % 50 == 49:
                 log.commit(log.read_batch(1000))
+        reclaimed(log)
         assert len(log._sync.unsynced_bases) <= 2 * len(segment_files(logdir))
         synced: list[str] = []
         _recording_fsync(log, synced)

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
+from logtools import reclaimed
 
 from segmentlog import Batch, LogFullError, RecordTooLargeError, SegmentLog, backend
 from segmentlog._format import SEGMENT_HEADER_SIZE, frame_size, parse_segment_name
@@ -246,6 +247,7 @@ class LogMachine(RuleBasedStateMachine):
                 self.log.commit(batch)
             return
         self.log.commit(batch)
+        reclaimed(self.log)  # the reclaim thread frees what the commit consumed
         m.committed = end
         m.reclaim()
 

@@ -20,6 +20,7 @@ from logtools import (
     frames,
     patch,
     read_all,
+    reclaimed,
     record,
     segment_files,
     seq_of,
@@ -253,6 +254,7 @@ def test_stale_records_of_a_recycled_segment_read_as_end(logdir: str) -> None:
             log.append(record(i, 100))
         while batch := log.read_batch(max_records=9):
             log.commit(batch)
+        reclaimed(log)
         assert log.stats()["recycled"] > 0
         for i in range(300, 330):
             log.append(record(i, 100))

@@ -364,7 +364,7 @@ def test_metrics_report_bytes_files_and_events(tmp_path: Any) -> None:
         store.update_metrics()
         assert get("audittools_backing_store_events", {"store": "file"}) == 0
         # Consumed segments are reclaimed: recycled at once, or unlinked by the log's
-        # deleter thread (counted until they are gone).
+        # reclaim thread (counted until they are gone).
         deadline = time.monotonic() + 30
         while True:
             store.update_metrics()

@@ -1,16 +1,19 @@
 """Retention: the checkpoint, reclaiming consumed segments, and the space limit.
 
 ``commit`` moves the checkpoint; segments wholly below a durable checkpoint are deleted
-or recycled (the preparer takes them as the next segment). A deleted segment is renamed
-to ``*.tmp`` under the lock and unlinked by a thread of its own, so neither appenders nor
-the reader wait for the unlink of a large file. With ``max_total_size`` the
-directory holds at most ``capacity`` segment files: a rotation waits for (or refuses for
-lack of) space. Fields under the lock unless said otherwise.
+or recycled (the preparer takes them as the next segment). The reclaim runs in a thread
+of its own (``reclaim_loop``), so the consumer never waits for its fsyncs: it makes the
+checkpoint durable, recycles a consumed segment or renames it to ``*.tmp``, fsyncs the
+directory and unlinks the ``*.tmp``. Until then the segment counts against
+``max_total_size``, and an appender short of space waits for the reclaim (``pending``).
+With ``max_total_size`` the directory holds at most ``capacity`` segment files: a
+rotation waits for (or refuses for lack of) space. Fields under the lock unless said
+otherwise; the checkpoint file and its fields under ``checkpoint_lock``. Lock order:
+the read lock, ``checkpoint_lock``, the lock.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -42,19 +45,23 @@ class Retention:
         self.max_total_size = max_total_size
         self.block_when_full = block_when_full
         self.full_timeout = full_timeout
-        self.cond = threading.Condition(state.lock)  # space was freed
+        self.cond = threading.Condition(state.lock)  # space was freed, or a reclaim ended
+        self.wake = threading.Condition(state.lock)  # the reclaim thread has work
         # Consumed segments renamed to *.tmp, being unlinked outside the lock (no
         # appender waits for the unlink of a large file). They still count against
         # max_total_size until they are gone.
         self.deleting = 0
+        self.wanted = False  # a commit left segments to reclaim; the thread has not begun
+        self.reclaiming = False  # the thread is reclaiming
+        self.stopping = False  # the thread ends once nothing is wanted
         self.durable_committed = 0  # checkpoint known durable
-        # Under the read lock:
-        self.committed_seq = 0
+        self.committed_seq = 0  # moved under the read lock; read anywhere (an int)
+        # Under checkpoint_lock:
+        self.checkpoint_lock = threading.Lock()
         self.checkpoint_seq = 0  # the position the checkpoint file holds
         self.checkpoint_durable = True
         self.checkpoint_time = 0.0
         self.unlink = _fs.fs.unlink  # fault-injection tests replace it
-        self._doomed: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         preparer.at_capacity = self.at_capacity
 
     def start(self, committed: int) -> None:
@@ -70,20 +77,57 @@ class Retention:
         """Every record below ``end_seq`` is consumed (read lock held)."""
         self.committed_seq = end_seq
         if self.policy.durable_commits:
-            self.write_checkpoint(durable=True)
-        elif time.monotonic() - self.checkpoint_time >= CHECKPOINT_INTERVAL:
-            self.write_checkpoint(durable=False)
-        self.reclaim()
+            with self.checkpoint_lock:
+                self.write_checkpoint(durable=True)
+        elif (time.monotonic() - self.checkpoint_time >= CHECKPOINT_INTERVAL
+              # The reclaim thread may be writing it: it holds this commit or an older
+              # one, and the next commit tries again.
+              and self.checkpoint_lock.acquire(blocking=False)):
+            try:
+                self.write_checkpoint(durable=False)
+            finally:
+                self.checkpoint_lock.release()
+        state = self.state
+        with state.lock:
+            dead = self._dead(end_seq)
+            if dead:
+                self.wanted = True
+                self.wake.notify()
+        if dead:
+            # The reader never reads a consumed segment again: its map moves on now, so
+            # the reclaim thread never takes a segment from under the reader.
+            self.reader.leave(dead)
+
+    def _dead(self, below: int) -> list[int]:
+        """Segments whose records are all below ``below`` (lock held)."""
+        segments = self.state.segments
+        dead = []
+        for i in range(len(segments) - 1):
+            if segments[i + 1] > below:
+                break
+            dead.append(segments[i])
+        return dead
 
     def write_checkpoint(self, durable: bool) -> None:
-        """Persist the committed position (read lock held)."""
-        checkpoint.write(self.state.directory, self.committed_seq, durable)
-        self.checkpoint_seq = self.committed_seq
+        """Persist the committed position (checkpoint_lock held)."""
+        seq = self.committed_seq
+        checkpoint.write(self.state.directory, seq, durable)
+        self.checkpoint_seq = seq
         self.checkpoint_durable = durable
         self.checkpoint_time = time.monotonic()
         if durable:
             with self.state.lock:
-                self.durable_committed = self.committed_seq
+                self.durable_committed = seq
+
+    def make_durable(self) -> None:
+        """The committed position in a durable checkpoint (checkpoint_lock held)."""
+        if self.checkpoint_seq != self.committed_seq:
+            self.write_checkpoint(durable=True)
+        elif not self.checkpoint_durable:
+            checkpoint.make_durable(self.state.directory)
+            self.checkpoint_durable = True
+            with self.state.lock:
+                self.durable_committed = self.checkpoint_seq
 
     def checkpoint_if_due(self) -> None:
         """The background thread: a commit not yet in the checkpoint file, made durable."""
@@ -91,7 +135,7 @@ class Retention:
                 or time.monotonic() - self.checkpoint_time < CHECKPOINT_INTERVAL):
             return
         state = self.state
-        with state.read_lock:
+        with self.checkpoint_lock:
             if not state.closed and self.checkpoint_seq != self.committed_seq:
                 try:
                     self.write_checkpoint(durable=True)
@@ -101,73 +145,89 @@ class Retention:
 
     def close(self) -> None:
         """The log closes: the last commit into the checkpoint file (read lock held)."""
-        if self.state.closed or self.checkpoint_seq == self.committed_seq:
+        if self.state.closed:
             return
-        try:
-            self.write_checkpoint(durable=self.policy.sync_on_close)
-        except OSError as exc:
-            log.error("segmentlog %s: could not write the checkpoint at close (%s); "
-                      "records since the last one will be read again",
-                      self.state.directory, exc)
-
-    def reclaim(self) -> None:
-        """Delete (or recycle) segments whose records are all below the checkpoint (read
-        lock held)."""
-        state = self.state
-        with state.lock:
-            segments = state.segments
-            dead = []
-            for i in range(len(segments) - 1):
-                if segments[i + 1] <= self.committed_seq:
-                    dead.append(segments[i])
-                else:
-                    break
-            if not dead:
+        with self.checkpoint_lock:
+            if self.checkpoint_seq == self.committed_seq:
                 return
-        if self.checkpoint_seq != self.committed_seq:
-            self.write_checkpoint(durable=True)
-        elif not self.checkpoint_durable:
-            checkpoint.make_durable(state.directory)
-            self.checkpoint_durable = True
-            with state.lock:
-                self.durable_committed = self.checkpoint_seq
-        self.reader.leave(dead)
-        doomed = []
-        for base in dead:
-            with state.lock:
-                if base in state.segments:  # the writer may have recycled it meanwhile
-                    doomed += self.dispose(base, defer=True)
-        fsync_dir(state.directory)
-        for path in doomed:
-            self._doomed.put(path)  # unlinked by the deleter thread, off the reader's path
-        with state.lock:
-            self.cond.notify_all()
-
-    def delete_loop(self) -> None:
-        """The deleter thread: unlink consumed segments handed over by ``reclaim`` (each
-        already renamed to ``*.tmp`` and counted in ``deleting``; a crash before the
-        unlink leaves the ``*.tmp``, removed on open), until ``stop_deleting``."""
-        state = self.state
-        while (path := self._doomed.get()) is not None:
             try:
-                self.unlink(path)
+                self.write_checkpoint(durable=self.policy.sync_on_close)
             except OSError as exc:
-                log.warning("segmentlog %s: could not delete consumed segment %s: %s",
-                            state.directory, path, exc)
+                log.error("segmentlog %s: could not write the checkpoint at close (%s); "
+                          "records since the last one will be read again",
+                          self.state.directory, exc)
+
+    def reclaim_loop(self) -> None:
+        """The reclaim thread: free what commits left consumed (``wanted``), until
+        ``stop``. A failed reclaim frees nothing, is logged, and the next commit tries
+        again; consumed records are never read again either way."""
+        state = self.state
+        while True:
+            with state.lock:
+                while not self.wanted and not self.stopping:
+                    self.wake.wait()
+                if not self.wanted:
+                    return
+                self.wanted = False
+                self.reclaiming = True
+            try:
+                self.reclaim()
+            except Exception as exc:  # the thread lives on: the next commit tries again
+                with state.lock:
+                    state.counters["reclaim_errors"] += 1
+                log.warning("segmentlog %s: could not reclaim consumed segments (%s); "
+                            "the next commit tries again", state.directory, exc,
+                            exc_info=not isinstance(exc, OSError))
             finally:
                 with state.lock:
-                    self.deleting -= 1
+                    self.reclaiming = False
                     self.cond.notify_all()
 
-    def stop_deleting(self) -> None:
-        """The deleter thread ends once it has unlinked what it was given."""
-        self._doomed.put(None)
+    def reclaim(self) -> None:
+        """Delete (or recycle) the segments whose records are all below the checkpoint,
+        once it is durable (the reclaim thread)."""
+        state = self.state
+        with self.checkpoint_lock:
+            self.make_durable()
+        doomed: list[str] = []
+        try:
+            with state.lock:
+                for base in self._dead(self.durable_committed):
+                    if base != state.pinned:  # not the segment the reader walks
+                        doomed += self.dispose(base, defer=True)
+            fsync_dir(state.directory)
+        finally:
+            for path in doomed:
+                try:
+                    self.unlink(path)
+                except OSError as exc:
+                    log.warning("segmentlog %s: could not delete consumed segment %s: %s",
+                                state.directory, path, exc)
+                finally:
+                    with state.lock:
+                        self.deleting -= 1
+                        self.cond.notify_all()
+
+    @property
+    def pending(self) -> bool:
+        """A reclaim is wanted or running: space may come (lock held)."""
+        return self.wanted or self.reclaiming or self.deleting > 0
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until no reclaim is wanted or running; False if ``timeout`` passed."""
+        with self.state.lock:
+            return self.cond.wait_for(lambda: not self.pending, timeout)
+
+    def stop(self) -> None:
+        """The reclaim thread ends once it has done what is wanted (lock held)."""
+        self.stopping = True
+        self.wake.notify_all()
 
     def dispose(self, base: int, defer: bool = False) -> list[str]:
         """Recycle or delete consumed segment ``base`` (lock held; the caller fsyncs the
         directory). With ``defer``, a segment to delete is only renamed to ``*.tmp``
-        and counted in ``deleting``; the caller hands the returned path to the deleter
-        thread, which unlinks it and then decrements ``deleting``."""
+        and counted in ``deleting``; the caller unlinks the returned path outside the
+        lock and then decrements ``deleting``."""
         path = self.state.path(base)
         doomed: list[str] = []
         if self.preparer.recycle(path):
@@ -203,8 +263,8 @@ class Retention:
         while len(state.segments) + self.deleting + needed > self.capacity:
             if self.reclaim_for_writer():
                 continue
-            if self.deleting:
-                self.cond.wait()  # the consumer is unlinking: space is coming
+            if self.pending:
+                self.cond.wait()  # the reclaim thread is at work: space may come
                 continue
             if not self.block_when_full:
                 raise LogFullError(

@@ -32,7 +32,7 @@ class LogState:
         self.closed = False
         self.failed: DurabilityError | None = None
         self.counters = {"torn_tail_bytes": 0, "damaged_regions": 0, "fsyncs": 0,
-                         "rotations": 0, "recycled": 0}
+                         "rotations": 0, "recycled": 0, "reclaim_errors": 0}
         self.problems: list[str] = []
         self.stop = threading.Event()  # the background threads end
         self.threads: list[threading.Thread] = []

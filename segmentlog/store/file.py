@@ -12,8 +12,8 @@ checksummed by the log. The store adds only the mapping to the BackingStore inte
 * ``read_batch(max_events)`` is ``log.read_batch(max_events or batch_size)``. If the
   previous batch was not committed, it first calls ``log.rewind()``, so reading again
   starts from the same oldest event (Rule 4 of base.py). ``commit()`` is
-  ``log.commit(batch)``: a durable checkpoint, after which whole consumed segments are
-  deleted or recycled.
+  ``log.commit(batch)``: the log's reclaim thread then makes the checkpoint durable and
+  deletes or recycles whole consumed segments.
 * ``pending()`` is the log's ``pending_records`` (records appended and not committed,
   from two counters: O(1)) minus the records of that range this store already moved to
   ``deadletter-json.jsonl``. It over-counts, until they are read past, the records of a
@@ -119,6 +119,8 @@ _EXAMPLE = (
 )
 _FSYNC = ("always", "interval", "never")
 _PAGE = mmap.PAGESIZE
+# room() waits this long for the log to free what commits consumed (then it errs low).
+ROOM_RECLAIM_WAIT = 1.0
 
 
 def _round_segment_size(size: int) -> int:
@@ -441,7 +443,10 @@ class FileStore(BackingStore):
         base.py): the rest of the active segment, plus whole segments up to
         ``max_total_size`` and up to the free space of the device, each holding as many
         frames of that size as fit (a segment's tail too short for one is not counted).
-        Segments prepared or recycled ahead are not counted: it errs low."""
+        Segments prepared or recycled ahead are not counted: it errs low. Consumed
+        segments count once the log's reclaim thread has freed them: it waits for that
+        thread for up to ``ROOM_RECLAIM_WAIT`` seconds."""
+        self._log.wait_for_reclaim(ROOM_RECLAIM_WAIT)
         with self._read_lock:
             self._check_open()
             try:
