@@ -245,6 +245,25 @@ def test_commit_on_a_full_disk_reclaims_space_so_appends_resume(small_fs: str) -
         assert_segments_sound(directory, SEGMENT)
 
 
+def _append_in_thread(log: SegmentLog, first: int, n: int,
+                      ) -> tuple[threading.Thread, list[object]]:
+    """Append records ``first`` .. ``first + n - 1`` one by one in a started thread; its
+    outcome list gets "appended", or the exception that stopped it."""
+    outcome: list[object] = []
+
+    def appender() -> None:
+        try:
+            for i in range(first, first + n):
+                log.append(record(i))
+            outcome.append("appended")
+        except BaseException as exc:  # reported by the caller
+            outcome.append(exc)
+
+    writer = threading.Thread(target=appender)
+    writer.start()
+    return writer, outcome
+
+
 def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
     logdir: str,
 ) -> None:
@@ -278,18 +297,7 @@ def test_consumed_segments_are_deleted_outside_the_lock_and_count_until_gone(
     names = os.listdir(logdir)
     assert any(n.endswith(".seg.tmp") for n in names)
     assert log.stats()["disk_bytes"] <= 4 * seg
-    outcome: list[object] = []
-
-    def appender() -> None:
-        try:
-            for i in range(len(acked), len(acked) + 12):  # needs a rotation or two
-                log.append(record(i))
-            outcome.append("appended")
-        except BaseException as exc:  # reported below
-            outcome.append(exc)
-
-    writer = threading.Thread(target=appender)
-    writer.start()
+    writer, outcome = _append_in_thread(log, len(acked), 12)  # a rotation or two
     writer.join(0.3)
     assert outcome == [], outcome  # waiting for the space being freed: neither full nor over
     release.set()
@@ -361,18 +369,7 @@ def test_an_appender_short_of_space_waits_for_a_pending_reclaim(logdir: str) -> 
         held, release = _hold_reclaim(log)
         log.commit(log.read_batch(max_records=len(acked)))
         assert held.wait(30)
-        outcome: list[object] = []
-
-        def appender() -> None:
-            try:
-                for i in range(len(acked), len(acked) + 12):  # a rotation or two
-                    log.append(record(i))
-                outcome.append("appended")
-            except BaseException as exc:  # reported below
-                outcome.append(exc)
-
-        writer = threading.Thread(target=appender)
-        writer.start()
+        writer, outcome = _append_in_thread(log, len(acked), 12)  # a rotation or two
         writer.join(0.3)
         assert outcome == [], outcome  # neither full nor over the limit: waiting
         release.set()
