@@ -344,6 +344,7 @@ def test_recycled_segment_old_bytes_are_never_damage_nor_torn_tail(logdir: str,
             written.append(payload(i, MAX_RECORD))
             log.append(written[-1])
         log.commit(log.read_batch(max_records=len(written)))
+        reclaimed(log)  # the consumed segments wait to be recycled by the appends below
         committed = len(written)
         for i in range(40, 200):  # new ones: other sizes, so frame boundaries differ
             written.append(payload(i, 37 + i % 300))

@@ -230,6 +230,7 @@ def test_stale_checkpoint_below_the_oldest_segment_starts_there(logdir: str) -> 
             if batch.last_seq >= 120:
                 break
             log.commit(batch)
+        reclaimed(log)  # the oldest segment left is the one a reopen starts at
         first = os.path.basename(segment_files(logdir)[0])
     patch(os.path.join(logdir, CHECKPOINT_NAME), 0, old)
     out, _ = reopen_and_read(logdir)
