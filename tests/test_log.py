@@ -428,21 +428,33 @@ def test_full_log_accepts_again_after_commit(logdir: str) -> None:
         log.append(b"z" * 200)
 
 
-def test_block_when_full_waits_for_the_consumer(logdir: str) -> None:
-    with SegmentLog(logdir, segment_size=SMALL, max_total_size=3 * SMALL, fsync="never",
-                    block_when_full=True, full_timeout=30) as log:
-        total = 200
+@pytest.mark.parametrize("recycle", [True, False])
+@pytest.mark.parametrize("fsync", ["never", "interval", "always"])
+def test_block_when_full_waits_for_the_consumer(logdir: str, fsync: str,
+                                                recycle: bool) -> None:
+    """A writer kept waiting for room by a full log, and a consumer committing as it
+    reads: the reclaim thread frees (recycles or deletes) ~30 segments under both, and
+    every record arrives once, in order."""
+    with SegmentLog(logdir, segment_size=SMALL, max_total_size=3 * SMALL, fsync=fsync,
+                    block_when_full=True, full_timeout=30, recycle=recycle) as log:
+        total = 1000
         writer = threading.Thread(target=lambda: [log.append(record(i, 200))
                                                   for i in range(total)])
         writer.start()
         got: list[bytes] = []
-        while len(got) < total:
+        deadline = time.monotonic() + 60
+        while len(got) < total and time.monotonic() < deadline:
             batch = log.read_batch(max_records=10)
             got.extend(batch.records)
             if batch:
                 log.commit(batch)
-        writer.join()
+        writer.join(30)
         assert got == [record(i, 200) for i in range(total)]
+        reclaimed(log)
+        stats = log.stats()
+        assert stats["reclaim_errors"] == 0
+        assert stats["disk_bytes"] <= 3 * SMALL
+        assert (stats["recycled"] > 0) == recycle
 
 
 def test_block_when_full_times_out_with_log_full_error(logdir: str) -> None:
