@@ -2,8 +2,8 @@
 whether the log is closed or failed, and its counters and problems.
 
 ``lock`` guards the segment list and every part's writer-side fields; ``read_lock`` the
-reader's. Lock order is ``read_lock`` then ``lock``. The writer lock closes append's fast
-path while it is held (segmentlog.engine.writer.WriterLock).
+reader's. Lock order is ``read_lock``, retention's ``checkpoint_lock``, then ``lock``. The
+writer lock closes append's fast path while it is held (segmentlog.engine.writer.WriterLock).
 """
 
 from __future__ import annotations
