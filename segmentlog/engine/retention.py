@@ -108,6 +108,11 @@ class Retention:
             dead.append(segments[i])
         return dead
 
+    def _reclaimable(self) -> list[int]:
+        """Segments below the durable checkpoint, but the one the reader walks (lock
+        held)."""
+        return [b for b in self._dead(self.durable_committed) if b != self.state.pinned]
+
     def write_checkpoint(self, durable: bool) -> None:
         """Persist the committed position (checkpoint_lock held)."""
         seq = self.committed_seq
@@ -116,8 +121,7 @@ class Retention:
         self.checkpoint_durable = durable
         self.checkpoint_time = time.monotonic()
         if durable:
-            with self.state.lock:
-                self.durable_committed = seq
+            self._durable(seq)
 
     def make_durable(self) -> None:
         """The committed position in a durable checkpoint (checkpoint_lock held)."""
@@ -126,8 +130,12 @@ class Retention:
         elif not self.checkpoint_durable:
             checkpoint.make_durable(self.state.directory)
             self.checkpoint_durable = True
-            with self.state.lock:
-                self.durable_committed = self.checkpoint_seq
+            self._durable(self.checkpoint_seq)
+
+    def _durable(self, seq: int) -> None:
+        """The checkpoint file holds ``seq`` durably (checkpoint_lock held)."""
+        with self.state.lock:
+            self.durable_committed = seq
 
     def checkpoint_if_due(self) -> None:
         """The background thread: a commit not yet in the checkpoint file, made durable."""
@@ -192,9 +200,8 @@ class Retention:
         doomed: list[str] = []
         try:
             with state.lock:
-                for base in self._dead(self.durable_committed):
-                    if base != state.pinned:  # not the segment the reader walks
-                        doomed += self.dispose(base, defer=True)
+                for base in self._reclaimable():
+                    doomed += self.dispose(base, defer=True)
             fsync_dir(state.directory)
         finally:
             for path in doomed:
@@ -245,9 +252,7 @@ class Retention:
         """Out of space at rotation: free segments the consumer already committed durably
         (commit reclaims only what was sealed at that time). Lock held. Skips the segment
         the reader is walking; the reader notices a segment gone and seeks again."""
-        segments = self.state.segments
-        dead = [b for i, b in enumerate(segments[:-1])
-                if segments[i + 1] <= self.durable_committed and b != self.state.pinned]
+        dead = self._reclaimable()
         for base in dead:
             self.dispose(base)
         if dead:
